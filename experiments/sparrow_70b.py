@@ -1,0 +1,47 @@
+"""Sparrow at Chinchilla 70B on a TPU pod (SPARROW.md section 3).
+
+80 layers, d_model 8192, 64 heads of 128, FFW 32768, 32k vocab, context 2048,
+Transformer-XL relative attention; the bottom 64 layers are the frozen shared trunk.
+Variants: `v5p_256` (default), `v5p_128`, `v4_256`.
+"""
+from sparrow_jax.config import default_config
+
+MESHES = {
+    # name: (devices, fsdp, tensor, HBM budget name)
+    "v5p_256": (256, 64, 4, "v5p"),
+    "v5p_128": (128, 32, 4, "v5p"),
+    "v4_256": (256, 64, 4, "v4"),
+}
+
+
+def get_config(variant: str = "v5p_256"):
+    if variant not in MESHES:
+        raise ValueError(f"unknown variant {variant!r}; choose from {sorted(MESHES)}")
+    devices, fsdp, tensor, hbm = MESHES[variant]
+    cfg = default_config()
+    cfg.name = f"sparrow_70b_{variant}"
+    m = cfg.model
+    m.vocab_size = 32000
+    m.d_model = 8192
+    m.n_heads = 64
+    m.head_dim = 128
+    m.d_ff = 32768
+    m.n_layers = 80
+    m.n_frozen_layers = 64
+    m.max_len = 2048
+    m.param_dtype = "float32"
+    m.compute_dtype = "bfloat16"
+    m.remat = "full"
+    m.value_hidden = 2048
+    cfg.mesh.shape.data = -1
+    cfg.mesh.shape.fsdp = fsdp
+    cfg.mesh.shape.tensor = tensor
+    cfg.mesh.aot_num_devices = devices
+    cfg.mesh.hbm = hbm
+    cfg.train.batch_size = 256
+    cfg.train.seq_len = 2048
+    cfg.train.optimizer = "adafactor"
+    cfg.train.learning_rate = 2e-6
+    cfg.train.grad_clip_norm = 1.0
+    cfg.train.stage = "rl"
+    return cfg

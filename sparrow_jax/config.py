@@ -1,0 +1,314 @@
+"""The experiment config schema, its defaults, loading and validation.
+
+Every knob lives in `default_config()`. Experiment files (`experiments/<name>.py`)
+start from it, change values and return it from `get_config(variant)`. A config
+is validated once, before anything compiles: a key that the schema does not
+know, a value of the wrong type, or a shape that cannot work is a `ConfigError`
+naming the key.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from typing import Any, Iterable, Sequence
+
+import ml_collections
+
+ROLES = ("policy", "value", "teacher", "pref_rm", "rule_rm")
+MESH_AXES = ("data", "fsdp", "tensor")
+POSITION_KINDS = ("relative", "rotary")
+MLP_KINDS = ("gelu", "gated_gelu")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+DTYPES = ("float32", "bfloat16")
+
+# HBM per chip, used by `sparrow aot` to say whether a step fits.
+HBM_BUDGET_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the offending key."""
+
+
+def default_logical_axis_rules() -> list[tuple[str, Any]]:
+    """Logical axis name -> mesh axis (or tuple of axes, or None = replicated)."""
+    return [
+        ("batch", ("data", "fsdp")),
+        ("length", None),
+        ("embed", "fsdp"),
+        ("mlp", "tensor"),
+        ("heads", "tensor"),
+        ("kv", None),
+        ("vocab", "tensor"),
+        ("layers", None),
+        ("classes", None),
+        ("value_hidden", "tensor"),
+        ("rel_pos", None),
+    ]
+
+
+def model_defaults() -> ml_collections.ConfigDict:
+    m = ml_collections.ConfigDict()
+    m.vocab_size = 1024
+    m.d_model = 64
+    m.n_heads = 4
+    m.head_dim = 16
+    m.d_ff = 256
+    m.n_layers = 4
+    # The bottom n_frozen_layers form the shared trunk; each role owns the rest.
+    m.n_frozen_layers = 2
+    m.max_len = 256
+    m.position = "relative"  # Transformer-XL relative attention, or "rotary".
+    m.mlp = "gelu"  # dense GELU, or "gated_gelu".
+    m.tied_embeddings = False
+    m.param_dtype = "float32"
+    m.compute_dtype = "bfloat16"
+    m.remat = "none"
+    m.scan_layers = True
+    m.norm_eps = 1e-6
+    m.init_std = 0.02
+    m.rotary_base = 10000.0
+    m.value_hidden = 64  # width of the value head's 2 hidden layers (2048 at 70B)
+    m.value_layers = 2
+    return m
+
+
+def mesh_defaults() -> ml_collections.ConfigDict:
+    mesh = ml_collections.ConfigDict()
+    # Axis sizes; -1 (at most one) takes whatever the device count leaves.
+    mesh.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    mesh.logical_axis_rules = default_logical_axis_rules()
+    # `sparrow aot` simulates this many devices; 0 means use the real ones.
+    mesh.aot_num_devices = 0
+    mesh.hbm = "v5p"  # named HBM budget for `sparrow aot` (HBM_BUDGET_GIB)
+    return mesh
+
+
+def distributed_defaults() -> ml_collections.ConfigDict:
+    d = ml_collections.ConfigDict()
+    # "auto": jax.distributed.initialize() on a TPU VM, nothing on one host.
+    # "explicit": use coordinator/num_processes/process_id (local multi-process).
+    # "off": never initialise.
+    d.mode = "auto"
+    d.coordinator = ""
+    d.num_processes = 1
+    d.process_id = 0
+    return d
+
+
+def train_defaults() -> ml_collections.ConfigDict:
+    t = ml_collections.ConfigDict()
+    t.stage = "sft"  # lm | sft | pref_rm | rule_rm | rl
+    t.seed = 0
+    t.batch_size = 8  # global, in sequences
+    t.seq_len = 128
+    t.steps = 100
+    t.optimizer = "adamw"  # adamw | adafactor
+    t.learning_rate = 1e-3
+    t.warmup_steps = 10
+    t.schedule = "cosine"  # cosine | constant
+    t.weight_decay = 0.0
+    t.grad_clip_norm = 1.0
+    t.grad_accum_steps = 1
+    return t
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every key a config may have, with its default value."""
+    c = ml_collections.ConfigDict()
+    c.name = "default"
+    c.model = model_defaults()
+    c.mesh = mesh_defaults()
+    c.distributed = distributed_defaults()
+    c.train = train_defaults()
+    return c
+
+
+# ----------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------
+
+def load_experiment(spec: str) -> ml_collections.ConfigDict:
+    """Load `path/to/experiment.py[:variant]` and return its validated config.
+
+    Raises ConfigError if the file is missing or has no `get_config`.
+    """
+    path, _, variant = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    module_spec = importlib.util.spec_from_file_location("_sparrow_experiment", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path} defines no get_config()")
+    try:
+        cfg = module.get_config(variant) if variant else module.get_config()
+    except (TypeError, KeyError, AttributeError) as err:
+        raise ConfigError(f"{spec}: get_config() failed: {err}") from err
+    validate(cfg, source=spec)
+    return cfg
+
+
+_OVERRIDE_RE = re.compile(r"^--config\.([A-Za-z0-9_.]+)=(.*)$")
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, args: Iterable[str]) -> ml_collections.ConfigDict:
+    """Apply `--config.a.b=v` strings; the value is parsed as the key's type."""
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    for arg in args:
+        match = _OVERRIDE_RE.match(arg)
+        if not match:
+            raise ConfigError(f"bad override {arg!r}: expected --config.a.b=value")
+        dotted, raw = match.groups()
+        parent, leaf = _resolve_parent(cfg, dotted)
+        current = parent[leaf]
+        parent[leaf] = _parse_like(current, raw, dotted)
+    validate(cfg)
+    return cfg
+
+
+def _resolve_parent(cfg, dotted: str):
+    keys = dotted.split(".")
+    node = cfg
+    for i, key in enumerate(keys[:-1]):
+        if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+            raise ConfigError(f"unknown config key '{'.'.join(keys[:i + 1])}'")
+        node = node[key]
+    if not isinstance(node, ml_collections.ConfigDict) or keys[-1] not in node:
+        raise ConfigError(f"unknown config key '{dotted}'")
+    return node, keys[-1]
+
+
+def _parse_like(current: Any, raw: str, key: str) -> Any:
+    try:
+        if isinstance(current, bool):
+            if raw.lower() in ("true", "1", "yes"):
+                return True
+            if raw.lower() in ("false", "0", "no"):
+                return False
+            raise ValueError(raw)
+        if isinstance(current, int):
+            return int(raw)
+        if isinstance(current, float):
+            return float(raw)
+        if isinstance(current, str):
+            return raw
+        import ast
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError) as err:
+        raise ConfigError(
+            f"config key '{key}': cannot parse {raw!r} as {type(current).__name__}") from err
+
+
+# ----------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------
+
+def validate(cfg: ml_collections.ConfigDict, source: str = "config") -> None:
+    """Check keys against the schema, value types, and shapes. Raises ConfigError."""
+    _check_keys(cfg, default_config(), prefix="", source=source)
+    m = cfg.model
+    _choice(m.position, POSITION_KINDS, "model.position")
+    _choice(m.mlp, MLP_KINDS, "model.mlp")
+    _choice(m.remat, REMAT_POLICIES, "model.remat")
+    _choice(m.param_dtype, DTYPES, "model.param_dtype")
+    _choice(m.compute_dtype, DTYPES, "model.compute_dtype")
+    for key in ("vocab_size", "d_model", "n_heads", "head_dim", "d_ff", "n_layers", "max_len"):
+        if m[key] <= 0:
+            raise ConfigError(f"model.{key} must be positive, got {m[key]}")
+    if m.d_model % m.n_heads:
+        raise ConfigError(
+            f"model.n_heads={m.n_heads} does not divide model.d_model={m.d_model}")
+    if not 0 <= m.n_frozen_layers < m.n_layers:
+        raise ConfigError(
+            f"model.n_frozen_layers={m.n_frozen_layers} must be in [0, model.n_layers="
+            f"{m.n_layers}): every role needs at least one layer of its own")
+    if m.position == "rotary" and m.head_dim % 2:
+        raise ConfigError(f"model.head_dim={m.head_dim} must be even for rotary positions")
+    shape = dict(cfg.mesh.shape)
+    if set(shape) != set(MESH_AXES):
+        raise ConfigError(f"mesh.shape must have exactly the axes {MESH_AXES}, got {sorted(shape)}")
+    if sum(v == -1 for v in shape.values()) > 1:
+        raise ConfigError("mesh.shape: at most one axis may be -1")
+    for axis, size in shape.items():
+        if size == 0 or size < -1:
+            raise ConfigError(f"mesh.shape.{axis} must be positive or -1, got {size}")
+    if cfg.mesh.hbm not in HBM_BUDGET_GIB:
+        raise ConfigError(f"mesh.hbm={cfg.mesh.hbm!r} is not one of {sorted(HBM_BUDGET_GIB)}")
+    for rule in cfg.mesh.logical_axis_rules:
+        if len(rule) != 2:
+            raise ConfigError(f"mesh.logical_axis_rules: entry {rule!r} is not (logical, mesh_axes)")
+        targets = rule[1] if isinstance(rule[1], (tuple, list)) else (rule[1],)
+        for target in targets:
+            if target is not None and target not in MESH_AXES:
+                raise ConfigError(
+                    f"mesh.logical_axis_rules: {rule[0]!r} maps to unknown mesh axis {target!r}")
+    _choice(cfg.distributed.mode, ("auto", "explicit", "off"), "distributed.mode")
+    _choice(cfg.train.optimizer, ("adamw", "adafactor"), "train.optimizer")
+    _choice(cfg.train.schedule, ("cosine", "constant"), "train.schedule")
+    if cfg.train.batch_size <= 0 or cfg.train.grad_accum_steps <= 0:
+        raise ConfigError("train.batch_size and train.grad_accum_steps must be positive")
+    if cfg.train.batch_size % cfg.train.grad_accum_steps:
+        raise ConfigError(
+            f"train.grad_accum_steps={cfg.train.grad_accum_steps} does not divide "
+            f"train.batch_size={cfg.train.batch_size}")
+
+
+def resolve_mesh_shape(shape: dict, num_devices: int) -> dict:
+    """Fill in a -1 axis and check the product equals the device count."""
+    shape = dict(shape)
+    known = 1
+    for axis, size in shape.items():
+        if size != -1:
+            known *= size
+    free = [axis for axis, size in shape.items() if size == -1]
+    if free:
+        if num_devices % known:
+            raise ConfigError(
+                f"mesh.shape {shape}: fixed axes (product {known}) do not divide "
+                f"the {num_devices} devices")
+        shape[free[0]] = num_devices // known
+    total = 1
+    for size in shape.values():
+        total *= size
+    if total != num_devices:
+        raise ConfigError(
+            f"mesh.shape {shape} has {total} devices but {num_devices} are available")
+    return {axis: shape[axis] for axis in MESH_AXES}
+
+
+def _check_keys(cfg, schema, prefix: str, source: str) -> None:
+    for key in cfg.keys():
+        dotted = f"{prefix}{key}"
+        if key not in schema:
+            raise ConfigError(f"{source}: unknown config key '{dotted}'")
+        value, expected = cfg[key], schema[key]
+        if isinstance(expected, ml_collections.ConfigDict):
+            if not isinstance(value, ml_collections.ConfigDict):
+                raise ConfigError(f"{source}: config key '{dotted}' must be a section")
+            # mesh.shape is a free-form section checked by validate() itself.
+            if dotted != "mesh.shape":
+                _check_keys(value, expected, dotted + ".", source)
+        elif not _type_ok(value, expected):
+            raise ConfigError(
+                f"{source}: config key '{dotted}' must be {type(expected).__name__}, "
+                f"got {value!r}")
+
+
+def _type_ok(value: Any, expected: Any) -> bool:
+    if isinstance(expected, bool):
+        return isinstance(value, bool)
+    if isinstance(expected, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(expected, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(expected, str):
+        return isinstance(value, str)
+    if isinstance(expected, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return True
+
+
+def _choice(value: Any, allowed: Sequence[str], key: str) -> None:
+    if value not in allowed:
+        raise ConfigError(f"config key '{key}' = {value!r} is not one of {list(allowed)}")
