@@ -24,6 +24,10 @@ DEFAULT_DISPLAY_NAMES = {
     Role.SEARCH_RESULT: "Search Result",
 }
 
+# Fixed role order: `Rendered.role_ids` stores the index of a role in this tuple (-1 = no role, e.g. bos).
+ROLES: tuple[Role, ...] = (Role.USER, Role.AGENT, Role.SEARCH_QUERY, Role.SEARCH_RESULT)
+ROLE_INDEX = {role: i for i, role in enumerate(ROLES)}
+
 # Turns written by the policy: the only tokens that ever get a training loss.
 POLICY_ROLES = frozenset({Role.AGENT, Role.SEARCH_QUERY})
 
