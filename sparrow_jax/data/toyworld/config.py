@@ -1,0 +1,57 @@
+"""`ToyWorldConfig`: every knob of the toy world generator."""
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyWorldConfig:
+    seed: int = 0
+    n_entities: int = 240  # all entities, split evenly over the entity types
+    n_heldout: int = 60  # of which held out: only in the corpus and the test files
+    n_distractors: int = 24  # corpus documents about no entity
+    n_dialogues: int = 3000  # train split; the test split gets test_fraction as many
+    n_preferences: int = 1500
+    n_rule_ratings: int = 1500
+    n_prompts: int = 600
+    test_fraction: float = 0.2
+    flaw_rate: float = 0.35  # share of factual/probe dialogues showing the flawed behaviour
+    rater_noise: float = 0.1  # share of preference choices and rule labels flipped at random
+    k_candidates: int = 4  # per preference comparison: half with evidence, half without
+    fragment_chars: int = 160  # Search Result fragment budget, small so turns fit in 256 tokens
+    # Dialogue mix (renormalised): factual questions, chit-chat, adversarial probes.
+    factual_weight: float = 0.5
+    chitchat_weight: float = 0.15
+    probe_weight: float = 0.35
+    two_exchange_rate: float = 0.2  # dialogues that open with a chit-chat exchange
+    # Prompt mix (renormalised).
+    eli5_weight: float = 0.5
+    human_weight: float = 0.2
+    red_team_weight: float = 0.3
+    targeted_rating_rate: float = 0.75  # rule ratings about the rule the probe aimed at
+    broken_reply_rate: float = 0.6  # targeted ratings whose reply breaks the rule
+
+    def __post_init__(self):
+        def check(ok: bool, msg: str):
+            if not ok:
+                raise ValueError(f"ToyWorldConfig: {msg}")
+
+        check(self.n_entities >= 6, "n_entities must be >= 6 (at least 2 per entity type)")
+        check(0 < self.n_heldout < self.n_entities, "n_heldout must be in (0, n_entities)")
+        check(self.n_heldout >= 3 and self.n_entities - self.n_heldout >= 3,
+              "need >= 1 train and >= 1 held-out entity per type (3 types)")
+        for name in ("flaw_rate", "rater_noise", "test_fraction", "two_exchange_rate",
+                     "targeted_rating_rate", "broken_reply_rate"):
+            check(0.0 <= getattr(self, name) <= 1.0, f"{name} must be in [0, 1]")
+        check(self.k_candidates >= 2 and self.k_candidates % 2 == 0,
+              "k_candidates must be even and >= 2 (half with evidence, half without)")
+        check(self.fragment_chars > 0, "fragment_chars must be positive")
+        for name in ("n_distractors", "n_dialogues", "n_preferences", "n_rule_ratings", "n_prompts"):
+            check(getattr(self, name) >= 0, f"{name} must be >= 0")
+        check(self.factual_weight + self.chitchat_weight + self.probe_weight > 0,
+              "dialogue weights must not all be 0")
+        check(self.eli5_weight + self.human_weight + self.red_team_weight > 0,
+              "prompt weights must not all be 0")
+
+    def n_test(self, n_train: int) -> int:
+        return int(round(n_train * self.test_fraction))

@@ -1,0 +1,125 @@
+"""Rated data: preference comparisons, rule ratings and RL prompts.
+
+Labels come from the oracle (the world's "raters") with `rater_noise` flipping a share of
+them; the oracle is only used here to label data, never as a reward.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from sparrow_jax.data.toyworld.dialogues import (
+    OPENERS, PROBES, SplitWorld, answer, exchange, factual_sample, pick_kind, probe_fill,
+    probe_reply, probe_sample, probe_user, question, search_query, searched_answer, chitchat_sample,
+    wrong_value,
+)
+from sparrow_jax.data.toyworld.oracle import CHECKABLE_RULES, Oracle
+from sparrow_jax.data.toyworld.templates import RUDE_ANSWER_PREFIX
+from sparrow_jax.dialogue.turns import Role, Turn, to_json
+
+# Weights of the candidate kinds offered to raters.
+EVIDENCE_KINDS = {"right": 0.5, "misread": 0.25, "wrong_entity": 0.25}
+NO_EVIDENCE_KINDS = {"correct": 0.4, "wrong": 0.45, "rude": 0.15}
+
+
+def _weighted(table: dict[str, float], rng: random.Random) -> str:
+    return rng.choices(list(table), weights=list(table.values()))[0]
+
+
+def rater_choice(scores: list[int], noise: float, rng: random.Random) -> int:
+    """The best candidate (ties at random); with probability `noise`, another one at random."""
+    best = max(scores)
+    chosen = rng.choice([i for i, s in enumerate(scores) if s == best])
+    if rng.random() < noise and len(scores) > 1:
+        chosen = rng.choice([i for i in range(len(scores)) if i != chosen])
+    return chosen
+
+
+def factual_candidates(world: SplitWorld, entity, attribute) -> tuple[list[list[Turn]], list[bool]]:
+    rng, k = world.rng, world.config.k_candidates
+    candidates, has_evidence = [], []
+    for _ in range(k // 2):
+        kind = _weighted(EVIDENCE_KINDS, rng)
+        query, value = search_query(entity.name, attribute), None
+        if kind == "misread":
+            value = wrong_value(entity, attribute, rng)
+        elif kind == "wrong_entity":
+            others = [e for e in world.entities if e.type == entity.type and e.name != entity.name]
+            if others:
+                other = rng.choice(others)
+                query, value = search_query(other.name, attribute), other.attributes[attribute]
+        candidates.append(searched_answer(world, entity, attribute, query, value))
+        has_evidence.append(True)
+    for _ in range(k - k // 2):
+        kind = _weighted(NO_EVIDENCE_KINDS, rng)
+        text = answer(entity, attribute, None if kind != "wrong" else wrong_value(entity, attribute, rng))
+        candidates.append([Turn(Role.AGENT, RUDE_ANSWER_PREFIX + text if kind == "rude" else text)])
+        has_evidence.append(False)
+    return candidates, has_evidence
+
+
+def probe_candidates(world: SplitWorld, probe, fill) -> list[list[Turn]]:
+    k = world.config.k_candidates
+    n_bad = world.rng.randint(1, k - 1)
+    broken = [i < n_bad for i in range(k)]
+    return [[Turn(Role.AGENT, probe_reply(probe, fill, b, world.rng))] for b in broken]
+
+
+def preference_record(world: SplitWorld, oracle: Oracle, rid: str) -> dict[str, Any]:
+    rng = world.rng
+    context = exchange(rng.choice(OPENERS)) if rng.random() < world.config.two_exchange_rate else []
+    if rng.random() < world.config.probe_weight / (world.config.probe_weight + world.config.factual_weight):
+        probe, fill = rng.choice(PROBES), probe_fill(world)
+        context.append(Turn(Role.USER, probe_user(probe, fill, rng)))
+        candidates = probe_candidates(world, probe, fill)
+        has_evidence = [False] * len(candidates)
+        entity = attribute = None
+    else:
+        entity, attribute = world.pick_fact()
+        context.append(Turn(Role.USER, question(entity, attribute, rng)))
+        candidates, has_evidence = factual_candidates(world, entity, attribute)
+    order = list(range(len(candidates)))
+    rng.shuffle(order)
+    candidates = [candidates[i] for i in order]
+    has_evidence = [has_evidence[i] for i in order]
+    full = [context + c for c in candidates]
+    name = entity.name if entity else None
+    scores = [oracle.quality(d, name, attribute) for d in full]
+    plausible = [not oracle.violated_rules(d) for d in full]
+    supported = [oracle.supported_and_correct(d, name, attribute) if ev and entity else None
+                 for d, ev in zip(full, has_evidence)]
+    return {"id": rid, "context": to_json(context), "candidates": [to_json(c) for c in candidates],
+            "chosen": rater_choice(scores, world.config.rater_noise, rng),
+            "has_evidence": has_evidence, "supported": supported, "plausible": plausible}
+
+
+def rule_rating_record(world: SplitWorld, oracle: Oracle, rid: str) -> dict[str, Any]:
+    rng, cfg = world.rng, world.config
+    if rng.random() < cfg.targeted_rating_rate:
+        sample = probe_sample(world, broken=rng.random() < cfg.broken_reply_rate)
+        rule_id = sample.rule_id
+    else:
+        sample = [factual_sample, chitchat_sample, probe_sample][rng.randrange(3)](world)
+        rule_id = rng.choice([r for r in CHECKABLE_RULES if r != sample.rule_id])
+    broken = oracle.violates(rule_id, sample.turns)
+    if rng.random() < cfg.rater_noise:
+        broken = not broken
+    return {"id": rid, "dialogue": to_json(sample.turns), "rule_id": rule_id, "broken": broken}
+
+
+def prompt_record(world: SplitWorld, rid: str) -> dict[str, Any]:
+    rng, cfg = world.rng, world.config
+    source = ("eli5", "human", "red_team")[
+        pick_kind((cfg.eli5_weight, cfg.human_weight, cfg.red_team_weight), rng)]
+    record: dict[str, Any] = {"id": rid, "source": source}
+    if source == "eli5":
+        entity, attribute = world.pick_fact()
+        record["context"] = [Turn(Role.USER, question(entity, attribute, rng)).to_json()]
+        record["entity"], record["attribute"] = entity.name, attribute
+    elif source == "human":
+        record["context"] = [Turn(Role.USER, rng.choice(OPENERS)[0]).to_json()]
+    else:
+        probe = rng.choice(PROBES)
+        record["context"] = [Turn(Role.USER, probe_user(probe, probe_fill(world), rng)).to_json()]
+        record["rule_id"] = probe.rule_id
+    return record
