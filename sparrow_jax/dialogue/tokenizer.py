@@ -102,6 +102,10 @@ class Tokenizer:
         with open(path, "wb") as f:
             f.write(self.serialized_model)
 
+    def __reduce__(self):
+        # Pickles as the model bytes (grain worker processes receive tokenizers this way).
+        return (Tokenizer, (self.serialized_model,))
+
     # ---------------------------------------------------------------- text <-> ids
     def encode(self, text: str) -> list[int]:
         """Text -> token ids; never contains a control id."""

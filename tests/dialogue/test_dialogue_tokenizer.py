@@ -1,5 +1,6 @@
 """Tokenizer: layout of control ids, exact round trips, user-supplied models, training speed."""
 import io
+import pickle
 import random
 import time
 
@@ -56,6 +57,11 @@ def test_save_and_load_give_same_tokenizer(tokenizer, tmp_path):
     loaded = Tokenizer.load(tmp_path / "copy.model")
     assert loaded.vocab_size == tokenizer.vocab_size and loaded.control_ids == tokenizer.control_ids
     assert loaded.encode("Sparrow: 42 \n 中") == tokenizer.encode("Sparrow: 42 \n 中")
+
+
+def test_pickles(tokenizer):
+    copy = pickle.loads(pickle.dumps(tokenizer))
+    assert copy.control_ids == tokenizer.control_ids and copy.encode("a\n中") == tokenizer.encode("a\n中")
 
 
 def test_digits_are_split(tokenizer):
