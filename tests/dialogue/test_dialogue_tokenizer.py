@@ -7,7 +7,7 @@ import time
 import pytest
 import sentencepiece as spm
 
-from conftest import sample_texts
+from dialogue_samples import sample_texts
 from sparrow_jax.dialogue.render import parse, render
 from sparrow_jax.dialogue.tokenizer import EXTRA_CONTROL_PIECES, Tokenizer, train_tokenizer
 from sparrow_jax.dialogue.turns import ROLES, Role, dialogue
