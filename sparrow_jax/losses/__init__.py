@@ -1,0 +1,1 @@
+"""Losses: pure functions returning (scalar loss, metrics dict)."""

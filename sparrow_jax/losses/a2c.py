@@ -1,0 +1,92 @@
+"""RL loss: GopherCite's A2C with a KL anchor to the frozen teacher.
+
+  loss = alpha * KL(teacher || policy)                       (kl_mode="loss")
+       + (1 - alpha) * (policy_gradient + value_coef * value_loss)
+       - entropy_coef * entropy
+
+With kl_mode="reward" the KL instead enters the reward, r_t -= kl_coef * (log pi(a_t)
+- log teacher(a_t)), and there is no KL term (alpha is unused). Every term is averaged
+over policy tokens only (agent and search-query turns); user and search-result tokens
+carry no gradient. Returns are undiscounted: return_t = sum_{s >= t} r_s.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from sparrow_jax.losses.sft import masked_mean
+
+
+def kl_teacher_policy(policy_logits_BxTxV, teacher_logits_BxTxV):
+    """Full-distribution KL(teacher || policy) per position, float32. Shape BxT."""
+    logp_BxTxV = jax.nn.log_softmax(policy_logits_BxTxV.astype(jnp.float32), axis=-1)
+    logq_BxTxV = jax.nn.log_softmax(teacher_logits_BxTxV.astype(jnp.float32), axis=-1)
+    return jnp.sum(jnp.exp(logq_BxTxV) * (logq_BxTxV - logp_BxTxV), axis=-1)
+
+
+def undiscounted_returns(rewards_BxT):
+    """return_t = sum_{s >= t} rewards_s (reverse cumulative sum along T)."""
+    return jnp.flip(jnp.cumsum(jnp.flip(rewards_BxT, axis=-1), axis=-1), axis=-1)
+
+
+def a2c_loss(policy_logits_BxTxV, teacher_logits_BxTxV, values_BxT, actions_BxT, rewards_BxT,
+             policy_mask_BxT, *, alpha=0.1, value_coef=1.0, entropy_coef=0.0,
+             kl_mode="loss", kl_coef=0.1):
+    """GopherCite A2C loss on policy tokens.
+
+    Args:
+      policy_logits_BxTxV: policy logits; row t gives the distribution of `actions_BxT[:, t]`.
+      teacher_logits_BxTxV: frozen teacher logits, same alignment (no gradient flows).
+      values_BxT: value head prediction of the return from position t (before action t).
+      actions_BxT: int sampled tokens.
+      rewards_BxT: reward received at token t (usually nonzero only at a turn's last
+        token); returns are their undiscounted reverse cumulative sum.
+      policy_mask_BxT: 1 on agent / search-query tokens, 0 elsewhere.
+      alpha: KL-loss weight (kl_mode="loss"); 0.1 in GopherCite.
+      value_coef: weight of 0.5 * (value - return)^2.
+      entropy_coef: weight of the entropy bonus (subtracted).
+      kl_mode: "loss" (KL term in the loss) or "reward" (KL penalty in the reward).
+      kl_coef: per-token reward penalty weight for kl_mode="reward".
+    Returns:
+      (loss, metrics) with 'loss', 'pg_loss', 'value_loss', 'kl', 'entropy', 'return',
+      'advantage'.
+    """
+    if kl_mode not in ("loss", "reward"):
+        raise ValueError(f"kl_mode={kl_mode!r} is not 'loss' or 'reward'")
+    mask = policy_mask_BxT.astype(jnp.float32)
+    teacher_logits_BxTxV = jax.lax.stop_gradient(teacher_logits_BxTxV)
+    logp_BxTxV = jax.nn.log_softmax(policy_logits_BxTxV.astype(jnp.float32), axis=-1)
+    logp_action_BxT = jnp.take_along_axis(logp_BxTxV, actions_BxT[..., None], axis=-1)[..., 0]
+    entropy_BxT = -jnp.sum(jnp.exp(logp_BxTxV) * logp_BxTxV, axis=-1)
+    kl_BxT = kl_teacher_policy(policy_logits_BxTxV, teacher_logits_BxTxV)
+
+    rewards_BxT = rewards_BxT.astype(jnp.float32)
+    if kl_mode == "reward":
+        logq_action_BxT = jnp.take_along_axis(
+            jax.nn.log_softmax(teacher_logits_BxTxV.astype(jnp.float32), axis=-1),
+            actions_BxT[..., None], axis=-1)[..., 0]
+        sample_kl_BxT = jax.lax.stop_gradient(logp_action_BxT - logq_action_BxT)
+        rewards_BxT = rewards_BxT - kl_coef * sample_kl_BxT * mask
+    returns_BxT = undiscounted_returns(rewards_BxT)
+    values_BxT = values_BxT.astype(jnp.float32)
+    advantage_BxT = returns_BxT - jax.lax.stop_gradient(values_BxT)
+
+    pg_loss = -masked_mean(advantage_BxT * logp_action_BxT, mask)
+    value_loss = 0.5 * masked_mean(jnp.square(values_BxT - returns_BxT), mask)
+    entropy = masked_mean(entropy_BxT, mask)
+    kl = masked_mean(kl_BxT, mask)
+    a2c = pg_loss + value_coef * value_loss
+    if kl_mode == "loss":
+        loss = alpha * kl + (1.0 - alpha) * a2c - entropy_coef * entropy
+    else:
+        loss = a2c - entropy_coef * entropy
+    metrics = {
+        "loss": loss,
+        "pg_loss": pg_loss,
+        "value_loss": value_loss,
+        "kl": kl,
+        "entropy": entropy,
+        "return": masked_mean(returns_BxT, mask),
+        "advantage": masked_mean(advantage_BxT, mask),
+    }
+    return loss, metrics
