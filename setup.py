@@ -45,7 +45,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["sparrow_jax", "sparrow_jax.*"]),
-    package_data={"sparrow_jax": ["resources/*", "resources/**/*"]},
+    package_data={"sparrow_jax.resources": ["*.jsonl", "prompts/*.json"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
