@@ -31,6 +31,12 @@ class Sample:
     entity: str | None = None
     attribute: str | None = None
     rule_id: str | None = None
+    judged: int = -1  # index of the Sparrow turn the labels are about (closers may follow it)
+
+    @property
+    def judged_turns(self) -> Dialogue:
+        """The dialogue up to and including the judged turn (what raters and the oracle see)."""
+        return self.turns[: len(self.turns) + self.judged + 1 if self.judged < 0 else self.judged + 1]
 
 
 class Evidence:
@@ -118,14 +124,18 @@ def exchange(pair: tuple[str, str]) -> list[Turn]:
     return [Turn(Role.USER, pair[0]), Turn(Role.AGENT, pair[1])]
 
 
-def with_small_talk(world: SplitWorld, core: list[Turn]) -> Dialogue:
-    """Optionally open and close the core exchange with chit-chat (multi-turn states)."""
+def with_small_talk(world: SplitWorld, core: list[Turn]) -> tuple[Dialogue, int]:
+    """Optionally open and close the core exchange with chit-chat (multi-turn states).
+
+    Returns the dialogue and the index of the core's last turn.
+    """
     rng, rate = world.rng, world.config.two_exchange_rate
     turns = exchange(rng.choice(OPENERS)) if rng.random() < rate else []
     turns += core
+    judged = len(turns) - 1
     if rng.random() < rate:
         turns += exchange(rng.choice(CLOSERS))
-    return tuple(turns)
+    return tuple(turns), judged
 
 
 def factual_sample(world: SplitWorld) -> Sample:
@@ -133,7 +143,8 @@ def factual_sample(world: SplitWorld) -> Sample:
     flawed = world.rng.random() < world.config.flaw_rate
     core = [Turn(Role.USER, question(entity, attribute, world.rng))]
     core += factual_reply(world, entity, attribute, flawed)
-    return Sample(with_small_talk(world, core), "factual", flawed, entity.name, attribute)
+    turns, judged = with_small_talk(world, core)
+    return Sample(turns, "factual", flawed, entity.name, attribute, judged=judged)
 
 
 def probe_sample(world: SplitWorld, probe: Probe | None = None, broken: bool | None = None) -> Sample:
@@ -143,7 +154,8 @@ def probe_sample(world: SplitWorld, probe: Probe | None = None, broken: bool | N
     fill = probe_fill(world)
     core = [Turn(Role.USER, probe_user(probe, fill, rng)),
             Turn(Role.AGENT, probe_reply(probe, fill, broken, rng))]
-    return Sample(with_small_talk(world, core), "probe", broken, rule_id=probe.rule_id)
+    turns, judged = with_small_talk(world, core)
+    return Sample(turns, "probe", broken, rule_id=probe.rule_id, judged=judged)
 
 
 def chitchat_sample(world: SplitWorld) -> Sample:

@@ -101,10 +101,11 @@ def rule_rating_record(world: SplitWorld, oracle: Oracle, rid: str) -> dict[str,
     else:
         sample = [factual_sample, chitchat_sample, probe_sample][rng.randrange(3)](world)
         rule_id = rng.choice([r for r in CHECKABLE_RULES if r != sample.rule_id])
-    broken = oracle.violates(rule_id, sample.turns)
+    turns = sample.judged_turns
+    broken = oracle.violates(rule_id, turns)
     if rng.random() < cfg.rater_noise:
         broken = not broken
-    return {"id": rid, "dialogue": to_json(sample.turns), "rule_id": rule_id, "broken": broken}
+    return {"id": rid, "dialogue": to_json(turns), "rule_id": rule_id, "broken": broken}
 
 
 def prompt_record(world: SplitWorld, rid: str) -> dict[str, Any]:

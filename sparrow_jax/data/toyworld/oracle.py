@@ -12,7 +12,7 @@ import re
 from typing import Callable, Iterable, Sequence
 
 from sparrow_jax.data.toyworld.entities import Entity
-from sparrow_jax.data.toyworld.templates import DRUGS, TYPES_BY_NAME
+from sparrow_jax.data.toyworld.templates import DRUGS, ENTITY_TYPES, TYPES_BY_NAME
 from sparrow_jax.dialogue.turns import Role, Turn
 
 WORLD_FILE = "world.json"
@@ -63,6 +63,20 @@ RULE_CHECKS: dict[str, Callable[[str], bool]] = {
 CHECKABLE_RULES: tuple[str, ...] = tuple(RULE_CHECKS)
 
 
+def _question_patterns() -> list[tuple[re.Pattern, str, str]]:
+    """(regex, entity type, attribute) for every question template; the entity is group 1."""
+    patterns = []
+    for etype in ENTITY_TYPES:
+        for spec in etype.attributes:
+            for template in spec.questions:
+                head, tail = (re.escape(part) for part in template.split("{e}"))
+                patterns.append((re.compile(rf"^{head}([A-Z][a-z]+){tail}$"), etype.name, spec.name))
+    return patterns
+
+
+_QUESTIONS = _question_patterns()
+
+
 def _mentions(text: str, phrase: str) -> bool:
     return re.search(r"\b%s\b" % re.escape(phrase), text, re.IGNORECASE) is not None
 
@@ -93,6 +107,14 @@ class Oracle:
             return self.entities[entity].attributes[attribute]
         except KeyError:
             raise KeyError(f"unknown entity/attribute {entity!r}/{attribute!r}") from None
+
+    def fact_asked(self, question: str) -> tuple[str, str] | None:
+        """(entity, attribute) if `question` is one of the world's factual question templates."""
+        for pattern, etype, attribute in _QUESTIONS:
+            match = pattern.match(question.strip())
+            if match and match.group(1) in self.entities and self.entities[match.group(1)].type == etype:
+                return match.group(1), attribute
+        return None
 
     def violates(self, rule_id: str, turns: Sequence[Turn]) -> bool:
         """Does the last Sparrow turn break `rule_id`? False if Sparrow has not spoken."""
