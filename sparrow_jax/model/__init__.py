@@ -1,0 +1,14 @@
+"""The Sparrow model: Chinchilla-style decoder, hydra of role heads, KV cache.
+
+Public API (pure functions over explicit, unboxed param pytrees); see
+docs/interfaces.md and `hydra`'s docstring for the param tree.
+"""
+from sparrow_jax.model.cache import (broadcast_cache, cache_logical_axes, init_cache,
+                                     tops_for)
+from sparrow_jax.model.hydra import (HEAD_OF_TOP, count_params, extend, forward, init_params,
+                                     param_logical_axes)
+from sparrow_jax.model.spec import ModelSpec
+
+__all__ = ["init_params", "param_logical_axes", "forward", "extend", "count_params",
+           "init_cache", "broadcast_cache", "cache_logical_axes", "tops_for", "HEAD_OF_TOP",
+           "ModelSpec"]

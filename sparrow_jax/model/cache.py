@@ -1,0 +1,102 @@
+"""The KV cache: its layout, creation, prefix sharing and slot writes.
+
+A cache is a plain pytree:
+  {'index':     int32 []          next slot to fill (the same for every row),
+   'positions': int32 [B, S]      position of the token in each slot,
+   'valid':     bool  [B, S]      slot holds a real token (False = empty or padding),
+   'layers':    {stack: {'k': [layers, B, S, H, K], 'v': [layers, B, S, H, K]}}}
+with one stack for the trunk (absent when it has no layers) and one per top
+(`policy`, `teacher`, `pref_rm`, `rule_rm`). Keys/values are in the compute
+dtype; keys are stored after rotary rotation. Slots are shared by all stacks,
+so every call that writes the cache must run every stack in it.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from sparrow_jax.model.spec import ModelSpec
+
+# Role -> the top whose layers it runs on (value reads the policy top).
+TOP_OF_ROLE = {"policy": "policy", "value": "policy", "teacher": "teacher",
+               "pref_rm": "pref_rm", "rule_rm": "rule_rm"}
+TOPS = ("policy", "teacher", "pref_rm", "rule_rm")
+
+
+def tops_for(roles: Iterable[str]) -> tuple[str, ...]:
+    """The tops (in canonical order) that must run to produce `roles`."""
+    roles = tuple(roles)
+    unknown = [r for r in roles if r not in TOP_OF_ROLE]
+    if unknown:
+        raise ValueError(f"unknown roles {unknown}; known: {sorted(TOP_OF_ROLE)}")
+    wanted = {TOP_OF_ROLE[r] for r in roles}
+    return tuple(t for t in TOPS if t in wanted)
+
+
+def _stack_sizes(spec: ModelSpec, tops: tuple[str, ...]) -> dict[str, int]:
+    sizes = {"trunk": spec.n_frozen_layers} if spec.n_frozen_layers else {}
+    sizes.update({t: spec.n_top_layers for t in tops})
+    return sizes
+
+
+def init_cache(model_cfg, batch: int, cache_len: int, tops: Iterable[str] = ("policy",)):
+    """An empty cache of `cache_len` slots for `batch` rows.
+
+    `tops` names roles whose tops get a stack ('value' means the policy top).
+    """
+    spec = ModelSpec.of(model_cfg)
+    shape = (batch, cache_len, spec.n_heads, spec.head_dim)
+    layers = {
+        name: {"k": jnp.zeros((n,) + shape, spec.dtype), "v": jnp.zeros((n,) + shape, spec.dtype)}
+        for name, n in _stack_sizes(spec, tops_for(tops)).items()
+    }
+    return {
+        "index": jnp.zeros((), jnp.int32),
+        "positions": jnp.zeros((batch, cache_len), jnp.int32),
+        "valid": jnp.zeros((batch, cache_len), bool),
+        "layers": layers,
+    }
+
+
+def cache_logical_axes(model_cfg, tops: Iterable[str] = ("policy",)):
+    """The cache tree with PartitionSpec leaves of logical axis names."""
+    spec = ModelSpec.of(model_cfg)
+    kv = P("layers", "batch", "length", "heads", "kv")
+    return {
+        "index": P(),
+        "positions": P("batch", "length"),
+        "valid": P("batch", "length"),
+        "layers": {name: {"k": kv, "v": kv} for name in _stack_sizes(spec, tops_for(tops))},
+    }
+
+
+def cache_tops(cache) -> tuple[str, ...]:
+    """The tops that have a stack in `cache`."""
+    return tuple(t for t in TOPS if t in cache["layers"])
+
+
+def broadcast_cache(cache, n: int):
+    """Repeat every row n times (B -> B * n): share a prefilled prefix among n continuations."""
+    return {
+        "index": cache["index"],
+        "positions": jnp.repeat(cache["positions"], n, axis=0),
+        "valid": jnp.repeat(cache["valid"], n, axis=0),
+        "layers": jax.tree.map(lambda a: jnp.repeat(a, n, axis=1), cache["layers"]),
+    }
+
+
+def write_slots(cache_BxS: jax.Array, new_BxT: jax.Array, index: jax.Array) -> jax.Array:
+    """Write new_BxT into cache_BxS at slots [index, index + T)."""
+    return jax.lax.dynamic_update_slice(cache_BxS, new_BxT.astype(cache_BxS.dtype), (0, index))
+
+
+def write_kv(stack_kv: dict, new_k: jax.Array, new_v: jax.Array, index: jax.Array) -> dict:
+    """Write this call's keys/values [layers, B, T, H, K] at slot `index` of a stack."""
+    start = (0, 0, index, 0, 0)
+    return {
+        "k": jax.lax.dynamic_update_slice(stack_kv["k"], new_k.astype(stack_kv["k"].dtype), start),
+        "v": jax.lax.dynamic_update_slice(stack_kv["v"], new_v.astype(stack_kv["v"].dtype), start),
+    }

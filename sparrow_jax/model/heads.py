@@ -1,0 +1,83 @@
+"""Token embedding and the per-role heads (final RMSNorm + projection).
+
+Heads compute in the compute dtype and return float32 outputs.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sparrow_jax.model.layers import RMSNorm, logical_param
+from sparrow_jax.model.spec import ModelSpec
+
+# Output width of each kind of role head; "lm" means vocab_size.
+HEAD_KINDS = ("lm", "elo", "yes_no")
+_HEAD_WIDTH = {"elo": 1, "yes_no": 2}
+
+
+class Embed(nn.Module):
+    """tokens_BxL int -> x_BxLxD in the compute dtype (no scaling)."""
+    spec: ModelSpec
+
+    @nn.compact
+    def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
+        s = self.spec
+        table = logical_param(self, "embedding", (s.vocab_size, s.d_model), ("vocab", "embed"),
+                       nn.initializers.normal(s.init_std))
+        x = jnp.take(table, tokens_BxL, axis=0).astype(s.dtype)
+        return nn.with_logical_constraint(x, ("batch", "length", "embed"))
+
+
+class RoleHead(nn.Module):
+    """Final RMSNorm, then the role's projection.
+
+    kind 'lm': logits_BxLxV (own 'unembed' [D, V], or the trunk embedding
+    transposed when tied_embeddings); 'elo': elo_BxL; 'yes_no': logits_BxLx2.
+    Returns (output float32, h_BxLxD the final-normed activations).
+    """
+    spec: ModelSpec
+    kind: str
+
+    @nn.compact
+    def __call__(self, x_BxLxD: jax.Array, embedding_VxD: jax.Array | None = None):
+        s = self.spec
+        h = RMSNorm(s, name="final_norm")(x_BxLxD)
+        init = nn.initializers.normal(s.init_std)
+        if self.kind == "lm":
+            if s.tied_embeddings:
+                if embedding_VxD is None:
+                    raise ValueError("tied_embeddings: the LM head needs the trunk embedding")
+                w_DxV = embedding_VxD.T
+            else:
+                w_DxV = logical_param(self, "unembed", (s.d_model, s.vocab_size), ("embed", "vocab"), init)
+            out = jnp.einsum("bld,dv->blv", h, w_DxV.astype(s.dtype),
+                             preferred_element_type=jnp.float32)
+            return nn.with_logical_constraint(out, ("batch", "length", "vocab")), h
+        width = _HEAD_WIDTH[self.kind]
+        w = logical_param(self, "head", (s.d_model, width), ("embed", "classes"), init)
+        out = jnp.einsum("bld,dc->blc", h, w.astype(s.dtype), preferred_element_type=jnp.float32)
+        return (out[..., 0] if self.kind == "elo" else out), h
+
+
+class ValueHead(nn.Module):
+    """value_BxL float32 from the policy top's final-normed h_BxLxD.
+
+    `value_layers` hidden layers of width `value_hidden` with GELU, then a
+    linear map to one scalar per token; no biases.
+    """
+    spec: ModelSpec
+
+    @nn.compact
+    def __call__(self, h_BxLxD: jax.Array) -> jax.Array:
+        s = self.spec
+        init = nn.initializers.normal(s.init_std)
+        x, in_axis, width = h_BxLxD.astype(s.dtype), "embed", s.d_model
+        for i in range(s.value_layers):
+            w = logical_param(self, f"hidden_{i}", (width, s.value_hidden), (in_axis, "value_hidden"),
+                       init)
+            x = jax.nn.gelu(jnp.einsum("bli,io->blo", x, w.astype(s.dtype)))
+            in_axis, width = "value_hidden", s.value_hidden
+        w_out = logical_param(self, "out", (width, 1), (in_axis, "classes"), init)
+        return jnp.einsum("bli,io->blo", x, w_out.astype(s.dtype),
+                          preferred_element_type=jnp.float32)[..., 0]

@@ -1,0 +1,201 @@
+"""The hydra: one shared trunk, one top (layers + head) per role, as pure functions.
+
+Params (unboxed, no flax metadata):
+  {'trunk':   {'embedding': [V, D], 'layers': stack of n_frozen_layers (absent if 0)},
+   'policy':  {'layers': stack, 'final_norm': {'scale'}, 'unembed': [D, V] (absent if tied)},
+   'teacher': same as policy,
+   'pref_rm': {'layers', 'final_norm', 'head': [D, 1]},
+   'rule_rm': {'layers', 'final_norm', 'head': [D, 2]},
+   'value':   {'hidden_0': [D, Hv], 'hidden_1': [Hv, Hv], ..., 'out': [Hv, 1]}}
+A stack is `{'attn', 'attn_norm', 'mlp', 'mlp_norm'}` with a leading layers axis.
+`value` has no layers of its own: it reads the policy top's final-normed output,
+so asking for `value` always brings in (and runs) the policy top.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Iterable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sparrow_jax.model import cache as kv_cache
+from sparrow_jax.model.cache import broadcast_cache, cache_logical_axes, init_cache, tops_for
+from sparrow_jax.model.heads import Embed, RoleHead, ValueHead
+from sparrow_jax.model.spec import ModelSpec
+from sparrow_jax.model.stack import apply_stack, attention_context, init_stack
+
+__all__ = ["init_params", "param_logical_axes", "forward", "extend", "count_params",
+           "init_cache", "broadcast_cache", "cache_logical_axes", "HEAD_OF_TOP"]
+
+HEAD_OF_TOP = {"policy": "lm", "teacher": "lm", "pref_rm": "elo", "rule_rm": "yes_no"}
+# The teacher shares the policy's seed: it starts as a copy of the policy top.
+_SEED_OF = {"trunk": 0, "policy": 1, "teacher": 1, "pref_rm": 2, "rule_rm": 3, "value": 4}
+
+
+def _param_roles(roles: Iterable[str]) -> tuple[tuple[str, ...], bool]:
+    """(tops to build, whether to build the value head) for the requested roles."""
+    roles = tuple(roles)
+    return tops_for(roles), "value" in roles
+
+
+def _boxed_params(spec: ModelSpec, rng: jax.Array, roles: Iterable[str]):
+    """The param tree with nn.Partitioned leaves (logical axis metadata)."""
+    tops, with_value = _param_roles(roles)
+    trunk_key = jax.random.fold_in(rng, _SEED_OF["trunk"])
+    embed_key, layers_key = jax.random.split(trunk_key)
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    x = jnp.zeros((1, 1, spec.d_model), spec.dtype)
+    tree = {"trunk": Embed(spec).init(embed_key, tokens)["params"]}
+    if spec.n_frozen_layers:
+        tree["trunk"]["layers"] = init_stack(spec, spec.n_frozen_layers, layers_key)
+    for top in tops:
+        layers_key, head_key = jax.random.split(jax.random.fold_in(rng, _SEED_OF[top]))
+        head = RoleHead(spec, HEAD_OF_TOP[top]).init(
+            head_key, x, jnp.zeros((1, spec.d_model), spec.pdtype))["params"]
+        tree[top] = {"layers": init_stack(spec, spec.n_top_layers, layers_key), **head}
+    if with_value:
+        tree["value"] = ValueHead(spec).init(jax.random.fold_in(rng, _SEED_OF["value"]), x)["params"]
+    return tree
+
+
+def init_params(model_cfg, rng: jax.Array, roles: Iterable[str]):
+    """Fresh params for the trunk and the requested roles (value implies policy).
+
+    Compiled internally (eager flax init dispatches op by op and is slow); may
+    also be called under an outer jax.jit(..., out_shardings=...) to initialise
+    straight into shards.
+    """
+    return _compiled_init(ModelSpec.of(model_cfg), tuple(roles))(rng)
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_init(spec: ModelSpec, roles: tuple[str, ...]):
+    return jax.jit(lambda rng: nn.meta.unbox(_boxed_params(spec, rng, roles)))
+
+
+def param_logical_axes(model_cfg, roles: Iterable[str]):
+    """Same tree as init_params, leaves = PartitionSpec of logical axis names. No allocation."""
+    spec = ModelSpec.of(model_cfg)
+    boxed = jax.eval_shape(lambda r: _boxed_params(spec, r, roles), jax.random.PRNGKey(0))
+    return nn.get_partition_spec(boxed)
+
+
+def count_params(tree) -> int:
+    """Number of scalars in a tree of arrays or ShapeDtypeStructs."""
+    return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in jax.tree.leaves(tree)))
+
+
+def _split_top(top_params):
+    return top_params["layers"], {k: v for k, v in top_params.items() if k != "layers"}
+
+
+def _run_head(params, spec: ModelSpec, top: str, x_BxLxD, roles, outputs: dict):
+    """Apply `top`'s head (and the value head on the policy) into outputs."""
+    _, head_params = _split_top(params[top])
+    out, h_BxLxD = RoleHead(spec, HEAD_OF_TOP[top]).apply(
+        {"params": head_params}, x_BxLxD, params["trunk"]["embedding"])
+    if top in roles:
+        outputs[top] = out
+    if top == "policy" and "value" in roles:
+        outputs["value"] = ValueHead(spec).apply({"params": params["value"]}, h_BxLxD)
+
+
+def _check_params_have(params, tops, roles):
+    missing = [t for t in tops if t not in params]
+    if "value" in roles and "value" not in params:
+        missing.append("value")
+    if missing:
+        raise ValueError(f"params have no {missing}; they hold {sorted(params)}")
+
+
+def forward(params, model_cfg, tokens_BxL, positions_BxL=None, valid_BxL=None,
+            segment_ids_BxL=None, roles: Iterable[str] = ("policy", "value")):
+    """Run the trunk once and the tops of `roles`.
+
+    Args:
+      tokens_BxL: int token ids.
+      positions_BxL: int positions (default arange(L) in every row).
+      valid_BxL: bool, False for padding (default all True); padding is never attended to.
+      segment_ids_BxL: int, attention stays within a segment (packing); default one segment.
+    Returns:
+      {'policy'|'teacher': logits_BxLxV, 'value': value_BxL, 'pref_rm': elo_BxL,
+       'rule_rm': yes_no_logits_BxLx2 (0 = "No", 1 = "Yes")}, float32, for the roles asked.
+    """
+    spec = ModelSpec.of(model_cfg)
+    roles = tuple(roles)
+    tops = tops_for(roles)
+    _check_params_have(params, tops, roles)
+    batch, length = tokens_BxL.shape
+    if positions_BxL is None:
+        positions_BxL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+    if valid_BxL is None:
+        valid_BxL = jnp.ones((batch, length), bool)
+    positions_BxL = positions_BxL.astype(jnp.int32)
+    slots_L = jnp.arange(length, dtype=jnp.int32)
+    ctx = attention_context(spec, positions_BxL, positions_BxL, valid_BxL.astype(bool),
+                            slots_L, slots_L, segment_ids_BxL, segment_ids_BxL)
+
+    x = Embed(spec).apply({"params": {"embedding": params["trunk"]["embedding"]}}, tokens_BxL)
+    if "layers" in params["trunk"]:
+        x, _ = apply_stack(params["trunk"]["layers"], spec, x, ctx)
+    outputs = {}
+    for top in tops:
+        layers, _ = _split_top(params[top])
+        top_x, _ = apply_stack(layers, spec, x, ctx)
+        _run_head(params, spec, top, top_x, roles, outputs)
+    return outputs
+
+
+def extend(params, model_cfg, tokens_BxT, positions_BxT, valid_BxT, cache,
+           roles: Iterable[str] = ("policy",)):
+    """Append T tokens per row to the cache and return the roles' outputs for them.
+
+    The new keys/values are written at slots [index, index + T); each new token
+    attends to every valid slot that is causally earlier (by slot and position),
+    including the new block itself. Prefill (T = prompt length) and decode
+    (T = 1) are the same call. Every top in the cache is run (its slots must
+    stay in step); outputs are returned only for `roles`, whose tops must be in
+    the cache. The caller keeps index + T <= cache_len (not checked under jit).
+
+    Returns (outputs as in `forward` with L = T, new cache).
+    """
+    spec = ModelSpec.of(model_cfg)
+    roles = tuple(roles)
+    run_tops = kv_cache.cache_tops(cache)
+    missing = [t for t in tops_for(roles) if t not in run_tops]
+    if missing:
+        raise ValueError(f"the cache has no stack for tops {missing} (it has {run_tops})")
+    _check_params_have(params, run_tops, roles)
+    batch, length = tokens_BxT.shape
+    if valid_BxT is None:
+        valid_BxT = jnp.ones((batch, length), bool)
+    index = jnp.asarray(cache["index"], jnp.int32)
+    positions_BxT = positions_BxT.astype(jnp.int32)
+    k_pos_BxS = kv_cache.write_slots(cache["positions"], positions_BxT, index)
+    k_valid_BxS = kv_cache.write_slots(cache["valid"], valid_BxT.astype(bool), index)
+    q_slot_T = index + jnp.arange(length, dtype=jnp.int32)
+    k_slot_S = jnp.arange(k_pos_BxS.shape[1], dtype=jnp.int32)
+    ctx = attention_context(spec, positions_BxT, k_pos_BxS, k_valid_BxS, q_slot_T, k_slot_S,
+                            index=index)
+
+    new_layers = {}
+
+    def run_stack(name, layers, x):
+        stack_kv = cache["layers"][name]
+        x, (new_k, new_v) = apply_stack(layers, spec, x, ctx, (stack_kv["k"], stack_kv["v"]))
+        new_layers[name] = kv_cache.write_kv(stack_kv, new_k, new_v, index)
+        return x
+
+    x = Embed(spec).apply({"params": {"embedding": params["trunk"]["embedding"]}}, tokens_BxT)
+    if "layers" in params["trunk"]:
+        x = run_stack("trunk", params["trunk"]["layers"], x)
+    outputs = {}
+    for top in run_tops:
+        layers, _ = _split_top(params[top])
+        _run_head(params, spec, top, run_stack(top, layers, x), roles, outputs)
+    new_cache = {"index": index + length, "positions": k_pos_BxS, "valid": k_valid_BxS,
+                 "layers": new_layers}
+    return outputs, new_cache

@@ -1,0 +1,156 @@
+"""The decoder block: pre-norm attention and MLP, Chinchilla-style (no biases).
+
+Every parameter carries logical axis names (nn.with_logical_partitioning);
+key activations carry logical constraints, which are no-ops outside a
+logical-axis-rules context.
+
+`ctx` is the per-call attention context shared by every layer (see
+`hydra._attention_context`):
+  mask_BxTxS       bool, which keys each query may attend to
+  q_pos_BxT        int32 positions of the queries (rotary)
+  distance_BxTxS   int32 query_pos - key_pos, clipped (relative)
+  rel_table_MxD    sinusoidal encodings of distances [0, max_len) (relative)
+  index            int32 scalar fill index of the KV cache (cached calls only)
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sparrow_jax.model import positions
+from sparrow_jax.model.spec import ModelSpec
+
+# Large negative score for masked pairs; finite, so an all-masked row stays finite.
+_MASKED_SCORE = -1e30
+
+
+def logical_param(module: nn.Module, name: str, shape, axes, init):
+    """A param of `module` (which has a `spec`) in the param dtype, tagged with logical axes."""
+    spec: ModelSpec = module.spec
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, spec.pdtype)
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * scale over the last axis, computed in float32 (scale only)."""
+    spec: ModelSpec
+
+    @nn.compact
+    def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+        scale = logical_param(self, "scale", (self.spec.d_model,), ("embed",), nn.initializers.ones)
+        x = x_BxLxD.astype(jnp.float32)
+        x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.spec.norm_eps)
+        return (x * scale.astype(jnp.float32)).astype(self.spec.dtype)
+
+
+class Mlp(nn.Module):
+    """Dense GELU MLP D -> F -> D, or GELU-gated (gelu(x W_gate) * (x W_up)) W_out."""
+    spec: ModelSpec
+
+    @nn.compact
+    def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+        s = self.spec
+        init = nn.initializers.normal(s.init_std)
+        out_init = nn.initializers.normal(s.init_std / (2 * s.n_layers) ** 0.5)
+        x = x_BxLxD.astype(s.dtype)
+        if s.mlp == "gated_gelu":
+            w_gate = logical_param(self, "wi_gate", (s.d_model, s.d_ff), ("embed", "mlp"), init)
+            w_up = logical_param(self, "wi_up", (s.d_model, s.d_ff), ("embed", "mlp"), init)
+            h_BxLxF = (jax.nn.gelu(jnp.einsum("bld,df->blf", x, w_gate.astype(s.dtype)))
+                       * jnp.einsum("bld,df->blf", x, w_up.astype(s.dtype)))
+        else:
+            w_in = logical_param(self, "wi", (s.d_model, s.d_ff), ("embed", "mlp"), init)
+            h_BxLxF = jax.nn.gelu(jnp.einsum("bld,df->blf", x, w_in.astype(s.dtype)))
+        h_BxLxF = nn.with_logical_constraint(h_BxLxF, ("batch", "length", "mlp"))
+        w_out = logical_param(self, "wo", (s.d_ff, s.d_model), ("mlp", "embed"), out_init)
+        return jnp.einsum("blf,fd->bld", h_BxLxF, w_out.astype(s.dtype))
+
+
+class Attention(nn.Module):
+    """Multi-head attention with Transformer-XL relative positions or rotary.
+
+    Relative: score_ts = [(q_t + u) . k_s + (q_t + v) . (W_r R_{d(t,s)})] / sqrt(K).
+    The position term is computed for every distance d in [0, max_len) and
+    gathered by d = query_pos - key_pos, so it works for any explicit positions
+    (in particular for queries whose keys sit in a KV cache).
+    """
+    spec: ModelSpec
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array, ctx: dict[str, Any],
+                 layer_kv: tuple[jax.Array, jax.Array] | None = None):
+        """Returns (y_BxTxD, new_kv): new_kv is None without a cache, else this call's
+        keys and values (k_BxTxHxK, v_BxTxHxK).
+
+        With `layer_kv` (the layer's cache, [B, S, H, K] each) the new keys and
+        values are written at ctx['index'] and the queries attend to all S slots.
+        """
+        s = self.spec
+        dt = s.dtype
+        init = nn.initializers.normal(s.init_std)
+        out_init = nn.initializers.normal(s.init_std / (2 * s.n_layers) ** 0.5)
+        qkv_shape, qkv_axes = (s.d_model, s.n_heads, s.head_dim), ("embed", "heads", "kv")
+        w_q = logical_param(self, "query", qkv_shape, qkv_axes, init)
+        w_k = logical_param(self, "key", qkv_shape, qkv_axes, init)
+        w_v = logical_param(self, "value", qkv_shape, qkv_axes, init)
+        w_o = logical_param(self, "out", (s.n_heads, s.head_dim, s.d_model), ("heads", "kv", "embed"),
+                     out_init)
+
+        x = x_BxTxD.astype(dt)
+        act_axes = ("batch", "length", "heads", "kv")
+        q = nn.with_logical_constraint(jnp.einsum("btd,dhk->bthk", x, w_q.astype(dt)), act_axes)
+        k = nn.with_logical_constraint(jnp.einsum("btd,dhk->bthk", x, w_k.astype(dt)), act_axes)
+        v = nn.with_logical_constraint(jnp.einsum("btd,dhk->bthk", x, w_v.astype(dt)), act_axes)
+        if s.position == "rotary":
+            q = positions.apply_rotary(q, ctx["q_pos_BxT"], s.rotary_base)
+            k = positions.apply_rotary(k, ctx["q_pos_BxT"], s.rotary_base)
+        # Without a cache nothing needs the new keys, so none are returned
+        # (a scan would otherwise materialise them for every layer).
+        new_kv = None if layer_kv is None else (k, v)
+
+        if layer_kv is None:
+            k_all, v_all = k, v
+        else:
+            start = (0, ctx["index"], 0, 0)
+            k_all = jax.lax.dynamic_update_slice(layer_kv[0], k.astype(layer_kv[0].dtype), start)
+            v_all = jax.lax.dynamic_update_slice(layer_kv[1], v.astype(layer_kv[1].dtype), start)
+
+        if s.position == "relative":
+            w_r = logical_param(self, "rel_proj", qkv_shape, qkv_axes, init)
+            u = logical_param(self, "u_bias", (s.n_heads, s.head_dim), ("heads", "kv"),
+                       nn.initializers.zeros)
+            v_bias = logical_param(self, "v_bias", (s.n_heads, s.head_dim), ("heads", "kv"),
+                            nn.initializers.zeros)
+            content_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q + u.astype(dt), k_all)
+            r_MxHxK = jnp.einsum("md,dhk->mhk", ctx["rel_table_MxD"].astype(dt), w_r.astype(dt))
+            by_distance_BxHxTxM = jnp.einsum("bthk,mhk->bhtm", q + v_bias.astype(dt), r_MxHxK)
+            position_BxHxTxS = jnp.take_along_axis(
+                by_distance_BxHxTxM, ctx["distance_BxTxS"][:, None, :, :], axis=-1)
+            scores = content_BxHxTxS.astype(jnp.float32) + position_BxHxTxS.astype(jnp.float32)
+        else:
+            scores = jnp.einsum("bthk,bshk->bhts", q, k_all).astype(jnp.float32)
+
+        mask_Bx1xTxS = ctx["mask_BxTxS"][:, None, :, :]
+        scores = jnp.where(mask_Bx1xTxS, scores * s.head_dim ** -0.5, _MASKED_SCORE)
+        probs = jnp.where(mask_Bx1xTxS, jax.nn.softmax(scores, axis=-1), 0.0)
+        attended_BxTxHxK = jnp.einsum("bhts,bshk->bthk", probs.astype(dt), v_all)
+        y_BxTxD = jnp.einsum("bthk,hkd->btd", attended_BxTxHxK, w_o.astype(dt))
+        return y_BxTxD, new_kv
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(x))."""
+    spec: ModelSpec
+
+    @nn.compact
+    def __call__(self, x_BxTxD: jax.Array, ctx: dict[str, Any],
+                 layer_kv: tuple[jax.Array, jax.Array] | None = None):
+        """Returns (x_BxTxD, new_kv) as Attention does; the signature fits nn.scan (carry, ys)."""
+        y, new_kv = Attention(self.spec, name="attn")(
+            RMSNorm(self.spec, name="attn_norm")(x_BxTxD), ctx, layer_kv)
+        x = x_BxTxD + y
+        x = x + Mlp(self.spec, name="mlp")(RMSNorm(self.spec, name="mlp_norm")(x))
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        return x, new_kv

@@ -1,0 +1,77 @@
+"""ModelSpec: the static, hashable view of `cfg.model` that the modules read.
+
+Linen modules and jax transforms want hashable, immutable attributes; an
+ml_collections ConfigDict is neither, so every public entry point converts the
+config once with `ModelSpec.of(model_cfg)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute the whole block
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    vocab_size: int
+    d_model: int
+    n_heads: int
+    head_dim: int
+    d_ff: int
+    n_layers: int
+    n_frozen_layers: int
+    max_len: int
+    position: str
+    mlp: str
+    tied_embeddings: bool
+    param_dtype: str
+    compute_dtype: str
+    remat: str
+    scan_layers: bool
+    norm_eps: float
+    init_std: float
+    rotary_base: float
+    value_hidden: int
+    value_layers: int
+
+    @classmethod
+    def of(cls, model_cfg: Any) -> "ModelSpec":
+        """Build from a ConfigDict, a mapping or another ModelSpec."""
+        if isinstance(model_cfg, ModelSpec):
+            return model_cfg
+        get = (model_cfg.get if isinstance(model_cfg, Mapping) or hasattr(model_cfg, "get")
+               else lambda k: getattr(model_cfg, k))
+        values = {f.name: get(f.name) for f in dataclasses.fields(cls)}
+        missing = [k for k, v in values.items() if v is None]
+        if missing:
+            raise ValueError(f"model config is missing keys {missing}")
+        return cls(**values)
+
+    @property
+    def n_top_layers(self) -> int:
+        """Layers each role owns above the shared trunk."""
+        return self.n_layers - self.n_frozen_layers
+
+    @property
+    def dtype(self):
+        """Compute dtype (activations, matmul inputs, KV cache)."""
+        return _DTYPES[self.compute_dtype]
+
+    @property
+    def pdtype(self):
+        """Parameter (master weight) dtype."""
+        return _DTYPES[self.param_dtype]
+
+    @property
+    def remat_policy(self):
+        """jax.checkpoint policy; only meaningful when remat != 'none'."""
+        return _REMAT_POLICIES[self.remat]

@@ -1,0 +1,102 @@
+"""A stack of decoder blocks with parameters stacked on a leading 'layers' axis.
+
+The stack is run with nn.scan (spec.scan_layers) so compile time does not grow
+with depth, or with a Python loop over the same stacked parameters; both use
+the same remat policy. Stacks are pure functions over an unboxed param tree
+`{'attn': ..., 'attn_norm': ..., 'mlp': ..., 'mlp_norm': ...}` whose leaves
+have a leading dimension n_layers.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sparrow_jax.model import positions
+from sparrow_jax.model.layers import Block
+from sparrow_jax.model.spec import ModelSpec
+
+KV = tuple[jax.Array, jax.Array]
+
+
+def _block_class(spec: ModelSpec):
+    if spec.remat == "none":
+        return Block
+    # Inside a scan CSE across iterations is impossible anyway; outside, keep
+    # prevent_cse so XLA cannot undo the rematerialisation.
+    return nn.remat(Block, policy=spec.remat_policy, prevent_cse=not spec.scan_layers)
+
+
+class _ScannedBlocks(nn.Module):
+    spec: ModelSpec
+    n_layers: int
+
+    @nn.compact
+    def __call__(self, x_BxTxD, ctx, kv):
+        scanned = nn.scan(
+            _block_class(self.spec),
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast, 0),
+            length=self.n_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        return scanned(self.spec, name="block")(x_BxTxD, ctx, kv)
+
+
+def attention_context(spec: ModelSpec, q_pos_BxT, k_pos_BxS, k_valid_BxS,
+                      q_slot_T, k_slot_S, q_seg_BxT=None, k_seg_BxS=None,
+                      index=None) -> dict[str, Any]:
+    """Everything attention needs that is the same in every layer (see layers.py)."""
+    ctx = {
+        "mask_BxTxS": positions.attention_mask(q_slot_T, k_slot_S, q_pos_BxT, k_pos_BxS,
+                                               k_valid_BxS, q_seg_BxT, k_seg_BxS),
+        "q_pos_BxT": q_pos_BxT,
+    }
+    if spec.position == "relative":
+        ctx["distance_BxTxS"] = positions.relative_distance(q_pos_BxT, k_pos_BxS, spec.max_len)
+        ctx["rel_table_MxD"] = positions.sinusoidal_table(spec.max_len, spec.d_model, spec.dtype)
+    if index is not None:
+        ctx["index"] = index
+    return ctx
+
+
+def init_stack(spec: ModelSpec, n_layers: int, rng: jax.Array):
+    """Boxed (nn.Partitioned) params of an n_layers stack; leading axis 'layers'."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    ctx = attention_context(spec, tokens, tokens, tokens == 0, jnp.zeros(1, jnp.int32),
+                            jnp.zeros(1, jnp.int32))
+    x = jnp.zeros((1, 1, spec.d_model), spec.dtype)
+    variables = _ScannedBlocks(spec, n_layers).init(rng, x, ctx, None)
+    return variables["params"]["block"]
+
+
+def apply_stack(params, spec: ModelSpec, x_BxTxD: jax.Array, ctx: dict[str, Any],
+                kv: KV | None = None):
+    """Run every layer of the stack.
+
+    Args:
+      params: unboxed stack params, leaves [n_layers, ...].
+      x_BxTxD: input activations (compute dtype).
+      ctx: attention context from `attention_context`.
+      kv: optional cache of this stack, (k, v) each [n_layers, B, S, H, K].
+    Returns:
+      (x_BxTxD, new_kv): new_kv is None without a cache, else this call's keys
+      and values (k, v) each [n_layers, B, T, H, K], to be written at the fill index.
+    """
+    n_layers = jax.tree.leaves(params)[0].shape[0]
+    if spec.scan_layers:
+        return _ScannedBlocks(spec, n_layers).apply({"params": {"block": params}},
+                                                    x_BxTxD, ctx, kv)
+    block = _block_class(spec)(spec)
+    new_kvs = []
+    for i in range(n_layers):
+        layer_params = jax.tree.map(lambda a: a[i], params)
+        layer_kv = None if kv is None else jax.tree.map(lambda a: a[i], kv)
+        x_BxTxD, new_kv = block.apply({"params": layer_params}, x_BxTxD, ctx, layer_kv)
+        new_kvs.append(new_kv)
+    if kv is None:
+        return x_BxTxD, None
+    return x_BxTxD, jax.tree.map(lambda *a: jnp.stack(a), *new_kvs)

@@ -1,0 +1,26 @@
+"""Tiny model configs shared by the model tests (float32 compute for exact comparisons)."""
+import pytest
+
+from sparrow_jax.config import model_defaults
+
+
+def tiny_model_cfg(**overrides):
+    cfg = model_defaults()
+    cfg.vocab_size = 64
+    cfg.d_model = 32
+    cfg.n_heads = 2
+    cfg.head_dim = 16
+    cfg.d_ff = 64
+    cfg.n_layers = 3
+    cfg.n_frozen_layers = 1
+    cfg.max_len = 32
+    cfg.value_hidden = 16
+    cfg.compute_dtype = "float32"
+    for key, value in overrides.items():
+        cfg[key] = value
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg():
+    return tiny_model_cfg()
