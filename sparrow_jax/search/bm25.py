@@ -69,9 +69,10 @@ class BM25Engine:
         return engine
 
     def save(self, index_dir: str | os.PathLike | None = None) -> str:
-        index_dir = os.fspath(index_dir if index_dir is not None else self.index_dir)
+        index_dir = index_dir if index_dir is not None else self.index_dir
         if index_dir is None:
             raise ValueError("save() needs an index_dir")
+        index_dir = os.fspath(index_dir)
         os.makedirs(index_dir, exist_ok=True)
         self._retriever.save(index_dir, show_progress=False)
         write_corpus(os.path.join(index_dir, DOCS_FILE), self.docs)

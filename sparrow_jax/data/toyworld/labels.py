@@ -2,6 +2,13 @@
 
 Labels come from the oracle (the world's "raters") with `rater_noise` flipping a share of
 them; the oracle is only used here to label data, never as a reward.
+
+Preferences: a factual context gets k/2 candidates that search (right query and right
+answer, a misread value, or another entity's document) and k/2 that do not (right, wrong,
+or right but rude); a probe context gets k replies without evidence, some breaking the rule.
+`supported` is filled for evidence candidates only; `plausible` = no checkable rule broken.
+Rule ratings: mostly the probe's own rule (`targeted_rating_rate`), otherwise another rule
+on any kind of dialogue ("other rule" pairs, usually kept).
 """
 from __future__ import annotations
 
@@ -9,12 +16,11 @@ import random
 from typing import Any
 
 from sparrow_jax.data.toyworld.dialogues import (
-    OPENERS, PROBES, SplitWorld, answer, exchange, factual_sample, pick_kind, probe_fill,
-    probe_reply, probe_sample, probe_user, question, search_query, searched_answer, chitchat_sample,
-    wrong_value,
+    SplitWorld, answer, chitchat_sample, exchange, factual_sample, pick_kind, probe_fill, probe_reply,
+    probe_sample, probe_user, question, search_query, searched_answer, wrong_value,
 )
 from sparrow_jax.data.toyworld.oracle import CHECKABLE_RULES, Oracle
-from sparrow_jax.data.toyworld.templates import RUDE_ANSWER_PREFIX
+from sparrow_jax.data.toyworld.templates import OPENERS, PROBES, RUDE_ANSWER_PREFIX
 from sparrow_jax.dialogue.turns import Role, Turn, to_json
 
 # Weights of the candidate kinds offered to raters.
