@@ -13,4 +13,4 @@ def records():
 @pytest.fixture(scope="session")
 def tokenizer(tmp_path_factory):
     texts = [" ".join(WORDS) + " Doc https://x.org/ 0123456789 ok"] * 20
-    return train_tokenizer(texts, tmp_path_factory.mktemp("tok") / "tok.model", vocab_size=256)
+    return train_tokenizer(texts, tmp_path_factory.mktemp("tok") / "tok.model", vocab_size=400)

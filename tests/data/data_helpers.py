@@ -19,7 +19,7 @@ def make_records(n: int = 24) -> dict[str, list]:
     dialogues, preferences, ratings, prompts, corpus = [], [], [], [], []
     for i in range(n):
         turns = dialogue([("user", _text(i, 3 + i % 5)), ("search_query", _text(i, 2)),
-                          ("search_result", _text(i + 1, 4 + 3 * (i % 4))),
+                          ("search_result", _text(i + 1, 4 + 12 * (i % 4))),
                           ("agent", _text(i + 2, 2 + i % 3)), ("user", _text(i + 3, 2)),
                           ("agent", _text(i + 4, 3))][: 2 + i % 5])
         turns = turns if turns[-1].role.value == "agent" else turns + dialogue([("agent", "ok")])

@@ -1,0 +1,209 @@
+"""grain input pipelines: records -> batches of numpy arrays for each training stage.
+
+    source = tfds_builders.load_source(tfds_dir, "dialogues", "train")   # or a list of records
+    batches = make_pipeline("sft", source, tokenizer, global_batch_size=8, seq_len=128, seed=0)
+    batch = next(batches)            # {"tokens_BxL": int32[B, L], "loss_mask_BxL": bool[B, L], ...}
+    state = batches.get_state()      # JSON-serialisable; batches.set_state(state) resumes exactly
+
+Order of operations (grain `MapDataset`, so every step is index-addressable and
+the iterator state is just a position): tag each record with its index in the
+source, shard by JAX process (equal-sized strided shards: each process reads a
+disjoint 1/process_count of the records), seeded shuffle, repeat (reshuffled
+every epoch), per-record transform (`examples.py`), batch. The `lm` stage then
+packs token streams into rows (`ConcatThenSplitIterDataset`) before batching.
+
+Batch keys carry their shapes (`tokens_BxL`); `examples.EXAMPLE_SPECS` lists
+them per stage, and docs/interfaces.md ("Data pipelines") documents them. B is
+the per-process batch = global_batch_size / process_count.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Mapping, Sequence
+
+import grain
+import numpy as np
+
+from sparrow_jax.data import examples
+from sparrow_jax.dialogue.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """Which slice of the data this process reads."""
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def from_jax(cls) -> "Shard":
+        """This JAX process's shard (jax.process_index() of jax.process_count())."""
+        options = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+        return cls(options.shard_index, options.shard_count)
+
+
+def shard_records(dataset: grain.MapDataset, shard: Shard) -> grain.MapDataset:
+    """A strided 1/count of the records, the same length on every process.
+
+    The remainder (len % count records) is left out so that processes stay in lockstep
+    (a process with one more batch would hang a collective); at most count-1 records per
+    epoch, and a different set each epoch only if the source itself is reordered.
+    """
+    if not 0 <= shard.index < shard.count:
+        raise ValueError(f"shard index {shard.index} not in [0, {shard.count})")
+    usable = len(dataset) - len(dataset) % shard.count
+    return dataset[:usable][shard.index::shard.count]
+
+
+class BatchIterator:
+    """An iterator of batches with checkpointable state and a count of left-truncated examples.
+
+    `get_state()` -> JSON-serialisable dict; `set_state(state)` resumes at the same element.
+    `num_truncated` / `num_examples` count the examples of the batches handed out so far.
+    """
+
+    def __init__(self, dataset: grain.IterDataset, stage: str):
+        self._iterator = iter(dataset)
+        self.stage = stage
+        self.num_truncated = 0
+        self.num_examples = 0
+        self._next_log = 1
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = next(self._iterator)
+        self.num_examples += next(iter(batch.values())).shape[0]
+        truncated = batch.get("truncated_B")
+        if truncated is not None and truncated.any():
+            self.num_truncated += int(truncated.sum())
+            if self.num_truncated >= self._next_log:  # logs at 1, 2, 4, 8, ... cuts
+                log.warning("%s: %d of %d examples so far were longer than seq_len and cut from "
+                            "the left", self.stage, self.num_truncated, self.num_examples)
+                while self._next_log <= self.num_truncated:
+                    self._next_log *= 2
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        return {"grain": self._iterator.get_state(), "num_truncated": self.num_truncated,
+                "num_examples": self.num_examples, "next_log": self._next_log}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        self._iterator.set_state(state["grain"])
+        self.num_truncated = int(state["num_truncated"])
+        self.num_examples = int(state["num_examples"])
+        self._next_log = int(state["next_log"])
+
+
+def per_process_batch_size(global_batch_size: int, shard: Shard) -> int:
+    if global_batch_size <= 0 or global_batch_size % shard.count:
+        raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of "
+                         f"the number of processes ({shard.count})")
+    return global_batch_size // shard.count
+
+
+def _example_fn(stage: str, tokenizer: Tokenizer, seq_len: int, *, num_candidates: int,
+                rule_len: int, rules: Mapping[str, str] | None, pad_prompts_left: bool):
+    """record -> example dict (keys of EXAMPLE_SPECS[stage] minus record_index)."""
+    if stage == "sft":
+        return lambda record: examples.sft_example(record, tokenizer, seq_len)
+    if stage == "pref_rm":
+        return lambda record: examples.pref_rm_example(record, tokenizer, seq_len, num_candidates)
+    if stage == "rule_rm":
+        if rules is None:
+            raise ValueError("the rule_rm stage needs `rules` ({rule_id: rule text})")
+        questions = examples.rule_questions(rules, tokenizer)
+        too_long = {rule_id: len(q) for rule_id, q in questions.items() if len(q) > rule_len}
+        if too_long:  # fail before the first batch, not midway through an epoch
+            raise ValueError(f"rule questions longer than rule_len={rule_len} tokens: {too_long}")
+        return lambda record: examples.rule_rm_example(record, tokenizer, seq_len, rule_len, questions)
+    if stage == "prompts":
+        rule_ids = list(rules or ())
+        return lambda record: examples.prompt_example(record, tokenizer, seq_len, rule_ids,
+                                                      pad_left=pad_prompts_left)
+    raise ValueError(f"unknown stage {stage!r}; expected one of {examples.STAGES}")
+
+
+def _rename(stage: str):
+    def rename(batch: dict) -> dict:
+        return {examples.batch_key(stage, key): value for key, value in batch.items()}
+    return rename
+
+
+def _packed_lm_row(row: dict) -> dict:
+    segment_ids = row["tokens_segment_ids"].astype(np.int32)
+    positions = row["tokens_positions"].astype(np.int32)
+    valid = segment_ids > 0
+    # The first token of a segment (or of a row continuing a cut document) has no
+    # predecessor in the row, so nothing in the row predicts it.
+    return {"tokens": row["tokens"].astype(np.int32), "segment_ids": segment_ids,
+            "positions": positions, "valid": valid, "loss_mask": valid & (positions > 0)}
+
+
+def make_pipeline(stage: str, source: Sequence, tokenizer: Tokenizer, *, global_batch_size: int,
+                  seq_len: int, seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
+                  shard: Shard | None = None, drop_remainder: bool = True, num_candidates: int = 4,
+                  rule_len: int = 64, rules: Mapping[str, str] | None = None,
+                  pad_prompts_left: bool = True, num_threads: int = 1,
+                  prefetch_buffer_size: int = 8) -> BatchIterator:
+    """Batches for one stage; see the module docstring and examples.EXAMPLE_SPECS.
+
+    Args:
+      stage: one of examples.STAGES ("lm", "sft", "pref_rm", "rule_rm", "prompts").
+      source: random-access records (a tfds_builders.RecordSource or a list of records).
+      global_batch_size: examples (or packed rows) per step across all processes.
+      num_epochs: None repeats forever (training); 1 is one pass (evaluation).
+      shard: defaults to this JAX process (Shard.from_jax()).
+      drop_remainder: drop the last incomplete batch (with num_epochs set).
+      num_candidates: pref_rm K; records with fewer candidates are padded (candidate_valid False).
+      rule_len: rule_rm R, the padded length of the rule question suffix.
+      rules: {rule_id: rule text}, in rule-index order; needed by rule_rm, used by prompts.
+      num_threads / prefetch_buffer_size: grain ReadOptions for the per-record work.
+    """
+    if stage not in examples.STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {examples.STAGES}")
+    shard = shard or Shard.from_jax()
+    batch_size = per_process_batch_size(global_batch_size, shard)
+    dataset = grain.MapDataset.source(source)
+    if stage != "lm":
+        num_records = len(source)  # grain passes global indices (across epochs) to map_with_index
+        dataset = dataset.map_with_index(lambda index, record: (index % num_records, record))
+    dataset = shard_records(dataset, shard)
+    if len(dataset) == 0:
+        raise ValueError(f"{stage}: no records for shard {shard.index} of {shard.count} "
+                         f"(source has {len(source)})")
+    if shuffle:
+        dataset = dataset.seed(seed).shuffle()
+    if num_epochs != 1:
+        dataset = dataset.repeat(num_epochs)
+    read_options = grain.ReadOptions(num_threads=num_threads,
+                                     prefetch_buffer_size=prefetch_buffer_size)
+    if stage == "lm":
+        dataset = dataset.map(lambda record: {"tokens": examples.lm_tokens(record, tokenizer)})
+        packed = grain.experimental.ConcatThenSplitIterDataset(
+            dataset.to_iter_dataset(read_options), length_struct={"tokens": seq_len})
+        batched = packed.map(_packed_lm_row).batch(batch_size, drop_remainder=drop_remainder)
+        return BatchIterator(batched.map(_rename(stage)), stage)
+    example_fn = _example_fn(stage, tokenizer, seq_len, num_candidates=num_candidates,
+                             rule_len=rule_len, rules=rules, pad_prompts_left=pad_prompts_left)
+
+    def to_example(indexed):
+        index, record = indexed
+        return {**example_fn(record), "record_index": np.int32(index)}
+
+    batched = dataset.map(to_example).batch(batch_size, drop_remainder=drop_remainder)
+    return BatchIterator(batched.map(_rename(stage)).to_iter_dataset(read_options), stage)
+
+
+def batch_spec(stage: str, batch_size: int, seq_len: int, num_candidates: int = 4,
+               rule_len: int = 64) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """{batch key: (shape, dtype)} of one stage's batches, e.g. for jit tracing or tests."""
+    sizes = {"B": batch_size, "L": seq_len, "K": num_candidates, "R": rule_len}
+    spec = {}
+    for key, (letters, dtype) in examples.EXAMPLE_SPECS[stage].items():
+        shape = (batch_size,) + tuple(sizes[c] for c in letters.split("x") if c)
+        spec[examples.batch_key(stage, key)] = (shape, np.dtype(dtype))
+    return spec
