@@ -51,7 +51,7 @@ EXAMPLE_SPECS: dict[str, dict[str, tuple[str, type]]] = {
     },
 }
 STAGES = tuple(EXAMPLE_SPECS)
-# Record kind each stage reads. `lm` also reads plain corpus documents.
+# Record kinds each stage reads. `lm` also reads plain strings (pipelines.read_text_documents).
 STAGE_KINDS = {"lm": ("corpus", "dialogues"), "sft": ("dialogues",), "pref_rm": ("preferences",),
                "rule_rm": ("rule_ratings",), "prompts": ("prompts",)}
 
@@ -83,15 +83,18 @@ def _render_fitting(turns, tokenizer: Tokenizer, seq_len: int, record_id: str, *
         raise ValueError(f"record {record_id!r}: {err}") from None
 
 
-def lm_tokens(record: schemas.CorpusDoc | schemas.DialogueRecord, tokenizer: Tokenizer) -> np.ndarray:
-    """Unpacked LM tokens int32 [n]: a document as [bos] title \\n text [eos], or a rendered dialogue."""
-    if isinstance(record, schemas.CorpusDoc):
-        text = f"{record.title}\n{record.text}" if record.title else record.text
+def lm_tokens(record: str | schemas.CorpusDoc | schemas.DialogueRecord,
+              tokenizer: Tokenizer) -> np.ndarray:
+    """Unpacked LM tokens int32 [n]: plain text or a corpus document (title \\n text) as
+    [bos] text [eos], or a dialogue rendered with its role tokens."""
+    if isinstance(record, (str, schemas.CorpusDoc)):
+        text = record if isinstance(record, str) else (
+            f"{record.title}\n{record.text}" if record.title else record.text)
         ids = [tokenizer.bos_id, *tokenizer.encode(text), tokenizer.eos_id]
         return np.asarray(ids, dtype=np.int32)
     if isinstance(record, schemas.DialogueRecord):
         return render_lib.render(record.turns, tokenizer).token_ids.astype(np.int32)
-    raise TypeError(f"lm stage reads corpus documents or dialogues, got {type(record).__name__}")
+    raise TypeError(f"lm stage reads text, corpus documents or dialogues, got {type(record).__name__}")
 
 
 def sft_example(record: schemas.DialogueRecord, tokenizer: Tokenizer, seq_len: int) -> dict:

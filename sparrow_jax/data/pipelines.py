@@ -106,16 +106,18 @@ def per_process_batch_size(global_batch_size: int, shard: Shard) -> int:
 
 
 def _example_fn(stage: str, tokenizer: Tokenizer, seq_len: int, *, num_candidates: int,
-                rule_len: int, rules: Mapping[str, str] | None, pad_prompts_left: bool):
+                rule_len: int | None, rules: Mapping[str, str] | None, pad_prompts_left: bool):
     """record -> example dict (keys of EXAMPLE_SPECS[stage] minus record_index)."""
     if stage == "sft":
         return lambda record: examples.sft_example(record, tokenizer, seq_len)
     if stage == "pref_rm":
         return lambda record: examples.pref_rm_example(record, tokenizer, seq_len, num_candidates)
     if stage == "rule_rm":
-        if rules is None:
+        if not rules:
             raise ValueError("the rule_rm stage needs `rules` ({rule_id: rule text})")
         questions = examples.rule_questions(rules, tokenizer)
+        if rule_len is None:  # the longest question, rounded up to a multiple of 16
+            rule_len = -(-max(len(q) for q in questions.values()) // 16) * 16
         too_long = {rule_id: len(q) for rule_id, q in questions.items() if len(q) > rule_len}
         if too_long:  # fail before the first batch, not midway through an epoch
             raise ValueError(f"rule questions longer than rule_len={rule_len} tokens: {too_long}")
@@ -146,7 +148,7 @@ def _packed_lm_row(row: dict) -> dict:
 def make_pipeline(stage: str, source: Sequence, tokenizer: Tokenizer, *, global_batch_size: int,
                   seq_len: int, seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
                   shard: Shard | None = None, drop_remainder: bool = True, num_candidates: int = 4,
-                  rule_len: int = 64, rules: Mapping[str, str] | None = None,
+                  rule_len: int | None = None, rules: Mapping[str, str] | None = None,
                   pad_prompts_left: bool = True, num_threads: int = 1,
                   prefetch_buffer_size: int = 8) -> BatchIterator:
     """Batches for one stage; see the module docstring and examples.EXAMPLE_SPECS.
@@ -159,7 +161,8 @@ def make_pipeline(stage: str, source: Sequence, tokenizer: Tokenizer, *, global_
       shard: defaults to this JAX process (Shard.from_jax()).
       drop_remainder: drop the last incomplete batch (with num_epochs set).
       num_candidates: pref_rm K; records with fewer candidates are padded (candidate_valid False).
-      rule_len: rule_rm R, the padded length of the rule question suffix.
+      rule_len: rule_rm R, the padded length of the rule question suffix; None = the longest
+        rule question rounded up to a multiple of 16 (a question longer than R is an error).
       rules: {rule_id: rule text}, in rule-index order; needed by rule_rm, used by prompts.
       num_threads / prefetch_buffer_size: grain ReadOptions for the per-record work.
     """
@@ -196,6 +199,12 @@ def make_pipeline(stage: str, source: Sequence, tokenizer: Tokenizer, *, global_
 
     batched = dataset.map(to_example).batch(batch_size, drop_remainder=drop_remainder)
     return BatchIterator(batched.map(_rename(stage)).to_iter_dataset(read_options), stage)
+
+
+def read_text_documents(path) -> list[str]:
+    """Plain-text LM documents (e.g. the toy world's lm.txt): blocks separated by blank lines."""
+    with open(path, encoding="utf-8") as f:
+        return [block.strip("\n") for block in f.read().split("\n\n") if block.strip()]
 
 
 def batch_spec(stage: str, batch_size: int, seq_len: int, num_candidates: int = 4,
