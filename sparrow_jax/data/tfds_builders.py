@@ -140,12 +140,17 @@ def build_all(jsonl_dir, tfds_data_dir, rule_ids: Collection[str] | None = None,
     if not progress:
         tfds.disable_progress_bar()
         logging.getLogger("absl").setLevel(logging.WARNING)
-    builders = {kind: build(kind, jsonl_dir, tfds_data_dir, rule_ids, overwrite)
-                for kind in BUILDERS if jsonl_paths(jsonl_dir, kind)}
-    if not builders:
+    kinds = [kind for kind in BUILDERS if jsonl_paths(jsonl_dir, kind)]
+    if not kinds:
         raise FileNotFoundError(f"no JSONL data files in {jsonl_dir} "
                                 f"(expected e.g. corpus.jsonl, dialogues.train.jsonl)")
-    return builders
+    # Validate every file before building any: rebuilding replaces a prepared dataset,
+    # and a bad line found midway would leave the old data deleted and the new unbuilt.
+    for kind in kinds:
+        for path in jsonl_paths(jsonl_dir, kind).values():
+            for _ in schemas.read_jsonl(path, kind, rule_ids):
+                pass
+    return {kind: build(kind, jsonl_dir, tfds_data_dir, rule_ids, overwrite) for kind in kinds}
 
 
 class RecordSource(Sequence):

@@ -169,3 +169,10 @@ def test_lm_packing(records, tokenizer):
 def test_batch_size_must_divide_over_processes(records, tokenizer):
     with pytest.raises(ValueError, match="multiple of the number of processes"):
         _pipeline("sft", records, tokenizer, global_batch_size=3, shard=Shard(0, 2))
+
+
+def test_default_shard_is_this_jax_process(records, tokenizer):
+    assert Shard.from_jax() == Shard(0, 1)
+    it = make_pipeline("sft", records["dialogues"], tokenizer, global_batch_size=24, seq_len=SEQ_LEN,
+                       num_epochs=1)
+    assert sorted(next(it)["record_index_B"].tolist()) == list(range(24))

@@ -45,8 +45,9 @@ def test_rebuild_picks_up_new_data(built, tmp_path, records):
     assert len(tfds_builders.load_source(tfds_dir, "dialogues", "train")) == 5
 
 
-def test_bad_line_fails_the_build(tmp_path, records):
+def test_bad_line_fails_the_build_and_keeps_the_old_data(tmp_path, records):
     jsonl_dir = write_world(tmp_path / "w", {k: v[:4] for k, v in records.items()})
+    tfds_builders.build_all(jsonl_dir, tmp_path / "tfds", rule_ids=set(RULES))
     path = os.path.join(jsonl_dir, "rule_ratings.test.jsonl")
     with open(path, "a") as f:
         f.write('{"id": "bad", "dialogue": [{"role": "user", "text": "x"}], "rule_id": "no_jokes", '
@@ -54,6 +55,8 @@ def test_bad_line_fails_the_build(tmp_path, records):
     with pytest.raises(schemas.SchemaError) as info:
         tfds_builders.build_all(jsonl_dir, tmp_path / "tfds", rule_ids=set(RULES))
     assert (info.value.path, info.value.line, info.value.field) == (path, 3, "rule_id")
+    for kind in ("corpus", "dialogues", "rule_ratings"):
+        assert len(tfds_builders.load_source(tmp_path / "tfds", kind, "train")) > 0
 
 
 def test_no_data_is_an_error(tmp_path):
