@@ -24,3 +24,21 @@ def tiny_model_cfg(**overrides):
 @pytest.fixture
 def tiny_cfg():
     return tiny_model_cfg()
+
+
+def sharpen(params, rng, bias_scale=0.5):
+    """Give the zero-initialised u/v biases random values so tests exercise them.
+
+    Together with a large init_std this makes attention sharp and position
+    dependent, so a wrong mask or distance shows up as a large error.
+    """
+    import jax
+
+    def visit(path, leaf):
+        name = jax.tree_util.keystr(path)
+        if "u_bias" in name or "v_bias" in name:
+            key = jax.random.fold_in(rng, hash(name) % (2 ** 31))
+            return bias_scale * jax.random.normal(key, leaf.shape, leaf.dtype)
+        return leaf
+
+    return jax.tree_util.tree_map_with_path(visit, params)
