@@ -48,7 +48,7 @@ class CorpusDoc:
     title: str
     url: str
     text: str
-    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict, compare=True)
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {"id": self.id, "title": self.title, "url": self.url, "text": self.text, **self.extra}
