@@ -77,7 +77,7 @@ def update(state: TrainState, batch: dict, loss_fn: LossFn, optimizer, schedule,
     rng, step_rng = jax.random.split(state.rng)
     loss, metrics, grads = loss_and_grads(loss_fn, state.params, state.frozen, batch, step_rng,
                                           accum, grad_shardings, micro_shardings)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm, lr=schedule(state.step))
