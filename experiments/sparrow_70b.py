@@ -45,3 +45,10 @@ def get_config(variant: str = "v5p_256"):
     cfg.train.grad_clip_norm = 1.0
     cfg.train.stage = "rl"
     return cfg
+
+
+def get_sweep(variant: str = "v5p_256"):
+    """Learning rate x size of the frozen trunk (64 of 80 layers in the paper): 4 pod runs."""
+    from sparrow_jax.sweeps import product, sweep_axis
+    return product(sweep_axis("train.learning_rate", [1e-6, 2e-6]),
+                   sweep_axis("model.n_frozen_layers", [64, 72]))

@@ -21,3 +21,10 @@ def get_config(variant: str = "sft"):
     m.value_hidden = 128
     cfg.train.stage = variant
     return cfg
+
+
+def get_sweep(variant: str = "sft"):
+    """Learning rate x depth of the frozen shared trunk: 4 runs (`sparrow sweep`)."""
+    from sparrow_jax.sweeps import product, sweep_axis
+    return product(sweep_axis("train.learning_rate", [1e-3, 3e-4]),
+                   sweep_axis("model.n_frozen_layers", [1, 2]))

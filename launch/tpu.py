@@ -1,0 +1,15 @@
+#!/usr/bin/env python3
+"""Cloud TPU VM launcher: `python launch/tpu.py <create|setup|run|logs|delete|babysit> ...`.
+
+Needs only the Python standard library and `gcloud` (nothing is installed locally);
+the logic lives in sparrow_jax/launch/. See launch/README.md and `--help`.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from sparrow_jax.launch.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
