@@ -1,0 +1,95 @@
+"""`sparrow aot`: JSON report keys, analytic FLOPs, bad meshes, and the 70B run (slow)."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sparrow_jax import aot, cli
+from sparrow_jax.config import ConfigError, load_experiment
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG_70B = os.path.join(ROOT, "experiments", "sparrow_70b.py")
+CONFIG_TINY = os.path.join(ROOT, "experiments", "tiny_cpu.py")
+STEP_KEYS = {"per_device_bytes", "hbm_budget_bytes", "fits", "flops_per_step", "trainable_params"}
+
+
+def run_cli(*argv, timeout=600):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "sparrow_jax", "aot", *argv], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), time.time() - start
+
+
+def check_report(report, steps):
+    assert report["num_devices"] == 256
+    assert report["mesh_shape"] == {"data": 1, "fsdp": 64, "tensor": 4}
+    assert report["hydra_params"] > report["total_params"] > 0
+    assert set(report["steps"]) == set(steps)
+    for name, step in report["steps"].items():
+        assert STEP_KEYS <= set(step), name
+        assert {"arguments", "temporaries", "total"} <= set(step["per_device_bytes"])
+        assert step["per_device_bytes"]["total"] > 0
+        assert step["hbm_budget_bytes"] == 95 * 2**30
+        assert step["flops_per_step"] > 0 and 0 < step["trainable_params"] < report["hydra_params"]
+    assert "CPU compiler" in report["note"]
+
+
+def test_aot_70b_shape_two_layers_json():
+    steps = ("sft", "pref_rm", "rule_rm", "rl")
+    report, _ = run_cli("--config", CONFIG_70B, "--layers", "2", "--json")
+    check_report(report, steps)
+    assert report["n_layers"] == 2 and report["n_frozen_layers"] == 1
+
+
+@pytest.mark.slow
+def test_aot_70b_full_depth():
+    report, seconds = run_cli("--config", CONFIG_70B, "--json")
+    check_report(report, ("sft", "pref_rm", "rule_rm", "rl"))
+    assert 69e9 <= report["total_params"] <= 71e9
+    assert report["steps"]["rl"]["fits"]
+    assert seconds < 180
+
+
+def test_bad_mesh_fails_before_compiling_naming_mesh_shape(capsys):
+    start = time.time()
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["aot", "--config", CONFIG_TINY, "--devices", "8", "--config.mesh.shape.fsdp=3"])
+    assert exit_info.value.code == 2
+    assert "mesh.shape" in capsys.readouterr().err
+    assert time.time() - start < 30
+    cfg = load_experiment(CONFIG_TINY)
+    cfg.mesh.shape.data, cfg.mesh.shape.fsdp, cfg.mesh.shape.tensor = 2, 2, 4
+    with pytest.raises(ConfigError, match="mesh.shape"):
+        aot.run_aot(cfg, steps=("sft",), num_devices=8)
+
+
+def test_run_aot_in_process_and_analytic_flops():
+    cfg = load_experiment(CONFIG_TINY)
+    cfg.mesh.shape.data, cfg.mesh.shape.fsdp, cfg.mesh.shape.tensor = 2, 2, 2
+    cfg.train.batch_size, cfg.train.seq_len = 8, 32
+    report = aot.run_aot(cfg, steps=("sft",), num_devices=8)
+    step = report["steps"]["sft"]
+    assert step["fits"] and report["num_devices"] == 8
+    # Hand count: trunk (2 frozen layers, forward only) + policy top (2 layers + final
+    # norm + unembed, forward and backward).
+    m = cfg.model
+    tokens, layer_params = 8 * 32, report["params_by_part"]["trunk"] - m.vocab_size * m.d_model
+    attn = 4 * 8 * 32**2 * m.n_heads * m.head_dim
+    expected = (2 * layer_params * tokens + 2 * attn
+                + 3 * (2 * report["params_by_part"]["policy"] * tokens + 2 * attn))
+    assert step["flops_per_step"] == pytest.approx(expected)
+    text = aot.format_report(report)
+    assert "sft" in text and "fits" in text
+
+
+def test_with_layers_keeps_frozen_fraction():
+    cfg = load_experiment(CONFIG_70B)
+    small = aot.with_layers(cfg, 10)
+    assert (small.model.n_layers, small.model.n_frozen_layers) == (10, 8)
+    assert aot.with_layers(cfg, 1).model.n_frozen_layers == 0
+    assert cfg.model.n_layers == 80  # the original is untouched
