@@ -107,8 +107,11 @@ class LocalSource:
 
 
 def archive_command(source: LocalSource, spec: TpuSpec) -> list[str]:
-    return ["tar", "--exclude-vcs", "--exclude=__pycache__", "--exclude=*.egg-info",
-            "--exclude=./tpu_logs", "-czf", source.archive_path(spec), "-C", source.path, "."]
+    """GNU tar and bsdtar alike; local caches, venvs and launcher logs stay behind."""
+    excludes = ["__pycache__", "*.egg-info", ".pytest_cache", ".hypothesis", "./.venv",
+                "./tpu_logs"]
+    return ["tar", "--exclude-vcs", *(f"--exclude={e}" for e in excludes),
+            "-czf", source.archive_path(spec), "-C", source.path, "."]
 
 
 def setup_commands(spec: TpuSpec, source: GitSource | LocalSource,
