@@ -197,7 +197,12 @@ def validate_members(config_spec: str, members: Sequence[SweepMember],
     """
     from sparrow_jax.config import ConfigError, apply_overrides, load_experiment
 
-    base = load_experiment(config_spec)
+    try:
+        base = load_experiment(config_spec)
+    except ConfigError:
+        raise
+    except ValueError as err:  # e.g. get_config() rejecting an unknown variant
+        raise SweepError(f"{config_spec}: {err}") from err
     common_keys = {a.split("=", 1)[0][len("--config."):] for a in common_overrides}
     try:
         base = apply_overrides(base, common_overrides)
