@@ -143,7 +143,7 @@ def load_experiment(spec: str) -> ml_collections.ConfigDict:
         raise ConfigError(f"{path} defines no get_config()")
     try:
         cfg = module.get_config(variant) if variant else module.get_config()
-    except (TypeError, KeyError, AttributeError) as err:
+    except (TypeError, KeyError, AttributeError, ValueError) as err:
         raise ConfigError(f"{spec}: get_config() failed: {err}") from err
     validate(cfg, source=spec)
     return cfg
