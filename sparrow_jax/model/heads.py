@@ -50,7 +50,8 @@ class RoleHead(nn.Module):
                     raise ValueError("tied_embeddings: the LM head needs the trunk embedding")
                 w_DxV = embedding_VxD.T
             else:
-                w_DxV = logical_param(self, "unembed", (s.d_model, s.vocab_size), ("embed", "vocab"), init)
+                w_DxV = logical_param(self, "unembed", (s.d_model, s.vocab_size),
+                                      ("embed", "vocab"), init)
             out = jnp.einsum("bld,dv->blv", h, w_DxV.astype(s.dtype),
                              preferred_element_type=jnp.float32)
             return nn.with_logical_constraint(out, ("batch", "length", "vocab")), h
@@ -74,8 +75,8 @@ class ValueHead(nn.Module):
         init = nn.initializers.normal(s.init_std)
         x, in_axis, width = h_BxLxD.astype(s.dtype), "embed", s.d_model
         for i in range(s.value_layers):
-            w = logical_param(self, f"hidden_{i}", (width, s.value_hidden), (in_axis, "value_hidden"),
-                       init)
+            w = logical_param(self, f"hidden_{i}", (width, s.value_hidden),
+                              (in_axis, "value_hidden"), init)
             x = jax.nn.gelu(jnp.einsum("bli,io->blo", x, w.astype(s.dtype)))
             in_axis, width = "value_hidden", s.value_hidden
         w_out = logical_param(self, "out", (width, 1), (in_axis, "classes"), init)

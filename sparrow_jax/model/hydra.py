@@ -41,39 +41,40 @@ def _param_roles(roles: Iterable[str]) -> tuple[tuple[str, ...], bool]:
     return tops_for(roles), "value" in roles
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _init_module(module: nn.Module, input_shapes, rng: jax.Array):
+    """Boxed params of a small module, from zero inputs of the given (shape, dtype)s."""
+    inputs = [jnp.zeros(shape, dtype) for shape, dtype in input_shapes]
+    return module.init(rng, *inputs)["params"]
+
+
 def _boxed_params(spec: ModelSpec, rng: jax.Array, roles: Iterable[str]):
     """The param tree with nn.Partitioned leaves (logical axis metadata)."""
     tops, with_value = _param_roles(roles)
-    trunk_key = jax.random.fold_in(rng, _SEED_OF["trunk"])
-    embed_key, layers_key = jax.random.split(trunk_key)
-    tokens = jnp.zeros((1, 1), jnp.int32)
-    x = jnp.zeros((1, 1, spec.d_model), spec.dtype)
-    tree = {"trunk": Embed(spec).init(embed_key, tokens)["params"]}
+    embed_key, layers_key = jax.random.split(jax.random.fold_in(rng, _SEED_OF["trunk"]))
+    x_shape = ((1, 1, spec.d_model), spec.compute_dtype)
+    tree = {"trunk": _init_module(Embed(spec), (((1, 1), "int32"),), embed_key)}
     if spec.n_frozen_layers:
         tree["trunk"]["layers"] = init_stack(spec, spec.n_frozen_layers, layers_key)
     for top in tops:
         layers_key, head_key = jax.random.split(jax.random.fold_in(rng, _SEED_OF[top]))
-        head = RoleHead(spec, HEAD_OF_TOP[top]).init(
-            head_key, x, jnp.zeros((1, spec.d_model), spec.pdtype))["params"]
+        embedding_shape = ((1, spec.d_model), spec.param_dtype)
+        head = _init_module(RoleHead(spec, HEAD_OF_TOP[top]), (x_shape, embedding_shape), head_key)
         tree[top] = {"layers": init_stack(spec, spec.n_top_layers, layers_key), **head}
     if with_value:
-        tree["value"] = ValueHead(spec).init(jax.random.fold_in(rng, _SEED_OF["value"]), x)["params"]
+        tree["value"] = _init_module(ValueHead(spec), (x_shape,),
+                                     jax.random.fold_in(rng, _SEED_OF["value"]))
     return tree
 
 
 def init_params(model_cfg, rng: jax.Array, roles: Iterable[str]):
     """Fresh params for the trunk and the requested roles (value implies policy).
 
-    Compiled internally (eager flax init dispatches op by op and is slow); may
-    also be called under an outer jax.jit(..., out_shardings=...) to initialise
-    straight into shards.
+    The pieces are compiled separately (eager flax init would dispatch op by
+    op); the tops share one compiled stack init. May also be called under an
+    outer jax.jit(..., out_shardings=...) to initialise straight into shards.
     """
-    return _compiled_init(ModelSpec.of(model_cfg), tuple(roles))(rng)
-
-
-@functools.lru_cache(maxsize=32)
-def _compiled_init(spec: ModelSpec, roles: tuple[str, ...]):
-    return jax.jit(lambda rng: nn.meta.unbox(_boxed_params(spec, rng, roles)))
+    return nn.meta.unbox(_boxed_params(ModelSpec.of(model_cfg), rng, tuple(roles)))
 
 
 def param_logical_axes(model_cfg, roles: Iterable[str]):

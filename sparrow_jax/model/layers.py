@@ -95,8 +95,8 @@ class Attention(nn.Module):
         w_q = logical_param(self, "query", qkv_shape, qkv_axes, init)
         w_k = logical_param(self, "key", qkv_shape, qkv_axes, init)
         w_v = logical_param(self, "value", qkv_shape, qkv_axes, init)
-        w_o = logical_param(self, "out", (s.n_heads, s.head_dim, s.d_model), ("heads", "kv", "embed"),
-                     out_init)
+        w_o = logical_param(self, "out", (s.n_heads, s.head_dim, s.d_model),
+                            ("heads", "kv", "embed"), out_init)
 
         x = x_BxTxD.astype(dt)
         act_axes = ("batch", "length", "heads", "kv")
@@ -120,9 +120,9 @@ class Attention(nn.Module):
         if s.position == "relative":
             w_r = logical_param(self, "rel_proj", qkv_shape, qkv_axes, init)
             u = logical_param(self, "u_bias", (s.n_heads, s.head_dim), ("heads", "kv"),
-                       nn.initializers.zeros)
+                              nn.initializers.zeros)
             v_bias = logical_param(self, "v_bias", (s.n_heads, s.head_dim), ("heads", "kv"),
-                            nn.initializers.zeros)
+                                   nn.initializers.zeros)
             content_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q + u.astype(dt), k_all)
             r_MxHxK = jnp.einsum("md,dhk->mhk", ctx["rel_table_MxD"].astype(dt), w_r.astype(dt))
             by_distance_BxHxTxM = jnp.einsum("bthk,mhk->bhtm", q + v_bias.astype(dt), r_MxHxK)

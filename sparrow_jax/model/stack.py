@@ -8,6 +8,7 @@ have a leading dimension n_layers.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -63,8 +64,12 @@ def attention_context(spec: ModelSpec, q_pos_BxT, k_pos_BxS, k_valid_BxS,
     return ctx
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
 def init_stack(spec: ModelSpec, n_layers: int, rng: jax.Array):
-    """Boxed (nn.Partitioned) params of an n_layers stack; leading axis 'layers'."""
+    """Boxed (nn.Partitioned) params of an n_layers stack; leading axis 'layers'.
+
+    Jitted so that the tops, which all have the same shape, compile once.
+    """
     tokens = jnp.zeros((1, 1), jnp.int32)
     ctx = attention_context(spec, tokens, tokens, tokens == 0, jnp.zeros(1, jnp.int32),
                             jnp.zeros(1, jnp.int32))

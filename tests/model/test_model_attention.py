@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import sharpen, tiny_model_cfg
+from model_helpers import sharpen, tiny_model_cfg
 from sparrow_jax.config import ROLES
 from sparrow_jax.model import hydra
 from sparrow_jax.model.layers import Attention

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import sharpen, tiny_model_cfg
+from model_helpers import sharpen, tiny_model_cfg
 from sparrow_jax.model import hydra
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -89,8 +89,9 @@ def test_cache_layout_and_errors():
     cfg = tiny_model_cfg()
     cache = hydra.init_cache(cfg, batch=2, cache_len=7, tops=("value", "pref_rm"))
     assert set(cache["layers"]) == {"trunk", "policy", "pref_rm"}
-    assert cache["layers"]["trunk"]["k"].shape == (1, 2, 7, cfg.n_heads, cfg.head_dim)
-    assert cache["layers"]["policy"]["v"].shape == (2, 2, 7, cfg.n_heads, cfg.head_dim)
+    slots = (2, 7, cfg.n_heads, cfg.head_dim)
+    assert cache["layers"]["trunk"]["k"].shape == (cfg.n_frozen_layers,) + slots
+    assert cache["layers"]["policy"]["v"].shape == (cfg.n_layers - cfg.n_frozen_layers,) + slots
     assert cache["positions"].dtype == jnp.int32 and cache["valid"].dtype == jnp.bool_
     assert cache["index"].shape == ()
     wide = hydra.broadcast_cache(hydra.init_cache(cfg, 1, 7), 4)

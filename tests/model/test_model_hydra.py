@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from conftest import tiny_model_cfg
+from model_helpers import tiny_model_cfg
 from sparrow_jax.config import ROLES
 from sparrow_jax.model import hydra
 

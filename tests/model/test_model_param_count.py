@@ -4,7 +4,7 @@ import os
 import jax
 import pytest
 
-from conftest import tiny_model_cfg
+from model_helpers import tiny_model_cfg
 from sparrow_jax.config import ROLES, load_experiment
 from sparrow_jax.model import hydra
 
