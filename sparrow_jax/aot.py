@@ -8,7 +8,6 @@ scanned layer stack once, so it undercounts by about the number of layers.
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Sequence
 
@@ -19,6 +18,7 @@ from sparrow_jax import sharding as shd
 from sparrow_jax.config import HBM_BUDGET_GIB, ROLES, validate
 from sparrow_jax.model import hydra
 from sparrow_jax.train import stages
+from sparrow_jax.train.state import count_params
 from sparrow_jax.train.step import batch_shardings
 from sparrow_jax.train.trainable import STAGE_ROLES, TRAINABLE_KEYS
 
@@ -40,15 +40,11 @@ def with_layers(cfg, layers: int | None):
     return cfg
 
 
-def _count(tree) -> int:
-    return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
-
-
 def part_params(model_cfg, roles: Sequence[str] = ROLES) -> dict[str, int]:
     """Parameter count per top-level key of the hydra (abstract, nothing allocated)."""
     shapes = jax.eval_shape(lambda r: hydra.init_params(model_cfg, r, roles=roles),
                             jax.random.PRNGKey(0))
-    return {k: _count(v) for k, v in shapes.items()}
+    return {k: count_params(v) for k, v in shapes.items()}
 
 
 def analytic_flops(model_cfg, stage: str, batch: int, seq_len: int) -> float:
@@ -94,8 +90,8 @@ def compile_step(cfg, mesh, stage: str) -> dict[str, Any]:
     budget = HBM_BUDGET_GIB[cfg.mesh.hbm] * 2**30
     abstract = setup.abstract_state
     return {
-        "trainable_params": _count(abstract.params),
-        "frozen_params": _count(abstract.frozen),
+        "trainable_params": count_params(abstract.params),
+        "frozen_params": count_params(abstract.frozen),
         "per_device_bytes": {"arguments": args, "temporaries": temps, "outputs": outs,
                              "aliased": alias, "total": total},
         "hbm": cfg.mesh.hbm,

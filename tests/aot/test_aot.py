@@ -93,3 +93,13 @@ def test_with_layers_keeps_frozen_fraction():
     assert (small.model.n_layers, small.model.n_frozen_layers) == (10, 8)
     assert aot.with_layers(cfg, 1).model.n_frozen_layers == 0
     assert cfg.model.n_layers == 80  # the original is untouched
+
+
+def test_reexecs_when_jax_already_has_too_few_devices(capfd):
+    # This pytest process already initialised JAX with 8 devices; 16 needs a fresh process.
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["aot", "--config", CONFIG_TINY, "--devices", "16", "--steps", "sft", "--json",
+                  "--config.train.batch_size=16", "--config.train.seq_len=32"])
+    assert exit_info.value.code == 0
+    report = json.loads(capfd.readouterr().out.strip().splitlines()[-1])
+    assert report["num_devices"] == 16 and report["mesh_shape"]["data"] == 16
