@@ -41,15 +41,25 @@ def test_prefill_then_decode_matches_full_forward(position):
     full = forward(params, tokens, positions, valid)
 
     cache = hydra.init_cache(cfg, batch=3, cache_len=12, tops=roles)
-    out, cache = extend(params, tokens[:, :width], positions[:, :width], valid[:, :width], cache)
-    pieces = [out]
-    for t in range(width, tokens.shape[1]):
-        out, cache = extend(params, tokens[:, t:t + 1], positions[:, t:t + 1],
-                            valid[:, t:t + 1], cache)
-        pieces.append(out)
+    prefilled, cache = extend(params, tokens[:, :width], positions[:, :width], valid[:, :width],
+                              cache)
+
+    @jax.jit
+    def decode(params, cache, tokens_BxN, positions_BxN, valid_BxN):
+        """One token at a time inside lax.scan: the fill index is a traced loop carry."""
+        def step(cache, column):
+            token_B, position_B, valid_B = column
+            out, cache = hydra.extend(params, cfg, token_B[:, None], position_B[:, None],
+                                      valid_B[:, None], cache, roles=roles)
+            return cache, jax.tree.map(lambda a: a[:, 0], out)
+        cache, outs = jax.lax.scan(step, cache, (tokens_BxN.T, positions_BxN.T, valid_BxN.T))
+        return jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1), outs), cache
+
+    decoded, cache = decode(params, cache, tokens[:, width:], positions[:, width:],
+                            valid[:, width:])
     assert int(cache["index"]) == tokens.shape[1]
     for role in roles:
-        cached = jnp.concatenate([piece[role] for piece in pieces], axis=1)
+        cached = jnp.concatenate([prefilled[role], decoded[role]], axis=1)
         np.testing.assert_allclose(cached, full[role], **TOL)
 
     # The comparison is meaningful: moving the positions changes the logits.
