@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sparrow_jax.config import ROLES
 from sparrow_jax.model import cache as kv_cache
 from sparrow_jax.model.cache import broadcast_cache, cache_logical_axes, init_cache, tops_for
 from sparrow_jax.model.heads import Embed, RoleHead, ValueHead
@@ -67,7 +68,7 @@ def _boxed_params(spec: ModelSpec, rng: jax.Array, roles: Iterable[str]):
     return tree
 
 
-def init_params(model_cfg, rng: jax.Array, roles: Iterable[str]):
+def init_params(model_cfg, rng: jax.Array, roles: Iterable[str] = ROLES):
     """Fresh params for the trunk and the requested roles (value implies policy).
 
     The pieces are compiled separately (eager flax init would dispatch op by
@@ -77,7 +78,7 @@ def init_params(model_cfg, rng: jax.Array, roles: Iterable[str]):
     return nn.meta.unbox(_boxed_params(ModelSpec.of(model_cfg), rng, tuple(roles)))
 
 
-def param_logical_axes(model_cfg, roles: Iterable[str]):
+def param_logical_axes(model_cfg, roles: Iterable[str] = ROLES):
     """Same tree as init_params, leaves = PartitionSpec of logical axis names. No allocation."""
     spec = ModelSpec.of(model_cfg)
     boxed = jax.eval_shape(lambda r: _boxed_params(spec, r, roles), jax.random.PRNGKey(0))
