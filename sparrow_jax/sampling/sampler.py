@@ -1,0 +1,373 @@
+"""Sample the next speaker's turn: prefill a KV cache, then one token per `lax.while_loop` step.
+
+Prompt layout (what `render(..., open_role=role)` and the `prompts` pipeline give): int32 tokens [B, P],
+LEFT-padded, with a bool `valid` mask, so each row's real tokens are contiguous and end in the last column
+with the open role token of the speaker. Positions are cumsum(valid) - 1 (padding at 0); the i-th sampled
+token of a row with n prompt tokens sits at position n + i.
+
+RNG scheme (shared by the cached sampler and the uncached reference): the token of step i (0-based) is
+drawn for the whole batch with key `fold_in(rng, i)`, so both draw the same tokens from the same logits.
+
+Sampling distribution at each step, from the policy logits of the last token:
+  1. ids that may never be sampled (`TokenIds`: control ids other than eot, ids past the tokenizer's
+     vocabulary) get -inf;
+  2. temperature 0 is greedy (argmax); else logits / temperature,
+  3. then top-k (k largest), then top-p (smallest prefix of the sorted tokens whose mass reaches p).
+`logprobs_BxN` are NOT taken from that distribution: they are log_softmax of the raw policy logits
+(temperature 1, no masking, no top-k/top-p), i.e. the log-prob a training forward of the same sequence
+assigns to the token (what RL's policy-gradient and KL terms read).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from sparrow_jax import sharding as shd
+from sparrow_jax.model import hydra
+from sparrow_jax.model.spec import ModelSpec
+
+_POLICY = ("policy",)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """Static sampling knobs (hashable: a jit static argument).
+
+    max_new_tokens: N, the most tokens a turn may have, eot included.
+    temperature: 0 = greedy; > 0 divides the logits.
+    top_p: nucleus mass in (0, 1]; 1 = off.
+    top_k: keep the k most likely tokens; 0 = off.
+    """
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenIds:
+    """The special ids the sampler needs (hashable).
+
+    eot_id: ends a turn (sampled like text; the row stops after it).
+    pad_id: written after a row's eot.
+    banned_ids: never sampled (a turn's text never holds role/bos/eos/pad/rule tokens).
+    vocab_limit: ids >= this are never sampled (a model vocabulary padded past the tokenizer's).
+    """
+    eot_id: int
+    pad_id: int
+    banned_ids: tuple[int, ...] = ()
+    vocab_limit: int | None = None
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> "TokenIds":
+        """Ban every control id but eot, and every id the tokenizer cannot decode."""
+        banned = tuple(sorted(set(tokenizer.control_ids) - {tokenizer.eot_id}))
+        return cls(tokenizer.eot_id, tokenizer.pad_id, banned, tokenizer.vocab_size)
+
+    def allowed_mask(self, vocab_size: int) -> np.ndarray:
+        """bool [V]: True for ids that may be sampled."""
+        allowed = np.ones(vocab_size, bool)
+        allowed[[i for i in self.banned_ids if 0 <= i < vocab_size]] = False
+        if self.vocab_limit is not None:
+            allowed[self.vocab_limit:] = False
+        return allowed
+
+
+@flax.struct.dataclass
+class SampleOutput:
+    """One sampled turn per row (N = max_new_tokens).
+
+    tokens_BxN: int32, the turn's tokens up to and including eot, then pad_id.
+    token_valid_BxN: bool, True up to and including eot (or all N if no eot).
+    logprobs_BxN: float32, log_softmax of the raw policy logits (temperature 1) at each sampled token,
+      0 where not valid.
+    lengths_B: int32, number of valid tokens (eot included).
+    finished_B: bool, the row emitted eot (False = over length).
+    """
+    tokens_BxN: jax.Array
+    token_valid_BxN: jax.Array
+    logprobs_BxN: jax.Array
+    lengths_B: jax.Array
+    finished_B: jax.Array
+
+
+# ---------------------------------------------------------------------------- one sampling step
+
+def sample_token(logits_BxV: jax.Array, key: jax.Array, config: SamplingConfig,
+                 ids: TokenIds) -> jax.Array:
+    """int32 [B]: one token per row from float logits [B, V] (see the module docstring)."""
+    vocab = logits_BxV.shape[-1]
+    logits = jnp.where(jnp.asarray(ids.allowed_mask(vocab)), logits_BxV.astype(jnp.float32),
+                       -jnp.inf)
+    if config.temperature == 0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / config.temperature
+    if config.top_k == 0 and config.top_p >= 1:
+        return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+    k = min(config.top_k, vocab) if config.top_k else vocab
+    top_BxK, index_BxK = jax.lax.top_k(logits, k)  # sorted, largest first
+    if config.top_p < 1:
+        probs = jax.nn.softmax(top_BxK, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        top_BxK = jnp.where(mass_before < config.top_p, top_BxK, -jnp.inf)  # keeps the first
+    choice_B = jax.random.categorical(key, top_BxK, axis=-1)
+    return jnp.take_along_axis(index_BxK, choice_B[:, None], axis=-1)[:, 0].astype(jnp.int32)
+
+
+def _token_logprob(logits_BxV, token_B):
+    logprobs = jax.nn.log_softmax(logits_BxV.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logprobs, token_B[:, None], axis=-1)[:, 0]
+
+
+def prompt_positions(valid_BxP: jax.Array) -> jax.Array:
+    """int32 [B, P]: cumsum(valid) - 1, padding at 0."""
+    return jnp.maximum(jnp.cumsum(valid_BxP.astype(jnp.int32), axis=1) - 1, 0)
+
+
+# ---------------------------------------------------------------------------- the decode loop
+
+Advance = Callable[[Any, jax.Array, jax.Array, jax.Array], tuple[jax.Array, Any]]
+
+
+def _batch_constrain(x):
+    return shd.constrain(x, ("batch",) + (None,) * (x.ndim - 1))
+
+
+def _generate(first_logits_BxV, model_state, advance: Advance, rng, config: SamplingConfig,
+              ids: TokenIds) -> SampleOutput:
+    """The loop both samplers share; `advance(state, step, token_B, live_B) -> (logits_BxV, state)`
+    feeds token `step` to the model and returns the logits for token `step + 1`."""
+    batch = first_logits_BxV.shape[0]
+    n = config.max_new_tokens
+    carry = {
+        "step": jnp.zeros((), jnp.int32),
+        "logits": first_logits_BxV,
+        "state": model_state,
+        "tokens": jnp.full((batch, n), ids.pad_id, jnp.int32),
+        "valid": jnp.zeros((batch, n), bool),
+        "logprobs": jnp.zeros((batch, n), jnp.float32),
+        "done": jnp.zeros((batch,), bool),
+    }
+
+    def cond(c):
+        return (c["step"] < n) & ~jnp.all(c["done"])
+
+    def body(c):
+        step = c["step"]
+        live = ~c["done"]
+        token = sample_token(c["logits"], jax.random.fold_in(rng, step), config, ids)
+        token = jnp.where(live, token, ids.pad_id)
+        logprob = jnp.where(live, _token_logprob(c["logits"], token), 0.0)
+        logits, state = advance(c["state"], step, token, live)
+        return {
+            "step": step + 1,
+            "logits": _batch_constrain(logits),
+            "state": state,
+            "tokens": _batch_constrain(c["tokens"].at[:, step].set(token)),
+            "valid": _batch_constrain(c["valid"].at[:, step].set(live)),
+            "logprobs": _batch_constrain(c["logprobs"].at[:, step].set(logprob)),
+            "done": c["done"] | (live & (token == ids.eot_id)),
+        }
+
+    c = jax.lax.while_loop(cond, body, carry)
+    return SampleOutput(tokens_BxN=c["tokens"], token_valid_BxN=c["valid"],
+                        logprobs_BxN=c["logprobs"], lengths_B=c["valid"].sum(1).astype(jnp.int32),
+                        finished_B=c["done"])
+
+
+def _constrain_cache(spec: ModelSpec, cache):
+    axes = hydra.cache_logical_axes(spec, tops=_POLICY)
+    return jax.tree.map(lambda x, a: shd.constrain(x, tuple(a)), cache, axes,
+                        is_leaf=lambda a: isinstance(a, P))
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "config", "ids", "sharding_key"))
+def _sample_cached(params, tokens_BxP, valid_BxP, rng, *, spec, config, ids, sharding_key):
+    del sharding_key  # only keys the jit cache (the logical rules are not part of jax's)
+    batch, prompt_len = tokens_BxP.shape
+    positions_BxP = prompt_positions(valid_BxP)
+    cache = _constrain_cache(spec, hydra.init_cache(spec, batch, prompt_len + config.max_new_tokens,
+                                                    tops=_POLICY))
+    out, cache = hydra.extend(params, spec, tokens_BxP, positions_BxP, valid_BxP, cache,
+                              roles=_POLICY)
+    next_position_B = valid_BxP.sum(1).astype(jnp.int32)
+
+    def advance(cache, step, token_B, live_B):
+        out, cache = hydra.extend(params, spec, token_B[:, None], (next_position_B + step)[:, None],
+                                  live_B[:, None], cache, roles=_POLICY)
+        return out["policy"][:, 0], _constrain_cache(spec, cache)
+
+    return _generate(out["policy"][:, -1], cache, advance, rng, config, ids)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "config", "ids", "sharding_key"))
+def _sample_uncached(params, tokens_BxP, valid_BxP, rng, *, spec, config, ids, sharding_key):
+    del sharding_key
+    batch, prompt_len = tokens_BxP.shape
+    n = config.max_new_tokens
+    next_position_B = valid_BxP.sum(1).astype(jnp.int32)
+    buffer = {
+        "tokens": jnp.concatenate([tokens_BxP, jnp.full((batch, n), ids.pad_id, jnp.int32)], 1),
+        "valid": jnp.concatenate([valid_BxP, jnp.zeros((batch, n), bool)], 1),
+        "positions": jnp.concatenate([prompt_positions(valid_BxP),
+                                      next_position_B[:, None] + jnp.arange(n, dtype=jnp.int32)], 1),
+    }
+
+    def logits_at(buffer, column):
+        logits = hydra.forward(params, spec, buffer["tokens"], buffer["positions"],
+                               buffer["valid"], roles=_POLICY)["policy"]
+        return jax.lax.dynamic_index_in_dim(logits, column, axis=1, keepdims=False)
+
+    def advance(buffer, step, token_B, live_B):
+        column = prompt_len + step
+        buffer = dict(buffer, tokens=buffer["tokens"].at[:, column].set(token_B),
+                      valid=buffer["valid"].at[:, column].set(live_B))
+        return logits_at(buffer, column), buffer
+
+    return _generate(logits_at(buffer, prompt_len - 1), buffer, advance, rng, config, ids)
+
+
+# ---------------------------------------------------------------------------- next speaker
+
+def _last_logprobs(params, spec, tokens_BxP, valid_BxP):
+    logits = hydra.forward(params, spec, tokens_BxP, prompt_positions(valid_BxP), valid_BxP,
+                           roles=_POLICY)["policy"][:, -1]
+    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "role_ids", "sharding_key"))
+def _next_role_logprobs(params, tokens_BxP, valid_BxP, *, spec, role_ids, sharding_key):
+    del sharding_key
+    return _last_logprobs(params, spec, tokens_BxP, valid_BxP)[:, jnp.asarray(role_ids)]
+
+
+@flax.struct.dataclass
+class RoleSample:
+    """The sampled next speaker per row.
+
+    index_B: int32 index into `role_ids`.   token_B: int32 the role token id.
+    logprob_B: float32 log-prob of the token under the full-vocabulary policy (temperature 1).
+    restricted_logprob_B: float32 log-prob under the policy renormalised over `role_ids`.
+    """
+    index_B: jax.Array
+    token_B: jax.Array
+    logprob_B: jax.Array
+    restricted_logprob_B: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "role_ids", "temperature", "sharding_key"))
+def _sample_role(params, tokens_BxP, valid_BxP, rng, *, spec, role_ids, temperature,
+                 sharding_key):
+    del sharding_key
+    logprob_BxR = _last_logprobs(params, spec, tokens_BxP, valid_BxP)[:, jnp.asarray(role_ids)]
+    restricted_BxR = jax.nn.log_softmax(logprob_BxR, axis=-1)
+    if temperature == 0:
+        index_B = jnp.argmax(logprob_BxR, axis=-1)
+    else:
+        index_B = jax.random.categorical(rng, logprob_BxR / temperature, axis=-1)
+    pick = lambda a: jnp.take_along_axis(a, index_B[:, None], axis=-1)[:, 0]  # noqa: E731
+    return RoleSample(index_B=index_B.astype(jnp.int32),
+                      token_B=jnp.asarray(role_ids, jnp.int32)[index_B],
+                      logprob_B=pick(logprob_BxR), restricted_logprob_B=pick(restricted_BxR))
+
+
+# ---------------------------------------------------------------------------- public API
+
+def _check_prompt(tokens_BxP, valid_BxP):
+    if tokens_BxP.ndim != 2 or tokens_BxP.shape != valid_BxP.shape:
+        raise ValueError(f"prompt tokens {tokens_BxP.shape} and valid {valid_BxP.shape} must be "
+                         "the same [B, P]")
+    if isinstance(valid_BxP, jax.core.Tracer):
+        return
+    valid = np.asarray(valid_BxP, bool)
+    if not valid[:, -1].all() or (valid[:, :-1] & ~valid[:, 1:]).any():
+        raise ValueError("prompts must be left-padded: every row's valid tokens contiguous and "
+                         "ending in the last column")
+
+
+def _call(fn, params, model_cfg, tokens_BxP, valid_BxP, *extra, mesh=None, rules=None, **static):
+    """Run a jitted sampler, on `mesh` with the batch sharded by `rules` when given."""
+    spec = ModelSpec.of(model_cfg)
+    tokens_BxP = jnp.asarray(tokens_BxP, jnp.int32)
+    valid_BxP = jnp.asarray(valid_BxP, bool)
+    _check_prompt(tokens_BxP, valid_BxP)
+    if mesh is None:
+        return fn(params, tokens_BxP, valid_BxP, *extra, spec=spec, sharding_key=None, **static)
+    if rules is None:
+        raise ValueError("a mesh needs its logical axis rules")
+    rules = tuple((name, tuple(t) if isinstance(t, list) else t) for name, t in rules)
+    batch_axes = {"tokens": P("batch", None), "valid": P("batch", None)}
+    arrays = {"tokens": tokens_BxP, "valid": valid_BxP}
+    arrays = jax.device_put(arrays, shd.shardings_for(batch_axes, mesh, rules, arrays))
+    with shd.activation_sharding(mesh, rules):
+        return fn(params, arrays["tokens"], arrays["valid"], *extra, spec=spec,
+                  sharding_key=(mesh, rules), **static)
+
+
+def sample(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, rng: jax.Array,
+           config: SamplingConfig, ids: TokenIds, *, mesh=None, rules=None) -> SampleOutput:
+    """Sample one turn per row with a KV cache (prefill + while_loop decode).
+
+    Args:
+      params: hydra params with 'trunk' and 'policy' (others are ignored); may be sharded on `mesh`.
+      model_cfg: cfg.model or a ModelSpec.
+      prompt_tokens_BxP / prompt_valid_BxP: left-padded prompts ending with the open role token.
+      rng: PRNG key; step i uses fold_in(rng, i).
+      config, ids: sampling knobs and special ids (static: a new value recompiles).
+      mesh, rules: optional; the batch is sharded by the 'batch' rule and activations constrained.
+    Compiled once per (B, P, config, ids, mesh, rules).
+    """
+    return _call(_sample_cached, params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, rng,
+                 mesh=mesh, rules=rules, config=config, ids=ids)
+
+
+def sample_uncached(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, rng: jax.Array,
+                    config: SamplingConfig, ids: TokenIds, *, mesh=None, rules=None
+                    ) -> SampleOutput:
+    """Reference for `sample`: a full `hydra.forward` over [B, P + N] at every step, no cache.
+
+    Same RNG scheme and outputs; O(N) times the work. For tests and benchmarks only.
+    """
+    return _call(_sample_uncached, params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, rng,
+                 mesh=mesh, rules=rules, config=config, ids=ids)
+
+
+def next_role_logprobs(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP,
+                       role_ids: Sequence[int], *, mesh=None, rules=None) -> jax.Array:
+    """float32 [B, R]: full-vocabulary log-probs of each role token as the next token.
+
+    The prompt is a left-padded dialogue ending with eot (no open role). The "choose" evidence mode
+    compares e.g. the Search Query and Sparrow role tokens.
+    """
+    return _call(_next_role_logprobs, params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP,
+                 mesh=mesh, rules=rules, role_ids=tuple(int(i) for i in role_ids))
+
+
+def sample_role(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, role_ids: Sequence[int],
+                rng: jax.Array, temperature: float = 1.0, *, mesh=None, rules=None) -> RoleSample:
+    """Sample the next speaker's role token, restricted to `role_ids` (temperature 0 = the most likely).
+
+    The prompt is as for `next_role_logprobs`; append the sampled token to get `sample`'s prompt.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    return _call(_sample_role, params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, rng,
+                 mesh=mesh, rules=rules, role_ids=tuple(int(i) for i in role_ids),
+                 temperature=float(temperature))
