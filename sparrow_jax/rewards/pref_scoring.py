@@ -75,7 +75,7 @@ class EloNormaliser:
             m2=self.m2 + m2_b + delta * delta * self.count * n_b / n)
 
     def normalise(self, elo):
-        """(elo - mean) / max(std, min_std), same shape; works on numpy and jax arrays (under jit)."""
+        """(elo - mean) / max(std, min_std), same shape; numpy or jax arrays (also under jit)."""
         return (elo - self.mean) / max(self.std, self.min_std)
 
     def state(self) -> dict[str, Any]:

@@ -33,7 +33,8 @@ def aggregate_rules(p_broken_BxR, aggregation: str = "mean_compliance", eps: flo
     number of counted rules per row, and a row with none gets 0.
     """
     if aggregation not in AGGREGATIONS:
-        raise ValueError(f"unknown rule aggregation {aggregation!r}; expected one of {AGGREGATIONS}")
+        raise ValueError(f"unknown rule aggregation {aggregation!r}; "
+                         f"expected one of {AGGREGATIONS}")
     p = jnp.clip(jnp.asarray(p_broken_BxR, jnp.float32), 0.0, 1.0)
     mask = jnp.ones(p.shape, bool) if rule_mask_BxR is None else jnp.asarray(rule_mask_BxR, bool)
     per_rule = 1.0 - p

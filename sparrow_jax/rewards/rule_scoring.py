@@ -157,7 +157,8 @@ def rule_violation_probs(params, model_cfg, dialogue_tokens_BxL, dialogue_valid_
     pad = n_chunks * rule_chunk - n_rules  # padded rules are all-invalid rows, dropped below
     tokens = jnp.pad(rule_tokens_RxQ, ((0, pad), (0, 0)))
     valid = jnp.pad(rule_valid_RxQ.astype(bool), ((0, pad), (0, 0)))
-    chunks = (tokens.reshape(n_chunks, rule_chunk, q_len), valid.reshape(n_chunks, rule_chunk, q_len))
+    chunks = (tokens.reshape(n_chunks, rule_chunk, q_len),
+              valid.reshape(n_chunks, rule_chunk, q_len))
     p_KxBxC = jax.lax.map(score_chunk, chunks)
     return jnp.moveaxis(p_KxBxC, 0, 1).reshape(batch, n_chunks * rule_chunk)[:, :n_rules]
 

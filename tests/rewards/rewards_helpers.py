@@ -35,7 +35,7 @@ def random_params(cfg, roles, seed=0, bias_scale=0.5):
 
 
 def right_padded(lengths, width, vocab, seed, pad_id=0):
-    """tokens int32 [B, width] (random ids >= 1, pad_id after each length) and valid bool [B, width]."""
+    """tokens int32 [B, width] (random ids >= 1, then pad_id) and valid bool [B, width]."""
     rng = np.random.default_rng(seed)
     tokens = rng.integers(1, vocab, size=(len(lengths), width)).astype(np.int32)
     valid = np.arange(width)[None, :] < np.asarray(lengths)[:, None]

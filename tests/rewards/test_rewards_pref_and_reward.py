@@ -17,8 +17,8 @@ def test_pref_elo_is_forward_at_last_index():
     tokens, valid = right_padded([9, 4, 6], 10, cfg.vocab_size, seed=5)
     last = np.array([8, 3, 2], np.int32)
     got = jax.jit(lambda p, t, v, i: pref_elo(p, cfg, t, v, i))(params, tokens, valid, last)
-    full = np.asarray(jax.jit(lambda p, t, v: hydra.forward(p, cfg, t, valid_BxL=v, roles=("pref_rm",)))(
-        params, tokens, valid)["pref_rm"])
+    forward = jax.jit(lambda p, t, v: hydra.forward(p, cfg, t, valid_BxL=v, roles=("pref_rm",)))
+    full = np.asarray(forward(params, tokens, valid)["pref_rm"])
     assert got.shape == (3,) and got.dtype == np.float32
     np.testing.assert_allclose(got, full[np.arange(3), last], atol=1e-6)
     assert np.ptp(np.asarray(got)) > 1e-4

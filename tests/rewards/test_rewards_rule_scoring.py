@@ -1,4 +1,4 @@
-"""Rule scoring with the dialogue prefix shared by all rules equals scoring each pair from scratch."""
+"""Rule scoring with the dialogue prefix shared by all rules equals scoring pairs from scratch."""
 import jax
 import numpy as np
 import pytest
@@ -53,7 +53,8 @@ def test_matches_direct_forward_and_ignores_padding():
     got = np.asarray(shared(params, tokens, valid, rule_tokens, rule_valid))
     b, r = 1, 2
     seq = np.concatenate([tokens[b, valid[b]], rule_tokens[r, rule_valid[r]]])[None]
-    logits = jax.jit(lambda p, t: hydra.forward(p, cfg, t, roles=ROLES))(params, seq)["rule_rm"][0, -1]
+    forward = jax.jit(lambda p, t: hydra.forward(p, cfg, t, roles=ROLES))
+    logits = forward(params, seq)["rule_rm"][0, -1]
     np.testing.assert_allclose(got[b, r], jax.nn.softmax(logits)[1], atol=1e-5)
 
     wide = shared(params, np.pad(tokens, ((0, 0), (0, 5))), np.pad(valid, ((0, 0), (0, 5))),
