@@ -1,11 +1,25 @@
 """Tiny CPU config: the toy world end to end on this machine in minutes.
 
-Variants (`experiments/tiny_cpu.py:<stage>`) pick the training stage.
+Variants (`experiments/tiny_cpu.py:<stage>`) pick the training stage: lm, sft,
+pref_rm, rule_rm, rl. Point `data.dir` at a toy world (`sparrow data toyworld`),
+and for every stage after lm set `train.init_from` to the earlier stage's workdir
+(lm -> sft -> pref_rm / rule_rm, which share the lm trunk).
 """
 from sparrow_jax.config import default_config
 
+# stage -> (steps, learning rate, batch size in sequences)
+STAGE_SCHEDULES = {
+    "lm": (400, 3e-3, 16),
+    "sft": (300, 2e-3, 16),
+    "pref_rm": (300, 1e-3, 32),
+    "rule_rm": (300, 1e-3, 16),
+    "rl": (200, 1e-4, 16),
+}
+
 
 def get_config(variant: str = "sft"):
+    if variant not in STAGE_SCHEDULES:
+        raise ValueError(f"unknown variant {variant!r}; choose from {sorted(STAGE_SCHEDULES)}")
     cfg = default_config()
     cfg.name = f"tiny_cpu_{variant}"
     m = cfg.model
@@ -19,7 +33,17 @@ def get_config(variant: str = "sft"):
     m.max_len = 256
     m.compute_dtype = "float32"
     m.value_hidden = 128
-    cfg.train.stage = variant
+    steps, learning_rate, batch_size = STAGE_SCHEDULES[variant]
+    t = cfg.train
+    t.stage = variant
+    t.steps = steps
+    t.learning_rate = learning_rate
+    t.batch_size = batch_size
+    t.seq_len = 192
+    t.warmup_steps = 20
+    t.checkpoint_every = 100
+    t.eval_every = 0
+    t.log_every = 25
     return cfg
 
 

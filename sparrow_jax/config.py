@@ -16,6 +16,7 @@ from typing import Any, Iterable, Sequence
 import ml_collections
 
 ROLES = ("policy", "value", "teacher", "pref_rm", "rule_rm")
+STAGES = ("lm", "sft", "pref_rm", "rule_rm", "rl")
 MESH_AXES = ("data", "fsdp", "tensor")
 POSITION_KINDS = ("relative", "rotary")
 MLP_KINDS = ("gelu", "gated_gelu")
@@ -110,7 +111,39 @@ def train_defaults() -> ml_collections.ConfigDict:
     t.weight_decay = 0.0
     t.grad_clip_norm = 1.0
     t.grad_accum_steps = 1
+    # Workdir of an earlier stage whose latest checkpoint initialises this one:
+    # the trunk and matching roles are copied, a new role's top layers start
+    # from the source's policy top (heads start fresh). "" = random init.
+    t.init_from = ""
+    t.checkpoint_every = 100
+    t.keep_checkpoints = 3
+    t.async_checkpoint = True
+    t.eval_every = 100  # 0 = only at the end
+    t.eval_batches = 0  # 0 = the whole test split
+    t.log_every = 10
+    # After this many non-finite losses/gradients in a row, stop with an error.
+    t.max_nonfinite_in_row = 5
     return t
+
+
+def data_defaults() -> ml_collections.ConfigDict:
+    d = ml_collections.ConfigDict()
+    # A directory made by `sparrow data toyworld` (or of the same layout): JSONL
+    # files, tfds/ with the built datasets, lm.txt for the lm stage.
+    d.dir = ""
+    d.tfds_dir = ""  # "" = <dir>/tfds
+    d.tokenizer = ""  # "" = <dir>/tokenizer.model, trained from <dir>/lm.txt if missing
+    d.rules = ""  # "" = the packaged 23 rules
+    d.num_candidates = 4  # preference candidates per comparison (K)
+    d.rule_len = 64  # padded length of the rule question suffix (R)
+    return d
+
+
+def loss_defaults() -> ml_collections.ConfigDict:
+    lo = ml_collections.ConfigDict()
+    lo.pref_aux_weight = 0.5  # supported&plausible aux loss, averaged with the preference loss
+    lo.pref_centring = 1e-3  # L2 penalty keeping the Elo centred
+    return lo
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -121,6 +154,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.mesh = mesh_defaults()
     c.distributed = distributed_defaults()
     c.train = train_defaults()
+    c.data = data_defaults()
+    c.loss = loss_defaults()
     return c
 
 
@@ -246,6 +281,7 @@ def validate(cfg: ml_collections.ConfigDict, source: str = "config") -> None:
     _choice(cfg.distributed.mode, ("auto", "explicit", "off"), "distributed.mode")
     _choice(cfg.train.optimizer, ("adamw", "adafactor"), "train.optimizer")
     _choice(cfg.train.schedule, ("cosine", "constant"), "train.schedule")
+    _choice(cfg.train.stage, STAGES, "train.stage")
     if cfg.train.batch_size <= 0 or cfg.train.grad_accum_steps <= 0:
         raise ConfigError("train.batch_size and train.grad_accum_steps must be positive")
     if cfg.train.batch_size % cfg.train.grad_accum_steps:

@@ -127,7 +127,7 @@ class Checkpointer:
             return None
         mismatch = None
         for step in reversed(steps):
-            stored_meta = self._read_meta(step)
+            stored_meta = self.read_meta(step)
             problem = describe_mismatch(self._stored_shapes(step), abstract_state,
                                         stored_meta, config_json)
             if problem is not None:
@@ -151,7 +151,8 @@ class Checkpointer:
         raise CheckpointError(f"no usable checkpoint in {self.directory} (steps {steps}); "
                               "every one failed to restore, see the warnings above")
 
-    def _read_meta(self, step: int) -> dict:
+    def read_meta(self, step: int) -> dict:
+        """The JSON meta item of a step ({} if unreadable)."""
         path = os.path.join(self.directory, str(step), "meta", "metadata")
         try:
             with open(path) as f:

@@ -1,12 +1,15 @@
 """Per-stage losses over the hydra, batch layouts, and one builder for a stage's step.
 
-Batch dicts (global batch B; token arrays are int32, masks float32 / bool):
-  sft, lm   tokens_BxL, valid_BxL, loss_mask_BxL (1 where token t is a target)
-  pref_rm   tokens_BxKxL, valid_BxKxL, last_index_BxK (the candidate's last token),
-            chosen_B, candidate_valid_BxK, aux_target_BxK, aux_mask_BxK
-            (aux = "supported and plausible", scored with the same Elo as a logit)
-  rule_rm   tokens_BxL, valid_BxL, answer_index_B (position whose output predicts
-            the "Yes"/"No" answer), broken_B
+The batches are exactly those of `sparrow_jax.data.pipelines` (docs/interfaces.md,
+"Data pipelines"), restricted to the keys a stage's loss reads (`DEVICE_KEYS`);
+the RL batch is made by the rollout code. Global batch B; token arrays int32,
+masks bool:
+  lm        tokens/positions/segment_ids/valid/loss_mask _BxL (packed documents)
+  sft       tokens/positions/valid/loss_mask _BxL (loss on agent + search-query turns)
+  pref_rm   tokens/positions/valid _BxKxL, last_index_BxK (the candidate's last
+            token), candidate_valid_BxK, chosen_B, supported/plausible (+ _mask) _BxK
+  rule_rm   tokens/positions/valid _BxL (dialogue) and rule_tokens/rule_positions/
+            rule_valid _BxR (the rule question suffix), rule_last_index_B, broken_B
   rl        tokens_BxL, valid_BxL, policy_mask_BxL (agent and search-query tokens),
             rewards_BxL (reward received at token t)
 Logits at position t predict token t + 1; the losses are given shifted arrays.
@@ -21,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparrow_jax import sharding as shd
+from sparrow_jax.config import STAGES
 from sparrow_jax.losses.a2c import a2c_loss
 from sparrow_jax.losses.preference import preference_loss
 from sparrow_jax.losses.rule import rule_loss
@@ -31,49 +35,89 @@ from sparrow_jax.train.state import sharded_state_factory
 from sparrow_jax.train.step import TrainStep, make_train_step
 from sparrow_jax.train.trainable import STAGE_ROLES
 
-STAGES = ("lm", "sft", "pref_rm", "rule_rm", "rl")
-NUM_CANDIDATES = 4  # preference comparisons: 2 with evidence, 2 without [likely]
+NUM_CANDIDATES = 4  # default K: preference comparisons, 2 with evidence, 2 without [likely]
+RULE_LEN = 64  # default R: padded length of the rule question suffix
+
+# stage -> the batch keys its loss reads (everything else stays on the host)
+DEVICE_KEYS = {
+    "lm": ("tokens_BxL", "positions_BxL", "segment_ids_BxL", "valid_BxL", "loss_mask_BxL"),
+    "sft": ("tokens_BxL", "positions_BxL", "valid_BxL", "loss_mask_BxL"),
+    "pref_rm": ("tokens_BxKxL", "positions_BxKxL", "valid_BxKxL", "last_index_BxK",
+                "candidate_valid_BxK", "chosen_B", "supported_BxK", "supported_mask_BxK",
+                "plausible_BxK", "plausible_mask_BxK"),
+    "rule_rm": ("tokens_BxL", "positions_BxL", "valid_BxL", "rule_tokens_BxR",
+                "rule_positions_BxR", "rule_valid_BxR", "rule_last_index_B", "broken_B"),
+}
+
+
+def device_batch(stage: str, batch: dict) -> dict:
+    """The subset of a pipeline batch that the stage's loss reads."""
+    return {key: batch[key] for key in DEVICE_KEYS[stage]}
 
 
 def _shift(x_BxL):
     return x_BxL[:, 1:]
 
 
-def _sft(model_cfg, **_):
+def _lm(model_cfg, **_):
     def loss_fn(params, batch, rng):
         del rng
-        out = hydra.forward(params, model_cfg, batch["tokens_BxL"], valid_BxL=batch["valid_BxL"],
-                            roles=("policy",))
+        out = hydra.forward(params, model_cfg, batch["tokens_BxL"],
+                            positions_BxL=batch["positions_BxL"], valid_BxL=batch["valid_BxL"],
+                            segment_ids_BxL=batch.get("segment_ids_BxL"), roles=("policy",))
         return sft_loss(out["policy"][:, :-1], _shift(batch["tokens_BxL"]),
                         _shift(batch["loss_mask_BxL"]))
     return loss_fn
 
 
+def pref_elo_BxK(params, model_cfg, batch) -> jax.Array:
+    """Elo of each candidate, read at its last token: float32 [B, K]."""
+    b, k, length = batch["tokens_BxKxL"].shape
+    flat = lambda x: x.reshape((b * k, length))
+    out = hydra.forward(params, model_cfg, flat(batch["tokens_BxKxL"]),
+                        positions_BxL=flat(batch["positions_BxKxL"]),
+                        valid_BxL=flat(batch["valid_BxKxL"]), roles=("pref_rm",))
+    last_Nx1 = batch["last_index_BxK"].reshape((b * k, 1))
+    return jnp.take_along_axis(out["pref_rm"], last_Nx1, axis=1).reshape((b, k))
+
+
 def _pref_rm(model_cfg, aux_weight=0.5, centring_coef=1e-3, **_):
     def loss_fn(params, batch, rng):
         del rng
-        b, k, length = batch["tokens_BxKxL"].shape
-        flat = lambda x: x.reshape((b * k, length))
-        out = hydra.forward(params, model_cfg, flat(batch["tokens_BxKxL"]),
-                            valid_BxL=flat(batch["valid_BxKxL"]), roles=("pref_rm",))
-        last_N = batch["last_index_BxK"].reshape((b * k, 1))
-        elo_BxK = jnp.take_along_axis(out["pref_rm"], last_N, axis=1).reshape((b, k))
+        elo_BxK = pref_elo_BxK(params, model_cfg, batch)
+        # GopherCite's auxiliary target: the candidate is supported AND plausible,
+        # defined where both labels exist. The Elo doubles as its logit.
+        aux_target = jnp.logical_and(batch["supported_BxK"], batch["plausible_BxK"])
+        aux_mask = jnp.logical_and(batch["supported_mask_BxK"], batch["plausible_mask_BxK"])
         return preference_loss(
             elo_BxK, batch["chosen_B"], batch["candidate_valid_BxK"],
-            aux_logits_BxK=elo_BxK, aux_targets_BxK=batch["aux_target_BxK"],
-            aux_mask_BxK=batch["aux_mask_BxK"], aux_weight=aux_weight,
-            centring_coef=centring_coef)
+            aux_logits_BxK=elo_BxK, aux_targets_BxK=aux_target.astype(jnp.float32),
+            aux_mask_BxK=aux_mask, aux_weight=aux_weight, centring_coef=centring_coef)
     return loss_fn
+
+
+def rule_logits_Bx2(params, model_cfg, batch) -> jax.Array:
+    """Rule RM "No"/"Yes" logits for (dialogue, rule question) pairs: float32 [B, 2].
+
+    The dialogue (right-padded to L) and the question suffix (R) run as one
+    sequence; padding between them is invalid, and causality follows slots and
+    positions, so this equals scoring the unpadded concatenation.
+    """
+    seq_len = batch["tokens_BxL"].shape[1]
+    cat = lambda a, b: jnp.concatenate([a, b], axis=1)
+    out = hydra.forward(params, model_cfg, cat(batch["tokens_BxL"], batch["rule_tokens_BxR"]),
+                        positions_BxL=cat(batch["positions_BxL"], batch["rule_positions_BxR"]),
+                        valid_BxL=cat(batch["valid_BxL"], batch["rule_valid_BxR"]),
+                        roles=("rule_rm",))
+    index_Bx1x1 = (seq_len + batch["rule_last_index_B"])[:, None, None]
+    return jnp.take_along_axis(out["rule_rm"], index_Bx1x1, axis=1)[:, 0]
 
 
 def _rule_rm(model_cfg, **_):
     def loss_fn(params, batch, rng):
         del rng
-        out = hydra.forward(params, model_cfg, batch["tokens_BxL"], valid_BxL=batch["valid_BxL"],
-                            roles=("rule_rm",))
-        index_Bx1x1 = batch["answer_index_B"][:, None, None]
-        logits_Bx2 = jnp.take_along_axis(out["rule_rm"], index_Bx1x1, axis=1)[:, 0]
-        return rule_loss(logits_Bx2, batch["broken_B"])
+        return rule_loss(rule_logits_Bx2(params, model_cfg, batch),
+                         batch["broken_B"].astype(jnp.int32))
     return loss_fn
 
 
@@ -90,7 +134,7 @@ def _rl(model_cfg, alpha=0.1, value_coef=1.0, entropy_coef=0.0, kl_mode="loss", 
     return loss_fn
 
 
-_LOSSES = {"lm": _sft, "sft": _sft, "pref_rm": _pref_rm, "rule_rm": _rule_rm, "rl": _rl}
+_LOSSES = {"lm": _lm, "sft": _lm, "pref_rm": _pref_rm, "rule_rm": _rule_rm, "rl": _rl}
 
 
 def loss_fn_for_stage(stage: str, model_cfg, **loss_kwargs) -> Callable:
@@ -104,59 +148,68 @@ def loss_fn_for_stage(stage: str, model_cfg, **loss_kwargs) -> Callable:
     return _LOSSES[stage](model_cfg, **loss_kwargs)
 
 
-def batch_shapes(stage: str, batch_size: int, seq_len: int,
-                 num_candidates: int = NUM_CANDIDATES) -> dict[str, jax.ShapeDtypeStruct]:
-    """Global batch layout of a stage. For pref_rm, batch_size counts sequences
-    (batch_size // num_candidates comparisons)."""
-    i32, f32, b = jnp.int32, jnp.float32, jnp.bool_
-    S = jax.ShapeDtypeStruct
-    if stage in ("lm", "sft"):
-        return {"tokens_BxL": S((batch_size, seq_len), i32), "valid_BxL": S((batch_size, seq_len), b),
-                "loss_mask_BxL": S((batch_size, seq_len), f32)}
+def loss_kwargs_from_config(cfg, stage: str) -> dict:
     if stage == "pref_rm":
-        n, k = batch_size // num_candidates, num_candidates
-        if n == 0:
-            raise ValueError(f"pref_rm batch of {batch_size} sequences < {k} candidates")
-        return {"tokens_BxKxL": S((n, k, seq_len), i32), "valid_BxKxL": S((n, k, seq_len), b),
-                "last_index_BxK": S((n, k), i32), "chosen_B": S((n,), i32),
-                "candidate_valid_BxK": S((n, k), b), "aux_target_BxK": S((n, k), f32),
-                "aux_mask_BxK": S((n, k), b)}
-    if stage == "rule_rm":
-        return {"tokens_BxL": S((batch_size, seq_len), i32), "valid_BxL": S((batch_size, seq_len), b),
-                "answer_index_B": S((batch_size,), i32), "broken_B": S((batch_size,), i32)}
+        return {"aux_weight": cfg.loss.pref_aux_weight, "centring_coef": cfg.loss.pref_centring}
+    return {}
+
+
+def comparisons_per_batch(batch_size: int, num_candidates: int) -> int:
+    """pref_rm: train.batch_size counts sequences, so a batch holds batch_size // K comparisons."""
+    n = batch_size // num_candidates
+    if n == 0:
+        raise ValueError(f"pref_rm batch of {batch_size} sequences < {num_candidates} candidates")
+    return n
+
+
+def batch_shapes(stage: str, batch_size: int, seq_len: int, num_candidates: int = NUM_CANDIDATES,
+                 rule_len: int = RULE_LEN) -> dict[str, jax.ShapeDtypeStruct]:
+    """Global batch layout of a stage's loss inputs. For pref_rm, batch_size counts
+    sequences (batch_size // num_candidates comparisons)."""
+    S = jax.ShapeDtypeStruct
     if stage == "rl":
-        return {"tokens_BxL": S((batch_size, seq_len), i32), "valid_BxL": S((batch_size, seq_len), b),
-                "policy_mask_BxL": S((batch_size, seq_len), f32),
-                "rewards_BxL": S((batch_size, seq_len), f32)}
-    raise ValueError(f"unknown stage {stage!r}; one of {STAGES}")
+        return {"tokens_BxL": S((batch_size, seq_len), jnp.int32),
+                "valid_BxL": S((batch_size, seq_len), jnp.bool_),
+                "policy_mask_BxL": S((batch_size, seq_len), jnp.float32),
+                "rewards_BxL": S((batch_size, seq_len), jnp.float32)}
+    if stage not in DEVICE_KEYS:
+        raise ValueError(f"unknown stage {stage!r}; one of {STAGES}")
+    from sparrow_jax.data.pipelines import batch_spec
+    rows = comparisons_per_batch(batch_size, num_candidates) if stage == "pref_rm" else batch_size
+    spec = batch_spec(stage, rows, seq_len, num_candidates, rule_len)
+    return {key: S(spec[key][0], spec[key][1]) for key in DEVICE_KEYS[stage]}
 
 
 def example_batch(stage: str, batch_size: int, seq_len: int, vocab_size: int, seed: int = 0,
-                  num_candidates: int = NUM_CANDIDATES) -> dict[str, np.ndarray]:
+                  num_candidates: int = NUM_CANDIDATES, rule_len: int = 8) -> dict[str, np.ndarray]:
     """A deterministic random batch with the stage's layout (tests, benchmarks)."""
     rs = np.random.RandomState(seed)
-    shapes = batch_shapes(stage, batch_size, seq_len, num_candidates)
+    shapes = batch_shapes(stage, batch_size, seq_len, num_candidates, rule_len)
     out = {}
     for name, s in shapes.items():
-        if name.startswith("tokens"):
+        if name.startswith(("tokens", "rule_tokens")):
             out[name] = rs.randint(0, vocab_size, s.shape).astype(np.int32)
-        elif name.startswith("valid") or name.startswith("candidate_valid"):
+        elif name.startswith(("positions", "rule_positions")):
+            offset = seq_len if name.startswith("rule") else 0
+            out[name] = np.broadcast_to(offset + np.arange(s.shape[-1], dtype=np.int32),
+                                        s.shape).copy()
+        elif name == "segment_ids_BxL":
+            out[name] = np.ones(s.shape, np.int32)
+        elif name.startswith(("valid", "candidate_valid", "rule_valid")):
             out[name] = np.ones(s.shape, bool)
         elif name in ("loss_mask_BxL", "policy_mask_BxL"):
-            out[name] = (rs.rand(*s.shape) < 0.5).astype(np.float32)
+            out[name] = (rs.rand(*s.shape) < 0.5).astype(s.dtype)
         elif name == "rewards_BxL":
             rewards = np.zeros(s.shape, np.float32)
             rewards[:, -1] = rs.randn(s.shape[0])
             out[name] = rewards
-        elif name in ("last_index_BxK", "answer_index_B"):
+        elif name == "last_index_BxK":
             out[name] = rs.randint(seq_len // 2, seq_len, s.shape).astype(np.int32)
+        elif name == "rule_last_index_B":
+            out[name] = rs.randint(0, rule_len, s.shape).astype(np.int32)
         elif name == "chosen_B":
             out[name] = rs.randint(0, num_candidates, s.shape).astype(np.int32)
-        elif name == "broken_B":
-            out[name] = rs.randint(0, 2, s.shape).astype(np.int32)
-        elif name == "aux_target_BxK":
-            out[name] = rs.randint(0, 2, s.shape).astype(np.float32)
-        elif name == "aux_mask_BxK":
+        elif s.dtype == np.bool_:  # labels and label masks
             out[name] = rs.rand(*s.shape) < 0.5
         else:
             raise AssertionError(name)
@@ -194,7 +247,9 @@ def build_stage(cfg, mesh, stage: str | None = None, total_steps: int | None = N
                                  mesh, rules)
     init_fn, abstract_state, state_sh = sharded_state_factory(
         init_params, axes, stage, optimizer, mesh, rules)
-    shapes = batch_shapes(stage, batch_size or cfg.train.batch_size, seq_len or cfg.train.seq_len)
-    loss_fn = loss_fn_for_stage(stage, cfg.model, **loss_kwargs)
+    shapes = batch_shapes(stage, batch_size or cfg.train.batch_size, seq_len or cfg.train.seq_len,
+                          cfg.data.num_candidates, cfg.data.rule_len)
+    loss_fn = loss_fn_for_stage(stage, cfg.model, **{**loss_kwargs_from_config(cfg, stage),
+                                                     **loss_kwargs})
     step = make_train_step(cfg, loss_fn, mesh, state_sh, shapes, optimizer, schedule)
     return StageSetup(stage, step, init_fn, abstract_state, state_sh, shapes, loss_fn, schedule)

@@ -80,7 +80,15 @@ def update(state: TrainState, batch: dict, loss_fn: LossFn, optimizer, schedule,
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, lr=schedule(state.step))
+    # Numerical guard: a non-finite loss or gradient norm leaves params and
+    # optimizer state as they were; the step (and data position) still advance,
+    # and `nonfinite` = 1 tells the loop to count it.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep_old = lambda new, old: jnp.where(finite, new, old)
+    params = jax.tree.map(keep_old, params, state.params)
+    opt_state = jax.tree.map(keep_old, opt_state, state.opt_state)
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, lr=schedule(state.step),
+                   nonfinite=(~finite).astype(jnp.float32))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
     return new_state, metrics
 

@@ -22,7 +22,10 @@ from sparrow_jax.train.trainable import STAGE_ROLES
 
 GOLDEN = {
     "sft": 4.138768196105957,
-    "pref_rm": 1.0679420232772827,
+    # Re-recorded when the pref_rm batch took the data pipeline's layout (the aux
+    # target became supported AND plausible, drawn from new label arrays).
+    "pref_rm": 1.0283043384552002,
+    "rule_rm": 0.7088981866836548,  # near log 2: an untrained Yes/No classifier
 }
 
 

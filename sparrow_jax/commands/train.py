@@ -1,0 +1,47 @@
+"""`sparrow train --config experiments/X.py[:variant] --workdir DIR [--config.a.b=v ...]`.
+
+Trains one stage (`train.stage`, or the variant's). Rerunning the same command
+resumes from the newest usable checkpoint in DIR. Exit codes: 0 done; 1 training
+failed (e.g. repeated non-finite losses); 2 bad config, data or checkpoint;
+143 preempted by SIGTERM after saving a checkpoint.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", required=True, help="experiment file[:variant]")
+    parser.add_argument("--workdir", required=True, help="checkpoints, logs and summary go here")
+    parser.add_argument("--max-steps-this-run", type=int, default=0,
+                        help="stop with a checkpoint after this many steps (0 = run to the end)")
+
+
+def run(args, overrides) -> int:
+    from sparrow_jax.config import apply_overrides, load_experiment
+    cfg = apply_overrides(load_experiment(args.config), overrides)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("absl", "orbax", "jax._src", "tensorflow_datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if cfg.train.stage == "rl":
+        print("sparrow train: the rl stage is not available yet in this version", file=sys.stderr)
+        return 2
+    from sparrow_jax.train.checkpoints import CheckpointError
+    from sparrow_jax.train.loop import PREEMPTED_EXIT_CODE, Preempted, TrainingError, train_stage
+    try:
+        summary = train_stage(cfg, args.workdir, max_steps_this_run=args.max_steps_this_run)
+    except Preempted as err:
+        print(f"sparrow train: {err}", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
+    except TrainingError as err:
+        print(f"sparrow train: {err}", file=sys.stderr)
+        return 1
+    except CheckpointError as err:
+        print(f"sparrow train: checkpoint error: {err}", file=sys.stderr)
+        return 2
+    if summary.get("finished"):
+        figures = " ".join(f"{k}={v:.4g}" for k, v in summary["eval"].items()
+                           if not k.startswith("auc/"))
+        print(f"{summary['stage']} finished at step {summary['step']}: {figures}")
+    return 0

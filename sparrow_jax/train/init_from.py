@@ -1,0 +1,78 @@
+"""Start a stage from an earlier stage's checkpoint (the hydra's shared trunk).
+
+The recipe's order is lm -> sft -> {pref_rm, rule_rm} -> rl. A later stage takes
+the trunk (frozen from then on) and every role the source has; a role the source
+lacks starts from the source's policy top (the pre-trained layers, as Sparrow's
+reward models start from the LM), keeping its own freshly initialised head.
+The teacher is a copy of the source's policy (the KL anchor at RL start).
+"""
+from __future__ import annotations
+
+import json
+import os
+from functools import partial
+
+import jax
+import ml_collections
+
+from sparrow_jax import sharding as shd
+from sparrow_jax.model import hydra
+from sparrow_jax.train.checkpoints import Checkpointer, CheckpointError
+from sparrow_jax.train.optimizer import make_optimizer
+from sparrow_jax.train.state import sharded_state_factory
+from sparrow_jax.train.trainable import STAGE_ROLES, merge_params
+
+# Params of a top other than its head: what a new role copies from the policy.
+TOP_BODY = ("layers", "final_norm")
+
+
+def checkpoint_dir(workdir: str) -> str:
+    return os.path.join(workdir, "checkpoints")
+
+
+def load_params(source_workdir: str, cfg, mesh) -> tuple[dict, dict]:
+    """(full hydra params, source config dict) from the latest checkpoint of a workdir.
+
+    Raises CheckpointError naming the directory if there is no checkpoint, or
+    saying what differs if the source model's shape is not this config's.
+    """
+    ckpt = Checkpointer(checkpoint_dir(source_workdir))
+    steps = ckpt.steps()
+    if not steps:
+        raise CheckpointError(
+            f"train.init_from={source_workdir!r} has no checkpoint under "
+            f"{checkpoint_dir(source_workdir)}: train that stage first")
+    source_cfg_dict = ckpt.read_meta(steps[-1]).get("config")
+    if not source_cfg_dict:
+        raise CheckpointError(f"{checkpoint_dir(source_workdir)}/{steps[-1]} stores no config")
+    source_cfg = ml_collections.ConfigDict(source_cfg_dict)
+    source_stage = source_cfg.train.stage
+    roles = STAGE_ROLES[source_stage]
+    rules = shd.rules_from_config(cfg.mesh)
+    optimizer, _ = make_optimizer(source_cfg.train, source_cfg.train.steps)
+    _, abstract, _ = sharded_state_factory(
+        partial(hydra.init_params, cfg.model, roles=roles),
+        hydra.param_logical_axes(cfg.model, roles=roles), source_stage, optimizer, mesh, rules)
+    restored = ckpt.restore_latest(abstract, config_json=json.dumps(cfg.to_dict()))
+    ckpt.close()
+    return merge_params(restored.state.params, restored.state.frozen), source_cfg_dict
+
+
+def graft(target: dict, source: dict) -> dict:
+    """Target params with the trunk and matching roles taken from `source`.
+
+    Both are full hydra param dicts of the same model shape.
+    """
+    out = dict(target)
+    out["trunk"] = source["trunk"]
+    for role in target:
+        if role == "trunk":
+            continue
+        if role in source:
+            out[role] = source[role]
+        elif role == "teacher" and "policy" in source:
+            out[role] = source["policy"]
+        elif "policy" in source and "layers" in target[role]:
+            out[role] = {**target[role], **{k: source["policy"][k] for k in TOP_BODY
+                                            if k in source["policy"]}}
+    return jax.tree.map(lambda t, s: s.astype(t.dtype), target, out)

@@ -1,0 +1,154 @@
+"""What a training stage reads: the tokenizer, the rules, and its batch iterators.
+
+Layout of `cfg.data.dir` (what `sparrow data toyworld` writes): JSONL files,
+`tfds/` with the built datasets, `lm.txt` for the lm stage, and (made here on
+first use) `tokenizer.model` trained from `lm.txt`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from sparrow_jax.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+# stage -> (record kind, train split, eval stage, eval kind): what the eval reads.
+# lm is judged like sft (held-out NLL on agent turns) so the two compare directly.
+STAGE_DATA = {
+    "lm": ("lm_text", "sft", "dialogues"),
+    "sft": ("dialogues", "sft", "dialogues"),
+    "pref_rm": ("preferences", "pref_rm", "preferences"),
+    "rule_rm": ("rule_ratings", "rule_rm", "rule_ratings"),
+}
+
+
+def data_dir(cfg) -> str:
+    if not cfg.data.dir:
+        raise ConfigError("data.dir is empty: set --config.data.dir to a directory made by "
+                          "`sparrow data toyworld --out DIR` (or of the same layout)")
+    if not os.path.isdir(cfg.data.dir):
+        raise ConfigError(f"data.dir={cfg.data.dir!r} does not exist; make it with "
+                          "`sparrow data toyworld --out DIR`")
+    return cfg.data.dir
+
+
+def tfds_dir(cfg) -> str:
+    return cfg.data.tfds_dir or os.path.join(data_dir(cfg), "tfds")
+
+
+def tokenizer_path(cfg) -> str:
+    return cfg.data.tokenizer or os.path.join(data_dir(cfg), "tokenizer.model")
+
+
+def load_tokenizer(cfg):
+    """The run's tokenizer; trained from <data.dir>/lm.txt on first use if absent.
+
+    Raises ConfigError if the tokenizer has more ids than the model's vocabulary.
+    """
+    from sparrow_jax.dialogue.tokenizer import Tokenizer, train_tokenizer
+    path = tokenizer_path(cfg)
+    if os.path.exists(path):
+        tokenizer = Tokenizer.load(path)
+    else:
+        text_path = os.path.join(data_dir(cfg), "lm.txt")
+        if not os.path.exists(text_path):
+            raise ConfigError(f"no tokenizer at {path} and no {text_path} to train one from")
+        from sparrow_jax.data.pipelines import read_text_documents
+        log.info("training a %d-piece tokenizer from %s", cfg.model.vocab_size, text_path)
+        # Written to a temporary name and renamed, so a concurrent reader never
+        # sees half a file.
+        tmp = f"{path}.tmp{os.getpid()}"
+        train_tokenizer(read_text_documents(text_path), tmp, vocab_size=cfg.model.vocab_size)
+        os.replace(tmp, path)
+        tokenizer = Tokenizer.load(path)
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(f"the tokenizer at {path} has {tokenizer.vocab_size} ids but "
+                          f"model.vocab_size={cfg.model.vocab_size}")
+    return tokenizer
+
+
+def rules_by_id(cfg) -> dict[str, str]:
+    """{rule id: rule text} in the rules file's order (the rule index order)."""
+    from sparrow_jax.dialogue.rules import load_rules
+    return {rule.id: rule.text for rule in load_rules(cfg.data.rules or None)}
+
+
+class ConcatSource:
+    """Random access over several sequences, one after another (lazy)."""
+
+    def __init__(self, *parts):
+        self._parts = parts
+        self._starts = np.cumsum([0] + [len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        part = int(np.searchsorted(self._starts, index, side="right")) - 1
+        return self._parts[part][index - int(self._starts[part])]
+
+
+def _source(cfg, kind: str, split: str):
+    if kind == "lm_text":
+        # The lm stage reads lm.txt (documents of train entities only: held-out
+        # entities must be found by searching) and the train dialogues rendered
+        # with their role tokens, so the LM knows the turn structure.
+        from sparrow_jax.data.pipelines import read_text_documents
+        documents = read_text_documents(os.path.join(data_dir(cfg), "lm.txt"))
+        return ConcatSource(documents, _source(cfg, "dialogues", split))
+    from sparrow_jax.data import tfds_builders
+    directory = tfds_dir(cfg)
+    try:
+        return tfds_builders.load_source(directory, kind, split)
+    except Exception as err:  # tfds raises several kinds for a missing dataset
+        raise ConfigError(f"cannot read the {kind!r} {split} split from {directory} ({err}); "
+                          f"build it with `sparrow data build --jsonl-dir {data_dir(cfg)}`") from err
+
+
+def stage_batch_size(cfg, stage: str) -> int:
+    """Rows per global batch as the pipeline counts them (pref_rm: comparisons)."""
+    if stage == "pref_rm":
+        from sparrow_jax.train.stages import comparisons_per_batch
+        return comparisons_per_batch(cfg.train.batch_size, cfg.data.num_candidates)
+    return cfg.train.batch_size
+
+
+def _pipeline(cfg, stage: str, kind: str, split: str, tokenizer, train: bool):
+    from sparrow_jax.data.pipelines import make_pipeline
+    return make_pipeline(
+        stage, _source(cfg, kind, split), tokenizer,
+        global_batch_size=stage_batch_size(cfg, stage), seq_len=cfg.train.seq_len,
+        seed=cfg.train.seed, shuffle=train, num_epochs=None if train else 1,
+        drop_remainder=train, num_candidates=cfg.data.num_candidates,
+        rule_len=cfg.data.rule_len, rules=rules_by_id(cfg))
+
+
+def train_iterator(cfg, stage: str, tokenizer):
+    """Endless, shuffled, checkpointable batches of the stage's train split."""
+    kind = STAGE_DATA[stage][0]
+    pipeline_stage = "lm" if stage == "lm" else stage
+    return _pipeline(cfg, pipeline_stage, kind, "train", tokenizer, train=True)
+
+
+def eval_batches(cfg, stage: str, tokenizer, max_batches: int = 0):
+    """One pass over the stage's test split: yields (batch, number of real rows).
+
+    The last batch is padded to the full batch size by repeating its first row,
+    so the eval function compiles once; callers use only the first `n` rows.
+    """
+    _, eval_stage, kind = STAGE_DATA[stage]
+    iterator = _pipeline(cfg, eval_stage, kind, "test", tokenizer, train=False)
+    full = stage_batch_size(cfg, eval_stage)
+    for count, batch in enumerate(iterator):
+        if max_batches and count >= max_batches:
+            return
+        rows = len(next(iter(batch.values())))
+        if rows < full:
+            batch = {k: np.concatenate([v, np.repeat(v[:1], full - rows, axis=0)])
+                     for k, v in batch.items()}
+        yield batch, rows
