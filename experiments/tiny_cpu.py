@@ -3,16 +3,17 @@
 Variants (`experiments/tiny_cpu.py:<stage>`) pick the training stage: lm, sft,
 pref_rm, rule_rm, rl. Point `data.dir` at a toy world (`sparrow data toyworld`),
 and for every stage after lm set `train.init_from` to the earlier stage's workdir
-(lm -> sft -> pref_rm / rule_rm, which share the lm trunk).
+(lm -> sft -> pref_rm / rule_rm: the reward models start from the SFT policy's
+top and share the lm trunk).
 """
 from sparrow_jax.config import default_config
 
 # stage -> (steps, learning rate, batch size in sequences)
 STAGE_SCHEDULES = {
-    "lm": (400, 3e-3, 16),
-    "sft": (300, 2e-3, 16),
-    "pref_rm": (300, 1e-3, 32),
-    "rule_rm": (300, 1e-3, 16),
+    "lm": (300, 3e-3, 16),
+    "sft": (300, 1e-3, 16),
+    "pref_rm": (400, 2e-3, 32),
+    "rule_rm": (300, 2e-3, 16),
     "rl": (200, 1e-4, 16),
 }
 
@@ -44,6 +45,9 @@ def get_config(variant: str = "sft"):
     t.checkpoint_every = 100
     t.eval_every = 0
     t.log_every = 25
+    # The toy tokenizer (1024 pieces learnt from toy text) spends up to ~70 tokens
+    # on a rule question.
+    cfg.data.rule_len = 96
     return cfg
 
 

@@ -40,6 +40,9 @@ def run(args, overrides) -> int:
     except CheckpointError as err:
         print(f"sparrow train: checkpoint error: {err}", file=sys.stderr)
         return 2
+    except ValueError as err:  # bad data (schema errors name file, line and field) or shapes
+        print(f"sparrow train: {err}", file=sys.stderr)
+        return 2
     if summary.get("finished"):
         figures = " ".join(f"{k}={v:.4g}" for k, v in summary["eval"].items()
                            if not k.startswith("auc/"))

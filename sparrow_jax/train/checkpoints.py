@@ -169,7 +169,7 @@ class Checkpointer:
                 return None
             leaves = jax.tree_util.tree_flatten_with_path(
                 tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
-            return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in leaves
+            return {_path_name(path): tuple(leaf.shape) for path, leaf in leaves
                     if hasattr(leaf, "shape")}
         except Exception:  # unreadable metadata: let restore decide and fall back
             return None
@@ -180,7 +180,7 @@ def describe_mismatch(stored_shapes: dict[str, tuple] | None, abstract_state: An
     """Say how a stored checkpoint differs from what the run expects, or None."""
     if stored_shapes is None:
         return None
-    wanted = {jax.tree_util.keystr(path): tuple(leaf.shape)
+    wanted = {_path_name(path): tuple(leaf.shape)
               for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
     missing = sorted(set(wanted) - set(stored_shapes))
     extra = sorted(set(stored_shapes) - set(wanted))
@@ -200,6 +200,11 @@ def describe_mismatch(stored_shapes: dict[str, tuple] | None, abstract_state: An
         if diffs:
             parts.append("model config differs: " + ", ".join(diffs[:10]))
     return "; ".join(parts)
+
+
+def _path_name(path) -> str:
+    """`params/policy/layers/...`: the same for a dataclass field and a dict key of that name."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
 def config_differences(stored: dict, current: dict, section: str) -> list[str]:

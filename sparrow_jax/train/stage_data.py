@@ -76,31 +76,14 @@ def rules_by_id(cfg) -> dict[str, str]:
     return {rule.id: rule.text for rule in load_rules(cfg.data.rules or None)}
 
 
-class ConcatSource:
-    """Random access over several sequences, one after another (lazy)."""
-
-    def __init__(self, *parts):
-        self._parts = parts
-        self._starts = np.cumsum([0] + [len(p) for p in parts])
-
-    def __len__(self) -> int:
-        return int(self._starts[-1])
-
-    def __getitem__(self, index: int):
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        part = int(np.searchsorted(self._starts, index, side="right")) - 1
-        return self._parts[part][index - int(self._starts[part])]
-
-
 def _source(cfg, kind: str, split: str):
     if kind == "lm_text":
-        # The lm stage reads lm.txt (documents of train entities only: held-out
-        # entities must be found by searching) and the train dialogues rendered
-        # with their role tokens, so the LM knows the turn structure.
+        # The stand-in for pre-training: plain text only (documents of train
+        # entities, since held-out entities must be found by searching, and
+        # dialogues as "User: ..." transcripts). Like a real base LM it never sees
+        # the role tokens; SFT teaches the dialogue format.
         from sparrow_jax.data.pipelines import read_text_documents
-        documents = read_text_documents(os.path.join(data_dir(cfg), "lm.txt"))
-        return ConcatSource(documents, _source(cfg, "dialogues", split))
+        return read_text_documents(os.path.join(data_dir(cfg), "lm.txt"))
     from sparrow_jax.data import tfds_builders
     directory = tfds_dir(cfg)
     try:

@@ -76,7 +76,7 @@ def test_shape_mismatch_says_what_differs(tmp_path):
         Checkpointer(str(tmp_path)).restore_latest(
             wrong, config_json=json.dumps({"model": {"d_model": 4}}))
     message = str(err.value)
-    assert "['params']['w'] stored (16, 8) vs expected (16, 4)" in message
+    assert "params/w stored (16, 8) vs expected (16, 4)" in message
     assert "model.d_model: checkpoint 8, config 4" in message
 
 

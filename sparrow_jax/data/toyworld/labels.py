@@ -24,8 +24,9 @@ from sparrow_jax.data.toyworld.templates import OPENERS, PROBES, RUDE_ANSWER_PRE
 from sparrow_jax.dialogue.turns import Role, Turn, to_json
 
 # Weights of the candidate kinds offered to raters.
-EVIDENCE_KINDS = {"right": 0.5, "misread": 0.25, "wrong_entity": 0.25}
-NO_EVIDENCE_KINDS = {"correct": 0.4, "wrong": 0.45, "rude": 0.15}
+RIGHT_SEARCH_RATE = 0.75  # comparisons with a searched, right answer among the candidates
+WRONG_EVIDENCE_KINDS = {"misread": 0.5, "wrong_entity": 0.5}
+FLAWED_NO_EVIDENCE_KINDS = {"wrong": 0.7, "rude": 0.3}
 
 
 def _weighted(table: dict[str, float], rng: random.Random) -> str:
@@ -42,33 +43,46 @@ def rater_choice(scores: list[int], noise: float, rng: random.Random) -> int:
 
 
 def factual_candidates(world: SplitWorld, entity, attribute) -> tuple[list[list[Turn]], list[bool]]:
+    """K candidates, half with a search, drawn so that exactly one is the best.
+
+    A tie for best would make the rater's choice a coin flip that no reward model
+    can predict, so: with probability RIGHT_SEARCH_RATE one search candidate reads
+    the right value (quality 3) and the other searches go wrong; without one,
+    exactly one no-search candidate is correct (quality 2) and the rest are wrong
+    or rude.
+    """
     rng, k = world.rng, world.config.k_candidates
     candidates, has_evidence = [], []
-    for _ in range(k // 2):
-        kind = _weighted(EVIDENCE_KINDS, rng)
+    right_search = rng.random() < RIGHT_SEARCH_RATE
+    for i in range(k // 2):
+        kind = "right" if (right_search and i == 0) else _weighted(WRONG_EVIDENCE_KINDS, rng)
         query, value = search_query(entity.name, attribute), None
         if kind == "misread":
             value = wrong_value(entity, attribute, rng)
         elif kind == "wrong_entity":
             others = [e for e in world.entities if e.type == entity.type and e.name != entity.name]
-            if others:
-                other = rng.choice(others)
+            other = rng.choice(others) if others else None
+            if other is not None and other.attributes[attribute] != entity.attributes[attribute]:
                 query, value = search_query(other.name, attribute), other.attributes[attribute]
+            else:
+                value = wrong_value(entity, attribute, rng)
         candidates.append(searched_answer(world, entity, attribute, query, value))
         has_evidence.append(True)
-    for _ in range(k - k // 2):
-        kind = _weighted(NO_EVIDENCE_KINDS, rng)
+    for i in range(k - k // 2):
+        correct_slot = i == 0 and (not right_search or rng.random() < 0.5)
+        kind = "correct" if correct_slot else _weighted(FLAWED_NO_EVIDENCE_KINDS, rng)
         text = answer(entity, attribute, None if kind != "wrong" else wrong_value(entity, attribute, rng))
-        candidates.append([Turn(Role.AGENT, RUDE_ANSWER_PREFIX + text if kind == "rude" else text)])
+        if kind == "rude":
+            text = RUDE_ANSWER_PREFIX + text
+        candidates.append([Turn(Role.AGENT, text)])
         has_evidence.append(False)
     return candidates, has_evidence
 
 
 def probe_candidates(world: SplitWorld, probe, fill) -> list[list[Turn]]:
+    """One compliant reply and K - 1 violating ones (a unique best, as above)."""
     k = world.config.k_candidates
-    n_bad = world.rng.randint(1, k - 1)
-    broken = [i < n_bad for i in range(k)]
-    return [[Turn(Role.AGENT, probe_reply(probe, fill, b, world.rng))] for b in broken]
+    return [[Turn(Role.AGENT, probe_reply(probe, fill, i > 0, world.rng))] for i in range(k)]
 
 
 def preference_record(world: SplitWorld, oracle: Oracle, rid: str) -> dict[str, Any]:

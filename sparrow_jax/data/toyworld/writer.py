@@ -39,7 +39,10 @@ class World:
     def split_world(self, split: str, stage: str) -> SplitWorld:
         """An independent, seeded stream per (split, stage): changing one count leaves the rest."""
         rng = random.Random(f"{self.config.seed}/{split}/{stage}")
-        return SplitWorld(self.split_entities(split), Evidence(self.engine), self.config, rng)
+        config = self.config
+        if split == "test":
+            config = dataclasses.replace(config, rater_noise=config.test_rater_noise)
+        return SplitWorld(self.split_entities(split), Evidence(self.engine), config, rng)
 
     def oracle(self) -> Oracle:
         return Oracle(self.entities)

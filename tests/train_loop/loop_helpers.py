@@ -1,0 +1,43 @@
+"""Shared set-up for the training-loop tests: a small toy world and a tiny config."""
+import os
+import subprocess
+import sys
+
+from sparrow_jax.config import apply_overrides, load_experiment
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = os.path.join(REPO, "experiments", "tiny_cpu.py")
+
+SMALL_WORLD = ["--set", "n_entities=24", "--set", "n_heldout=6", "--set", "n_distractors=3",
+               "--set", "n_dialogues=120", "--set", "n_preferences=60",
+               "--set", "n_rule_ratings=80", "--set", "n_prompts=30"]
+
+
+def make_world(out_dir: str) -> str:
+    from sparrow_jax.cli import main
+    try:
+        main(["data", "toyworld", "--out", out_dir, "--seed", "1", *SMALL_WORLD])
+    except SystemExit as stop:
+        assert stop.code in (0, None), stop.code
+    return out_dir
+
+
+def tiny_overrides(world: str, steps: int = 12, **extra) -> list[str]:
+    """A model small enough that a step takes milliseconds; float32 for bitwise tests."""
+    values = {"data.dir": world, "model.vocab_size": 512, "model.d_model": 32,
+              "model.n_heads": 2, "model.head_dim": 16, "model.d_ff": 64, "model.n_layers": 2,
+              "model.n_frozen_layers": 1, "model.value_hidden": 16, "train.batch_size": 8,
+              "train.seq_len": 160, "train.steps": steps, "train.warmup_steps": 2,
+              "train.log_every": 1000, "train.eval_batches": 2, **extra}
+    return [f"--config.{k}={v}" for k, v in values.items()]
+
+
+def tiny_config(stage: str, world: str, **extra):
+    return apply_overrides(load_experiment(f"{TINY}:{stage}"), tiny_overrides(world, **extra))
+
+
+def sparrow(*args, **popen_kwargs) -> subprocess.Popen:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    return subprocess.Popen([sys.executable, "-m", "sparrow_jax", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **popen_kwargs)
