@@ -1,0 +1,278 @@
+"""The RL environment: extend a batch of dialogues by one agent step, searching when the agent chooses to.
+
+Host-side Python orchestrates turns; the jitted sampler (`sampling.sampler.sample`) draws the tokens. One
+step for a batch of contexts (each a sequence of Turns, usually ending with a User turn):
+  1. pick the speaker per row by the evidence mode:
+       always: Search Query;  never: Sparrow;
+       choose: the likelier of Search Query and Sparrow under `next_role_logprobs` (ties: Sparrow);
+       free:   `sample_role` restricted to those two (temperature `role_temperature`).
+  2. rows that search sample a Search Query turn; the environment runs the engine and inserts a Search
+     Result turn: `format_evidence` of the top result, or `no_results_text` with the episode flagged
+     malformed "no_results";
+  3. every row samples its Sparrow turn.
+Malformed kinds (the format penalty reads them): a policy turn that is empty ("empty"), has no eot within
+max_new_tokens ("over_length"), holds a control id ("control_token"), or a query with no results
+("no_results"); an episode's flag is the first of its step, in turn order.
+
+Prompts are left-padded to a FIXED width `max_prompt_len` (one compilation per batch size); a context too
+long for it is cut from the left keeping whole final turns (`sequence.cut_left`), counted per row.
+RNG: the role draw uses fold_in(rng, 0), the query fold_in(rng, 1), the Sparrow turn fold_in(rng, 2), a
+`sample_turns` call fold_in(rng, 3); a seed gives the same rollouts.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from sparrow_jax.dialogue.tokenizer import Tokenizer
+from sparrow_jax.dialogue.turns import Dialogue, Role, Turn
+from sparrow_jax.rl import sequence as seq_lib
+from sparrow_jax.rl.sequence import Block
+from sparrow_jax.sampling import sampler
+from sparrow_jax.sampling.sampler import SamplingConfig, TokenIds
+from sparrow_jax.sampling.turns import SampledTurn, sampled_turns
+from sparrow_jax.search import SearchEngine, format_evidence
+
+EVIDENCE_MODES = ("always", "never", "choose", "free")
+NO_RESULTS = "no_results"
+_CHOICE_ROLES = (Role.SEARCH_QUERY, Role.AGENT)  # index 0 = search, 1 = answer directly
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    """evidence: one of EVIDENCE_MODES.  max_prompt_len: prompt width in tokens (bos and the open role
+    token included).  agent / query / user: sampling knobs per turn kind (query, user default to agent's;
+    equal configs share one compilation).  role_temperature: the `free` mode's speaker temperature.
+    no_results_text: the Search Result text when the engine finds nothing."""
+    evidence: str = "choose"
+    max_prompt_len: int = 512
+    agent: SamplingConfig = SamplingConfig()
+    query: SamplingConfig | None = None
+    user: SamplingConfig | None = None
+    role_temperature: float = 1.0
+    no_results_text: str = "No results."
+
+    def __post_init__(self):
+        if self.evidence not in EVIDENCE_MODES:
+            raise ValueError(f"evidence must be one of {EVIDENCE_MODES}, got {self.evidence!r}")
+        if self.max_prompt_len < 4:
+            raise ValueError(f"max_prompt_len must be >= 4, got {self.max_prompt_len}")
+
+    @property
+    def query_config(self) -> SamplingConfig:
+        return self.query or self.agent
+
+    @property
+    def user_config(self) -> SamplingConfig:
+        return self.user or self.agent
+
+    @property
+    def max_seq_len(self) -> int:
+        """Bound on a training sequence: the Sparrow prompt + its text + an eot."""
+        return self.max_prompt_len + self.agent.max_new_tokens + 1
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Environment:
+    """What a rollout needs besides params: model config, tokenizer, search engine, knobs.
+
+    ids: the sampler's special ids (default `TokenIds.from_tokenizer`); mesh/rules shard the sampler batch.
+    """
+    model_cfg: Any
+    tokenizer: Tokenizer
+    engine: SearchEngine
+    config: RolloutConfig = RolloutConfig()
+    ids: TokenIds | None = None
+    mesh: Any = None
+    rules: Any = None
+
+    @property
+    def token_ids(self) -> TokenIds:
+        return self.ids or TokenIds.from_tokenizer(self.tokenizer)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rollout:
+    """One row's step.
+
+    context: the turns given.  new_turns: (Search Query, Search Result,)? Sparrow.
+    searched: a Search Query was written.  malformed: None or the kind (module docstring).
+    truncated: the context was cut from the left for some prompt of this step.
+    sequence: the training sequence (`sequence.Assembled`): the (cut) Sparrow prompt with the query and
+      result as sampled/inserted, then the Sparrow turn; masks only on this step's policy turns.
+    reward_index: index in the sequence of the final Sparrow turn's eot (where the reward lands).
+    """
+    context: Dialogue
+    new_turns: Dialogue
+    searched: bool
+    malformed: str | None
+    truncated: bool
+    sequence: seq_lib.Assembled
+    reward_index: int
+
+    @property
+    def dialogue(self) -> Dialogue:
+        return tuple(self.context) + tuple(self.new_turns)
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutBatch:
+    """rollouts: one per context.  role_logprobs_Bx2: float32 full-vocabulary log-probs of
+    (Search Query, Sparrow) as next token (choose/free modes; None otherwise).  num_cut: rows cut."""
+    rollouts: tuple[Rollout, ...]
+    role_logprobs_Bx2: np.ndarray | None
+    num_cut: int
+
+    def __len__(self) -> int:
+        return len(self.rollouts)
+
+    def training_arrays(self, length: int | None = None, pad_id: int = 0) -> dict[str, np.ndarray]:
+        """RIGHT-padded arrays for a training forward (L = `length`, default the longest sequence):
+        tokens_BxL i32, positions_BxL i32 (arange, 0 on pads), valid_BxL, policy_mask_BxL,
+        sampled_mask_BxL, role_ids_BxL i8 (-1 bos/pad), behaviour_logprobs_BxL f32, reward_index_B i32,
+        searched_B, malformed_B (bool), truncated_B."""
+        seqs = [r.sequence for r in self.rollouts]
+        length = length or max(len(s) for s in seqs)
+        b = len(seqs)
+        out = {"tokens_BxL": np.full((b, length), pad_id, np.int32),
+               "positions_BxL": np.zeros((b, length), np.int32),
+               "valid_BxL": np.zeros((b, length), bool),
+               "policy_mask_BxL": np.zeros((b, length), bool),
+               "sampled_mask_BxL": np.zeros((b, length), bool),
+               "role_ids_BxL": np.full((b, length), -1, np.int8),
+               "behaviour_logprobs_BxL": np.zeros((b, length), np.float32)}
+        for row, s in enumerate(seqs):
+            n = len(s)
+            if n > length:
+                raise ValueError(f"row {row}: sequence of {n} tokens does not fit length {length}")
+            out["tokens_BxL"][row, :n] = s.token_ids_L
+            out["positions_BxL"][row, :n] = np.arange(n)
+            out["valid_BxL"][row, :n] = True
+            out["policy_mask_BxL"][row, :n] = s.policy_mask_L
+            out["sampled_mask_BxL"][row, :n] = s.sampled_mask_L
+            out["role_ids_BxL"][row, :n] = s.role_ids_L
+            out["behaviour_logprobs_BxL"][row, :n] = s.behaviour_logprobs_L
+        out["reward_index_B"] = np.asarray([r.reward_index for r in self.rollouts], np.int32)
+        out["searched_B"] = np.asarray([r.searched for r in self.rollouts], bool)
+        out["malformed_B"] = np.asarray([r.malformed is not None for r in self.rollouts], bool)
+        out["truncated_B"] = np.asarray([r.truncated for r in self.rollouts], bool)
+        return out
+
+
+# ---------------------------------------------------------------------------- helpers
+
+def _prompts(env: Environment, rows: Sequence[list[Block]], open_role: Role | None, reserve: int = 1
+             ) -> tuple[list[list[Block]], list[bool], np.ndarray, np.ndarray]:
+    """Cut each row to fit the prompt width less bos and `reserve` slots (the open role token), assemble
+    with `open_role`, left-pad: (cut rows, was_cut, tokens_BxP, valid_BxP)."""
+    width = env.config.max_prompt_len
+    budget = width - 1 - reserve
+    cut = [seq_lib.cut_left(blocks, budget) for blocks in rows]
+    seqs = [seq_lib.assemble(blocks, env.tokenizer, open_role).token_ids_L for blocks, _ in cut]
+    tokens, valid = seq_lib.left_pad(seqs, width, env.tokenizer.pad_id)
+    return [c[0] for c in cut], [c[1] for c in cut], tokens, valid
+
+
+def _sample_blocks(env: Environment, params, rows: Sequence[list[Block]], role: Role, rng,
+                   config: SamplingConfig) -> tuple[list[Block], list[SampledTurn], list[bool]]:
+    """Sample one `role` turn per row: (new blocks, SampledTurns, was_cut per row)."""
+    _, was_cut, tokens, valid = _prompts(env, rows, role)
+    out = sampler.sample(params, env.model_cfg, tokens, valid, rng, config, env.token_ids,
+                         mesh=env.mesh, rules=env.rules)
+    out = jax.device_get(out)
+    turns = sampled_turns(env.tokenizer, role, out.tokens_BxN, out.token_valid_BxN)
+    blocks = []
+    for row, st in enumerate(turns):
+        lp = out.logprobs_BxN[row]
+        n = len(st.text_ids)
+        blocks.append(Block(role, st.text_ids, new=True, sampled_text=True,
+                            text_logprobs=tuple(float(x) for x in lp[:n]),
+                            eot_logprob=float(lp[n]) if st.finished else None))
+    return blocks, turns, was_cut
+
+
+def sample_turns(env: Environment, params, contexts: Sequence[Sequence[Turn]], role: Role | str,
+                 rng: jax.Array, config: SamplingConfig | None = None
+                 ) -> tuple[list[SampledTurn], list[bool]]:
+    """One sampled `role` turn per context (e.g. the LM playing the User in self-play).
+
+    Returns (SampledTurns with malformed flags, was_cut per row). Uses fold_in(rng, 3).
+    """
+    role = Role(role)
+    config = config or (env.config.user_config if role == Role.USER else env.config.agent)
+    rows = [seq_lib.context_blocks(c, env.tokenizer) for c in contexts]
+    _, turns, was_cut = _sample_blocks(env, params, rows, role, jax.random.fold_in(rng, 3), config)
+    return turns, was_cut
+
+
+def _choose_speakers(env: Environment, params, rows, rng) -> tuple[np.ndarray, np.ndarray | None,
+                                                                   np.ndarray | None, list[bool]]:
+    """(search_B bool, role_logprobs_Bx2 or None, sampled role log-prob_B or None, was_cut_B)."""
+    b = len(rows)
+    mode = env.config.evidence
+    if mode in ("always", "never"):
+        return np.full(b, mode == "always"), None, None, [False] * b
+    # The open role token follows the choice: its slot is reserved, so this is the turn's prompt less it.
+    _, was_cut, tokens, valid = _prompts(env, rows, None, reserve=1)
+    role_ids = [env.tokenizer.role_id(r) for r in _CHOICE_ROLES]
+    kw = dict(mesh=env.mesh, rules=env.rules)
+    logprobs = np.asarray(sampler.next_role_logprobs(params, env.model_cfg, tokens, valid, role_ids, **kw))
+    if mode == "choose":
+        return logprobs[:, 0] > logprobs[:, 1], logprobs, None, was_cut
+    picked = jax.device_get(sampler.sample_role(params, env.model_cfg, tokens, valid, role_ids,
+                                                jax.random.fold_in(rng, 0),
+                                                env.config.role_temperature, **kw))
+    return np.asarray(picked.index_B) == 0, logprobs, np.asarray(picked.logprob_B), was_cut
+
+
+def _first(*kinds):
+    return next((k for k in kinds if k is not None), None)
+
+
+# ---------------------------------------------------------------------------- the step
+
+def rollout(env: Environment, params, contexts: Sequence[Sequence[Turn]], rng: jax.Array
+            ) -> RolloutBatch:
+    """Extend every context by one agent step (module docstring). Deterministic for (params, rng)."""
+    if not contexts:
+        raise ValueError("rollout needs at least one context")
+    tok, cfg = env.tokenizer, env.config
+    rows = [seq_lib.context_blocks(c, tok) for c in contexts]
+    search_B, role_logprobs, role_lp_B, cut_B = _choose_speakers(env, params, rows, rng)
+    malformed: list[str | None] = [None] * len(rows)
+    new_turns: list[list[Turn]] = [[] for _ in rows]
+    if search_B.any():
+        # Every row samples a query (one compiled shape); only the searching rows keep theirs.
+        q_blocks, q_turns, q_cut = _sample_blocks(env, params, rows, Role.SEARCH_QUERY,
+                                                  jax.random.fold_in(rng, 1), cfg.query_config)
+        for row in np.flatnonzero(search_B):
+            query = q_turns[row]
+            block = q_blocks[row]
+            if role_lp_B is not None:
+                block = dataclasses.replace(block, role_logprob=float(role_lp_B[row]))
+            results = env.engine.search(query.turn.text, k=1)
+            evidence = format_evidence(results[0]) if results else cfg.no_results_text
+            malformed[row] = _first(query.malformed, None if results else NO_RESULTS)
+            result_turn = Turn(Role.SEARCH_RESULT, evidence)
+            rows[row] = rows[row] + [block, Block(Role.SEARCH_RESULT, tuple(tok.encode(evidence)),
+                                                  new=True)]
+            new_turns[row] += [query.turn, result_turn]
+            cut_B[row] = cut_B[row] or q_cut[row]
+    a_blocks, a_turns, a_cut = _sample_blocks(env, params, rows, Role.AGENT,
+                                              jax.random.fold_in(rng, 2), cfg.agent)
+    budget = cfg.max_prompt_len - 2
+    rollouts = []
+    for row, (blocks, a_block, a_turn) in enumerate(zip(rows, a_blocks, a_turns)):
+        if role_lp_B is not None and not search_B[row]:
+            a_block = dataclasses.replace(a_block, role_logprob=float(role_lp_B[row]))
+        kept, _ = seq_lib.cut_left(blocks, budget)  # exactly the Sparrow prompt the sampler saw
+        sequence = seq_lib.assemble(kept + [a_block], tok)
+        new_turns[row].append(a_turn.turn)
+        rollouts.append(Rollout(
+            context=tuple(contexts[row]), new_turns=tuple(new_turns[row]), searched=bool(search_B[row]),
+            malformed=_first(malformed[row], a_turn.malformed), truncated=bool(cut_B[row] or a_cut[row]),
+            sequence=sequence, reward_index=len(sequence) - 1))
+    return RolloutBatch(tuple(rollouts), role_logprobs, sum(r.truncated for r in rollouts))

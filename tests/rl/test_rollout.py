@@ -1,0 +1,187 @@
+"""One agent step: evidence modes, search turns, masks, malformed flags, cuts, determinism."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import boost, contexts_from, make_env
+from sparrow_jax.dialogue.render import parse, render, truncate_left
+from sparrow_jax.dialogue.turns import Role, Turn
+from sparrow_jax.model import hydra
+from sparrow_jax.rl import sequence as seq_lib
+from sparrow_jax.rl.rollout import NO_RESULTS, rollout
+from sparrow_jax.sampling import sampler
+from sparrow_jax.sampling.sampler import TokenIds
+from sparrow_jax.sampling.turns import EMPTY, OVER_LENGTH
+from sparrow_jax.search import SearchResult, format_evidence
+
+B = 8
+
+
+class EchoEngine:
+    """Finds one document per non-empty query (its title is the query); records the queries."""
+
+    def __init__(self):
+        self.queries = []
+
+    def search(self, query, k=1):
+        self.queries.append(query)
+        if not query.strip():
+            return []
+        return [SearchResult("d", f"About {query.strip()}", "https://toy/x", "some fragment", 1.0)][:k]
+
+
+class EmptyEngine:
+    def search(self, query, k=1):
+        return []
+
+
+def _left_padded(contexts, tok, width):
+    seqs = [render(c, tok).token_ids for c in contexts]
+    return seq_lib.left_pad(seqs, width, tok.pad_id)
+
+
+def test_always_searches_and_inserts_the_top_result(params, model_cfg, tok, engine, prompts):
+    contexts = contexts_from(prompts, B)
+    for eng in (EchoEngine(), engine):
+        batch = rollout(make_env(model_cfg, tok, eng, "always"), params, contexts, jax.random.PRNGKey(1))
+        for r in batch.rollouts:
+            assert r.searched
+            assert [t.role for t in r.new_turns] == [Role.SEARCH_QUERY, Role.SEARCH_RESULT, Role.AGENT]
+            results = eng.search(r.new_turns[0].text, k=1)
+            expected = format_evidence(results[0]) if results else "No results."
+            assert r.new_turns[1].text == expected
+            if not results:
+                assert r.malformed is not None  # the query's own flag comes first, else no_results
+    echo = rollout(make_env(model_cfg, tok, EchoEngine(), "always"), params, contexts,
+                   jax.random.PRNGKey(1))
+    assert any(r.new_turns[1].text.startswith("About ") for r in echo.rollouts)
+
+
+def test_never_writes_one_agent_turn(params, model_cfg, tok, prompts):
+    eng = EchoEngine()
+    batch = rollout(make_env(model_cfg, tok, eng, "never"), params, contexts_from(prompts, B),
+                    jax.random.PRNGKey(2))
+    assert eng.queries == [] and batch.role_logprobs_Bx2 is None
+    for r in batch.rollouts:
+        assert not r.searched and [t.role for t in r.new_turns] == [Role.AGENT]
+
+
+@pytest.mark.parametrize("favour", [None, Role.SEARCH_QUERY, Role.AGENT])
+def test_choose_takes_the_likelier_role(params, model_cfg, tok, prompts, favour):
+    if favour is not None:  # push one role token up everywhere (both outcomes get tested)
+        params = boost(params, [tok.role_id(favour)], 1.0)
+    contexts = contexts_from(prompts, B)
+    env = make_env(model_cfg, tok, EchoEngine(), "choose")
+    batch = rollout(env, params, contexts, jax.random.PRNGKey(3))
+    tokens, valid = _left_padded(contexts, tok, env.config.max_prompt_len - 1)
+    lp = np.asarray(sampler.next_role_logprobs(params, model_cfg, tokens, valid,
+                                               [tok.role_id(Role.SEARCH_QUERY), tok.role_id(Role.AGENT)]))
+    np.testing.assert_allclose(batch.role_logprobs_Bx2, lp, rtol=1e-5, atol=1e-5)
+    searched = np.array([r.searched for r in batch.rollouts])
+    np.testing.assert_array_equal(searched, lp[:, 0] > lp[:, 1])
+    if favour is not None:
+        assert searched.all() == (favour == Role.SEARCH_QUERY) and searched.any() == searched.all()
+
+
+def _check_masks(r, tok):
+    s = r.sequence
+    assert s.token_ids_L[0] == tok.bos_id and len(s.turn_spans) == len(r.context) + len(r.new_turns)
+    assert parse(s.token_ids_L, tok) == r.dialogue
+    n_ctx = len(r.context)
+    expected = np.zeros(len(s), bool)
+    for (start, end), turn in zip(s.turn_spans[n_ctx:], r.new_turns):
+        if turn.role in (Role.AGENT, Role.SEARCH_QUERY):
+            expected[start:end] = True
+    np.testing.assert_array_equal(s.policy_mask_L, expected)
+    assert not (s.sampled_mask_L & ~s.policy_mask_L).any()
+    assert r.reward_index == len(s) - 1 and s.token_ids_L[r.reward_index] == tok.eot_id
+    assert s.turn_spans[-1][1] == len(s) and s.role_ids_L[r.reward_index] == 1  # ROLE_INDEX[agent]
+    re = render(r.dialogue, tok, loss_from_turn=n_ctx)  # same mask as render's when ids agree
+    if len(re) == len(s) and (re.token_ids == s.token_ids_L).all():
+        np.testing.assert_array_equal(re.loss_mask, s.policy_mask_L)
+
+
+@pytest.mark.parametrize("mode", ["always", "free"])
+def test_masks_and_behaviour_logprobs_match_a_training_forward(params, model_cfg, tok, prompts, mode):
+    contexts = list(contexts_from(prompts, B - 1)) + [prompts[B].context + (
+        Turn(Role.AGENT, "Hello there."), Turn(Role.USER, "And what about that?"))]
+    env = make_env(model_cfg, tok, EchoEngine(), mode, max_prompt_len=192)
+    batch = rollout(env, params, contexts, jax.random.PRNGKey(4))
+    assert batch.num_cut == 0
+    for r in batch.rollouts:
+        _check_masks(r, tok)
+    arrays = batch.training_arrays(env.config.max_seq_len, tok.pad_id)
+    assert arrays["tokens_BxL"].shape == (B, env.config.max_seq_len)
+    logits = hydra.forward(params, model_cfg, jnp.asarray(arrays["tokens_BxL"]),
+                           jnp.asarray(arrays["positions_BxL"]), jnp.asarray(arrays["valid_BxL"]),
+                           roles=("policy",))["policy"]
+    logp = jax.nn.log_softmax(logits[:, :-1], -1)
+    got = np.asarray(jnp.take_along_axis(logp, jnp.asarray(arrays["tokens_BxL"][:, 1:, None]), -1)[..., 0])
+    mask = arrays["sampled_mask_BxL"][:, 1:]
+    assert mask.sum() > 0
+    np.testing.assert_allclose(got[mask], arrays["behaviour_logprobs_BxL"][:, 1:][mask], atol=2e-4)
+    if mode == "free":  # the sampled speaker's role token is a sampled token
+        first_new = [r.sequence.turn_spans[len(r.context)][0] for r in batch.rollouts]
+        assert all(arrays["sampled_mask_BxL"][b, i] for b, i in enumerate(first_new))
+    else:
+        assert all(r.searched for r in batch.rollouts)
+
+
+def test_malformed_empty_and_over_length(params, model_cfg, tok, prompts):
+    contexts = contexts_from(prompts, B)
+    empty = rollout(make_env(model_cfg, tok, EchoEngine(), "never"), boost(params, [tok.eot_id], 10.0),
+                    contexts, jax.random.PRNGKey(5))
+    assert all(r.malformed == EMPTY and r.new_turns[-1].text == "" for r in empty.rollouts)
+    base = TokenIds.from_tokenizer(tok)
+    no_eot = dataclasses.replace(base, banned_ids=base.banned_ids + (tok.eot_id,))
+    env = dataclasses.replace(make_env(model_cfg, tok, EchoEngine(), "never", max_new_tokens=1), ids=no_eot)
+    over = rollout(env, params, contexts, jax.random.PRNGKey(5))
+    for r in over.rollouts:
+        assert r.malformed == OVER_LENGTH
+        s = r.sequence  # closed with an eot the policy never drew: masked for loss, not sampled
+        assert s.token_ids_L[-1] == tok.eot_id and s.policy_mask_L[-1] and not s.sampled_mask_L[-1]
+        assert s.sampled_mask_L.sum() == 1
+
+
+def test_malformed_no_results(params, model_cfg, tok, prompts):
+    word = tok.encode("capital")[0]
+    params = boost(params, [word, tok.eot_id], 10.0)  # short queries: word* eot
+    batch = rollout(make_env(model_cfg, tok, EmptyEngine(), "always"), params, contexts_from(prompts, B),
+                    jax.random.PRNGKey(6))
+    flags = [r.malformed for r in batch.rollouts]
+    assert NO_RESULTS in flags
+    for r in batch.rollouts:
+        assert r.new_turns[1] == Turn(Role.SEARCH_RESULT, "No results.") and r.malformed is not None
+
+
+def test_reproducible_for_a_seed(params, model_cfg, tok, prompts):
+    env = make_env(model_cfg, tok, EchoEngine(), "free")
+    contexts = contexts_from(prompts, B)
+    a, b, c = (rollout(env, params, contexts, jax.random.PRNGKey(s)) for s in (7, 7, 8))
+    assert [r.new_turns for r in a.rollouts] == [r.new_turns for r in b.rollouts]
+    assert all((x.sequence.token_ids_L == y.sequence.token_ids_L).all() for x, y in zip(a.rollouts, b.rollouts))
+    assert [r.new_turns for r in a.rollouts] != [r.new_turns for r in c.rollouts]
+
+
+def test_long_contexts_are_cut_from_the_left(params, model_cfg, tok, prompts):
+    long = tuple(Turn(Role.USER if i % 2 == 0 else Role.AGENT, f"turn {i} " + "words " * 6)
+                 for i in range(12))
+    contexts = [long, prompts[0].context]
+    env = make_env(model_cfg, tok, EchoEngine(), "never", max_prompt_len=64)
+    batch = rollout(env, params, contexts, jax.random.PRNGKey(9))
+    assert batch.num_cut == 1 and batch.rollouts[0].truncated and not batch.rollouts[1].truncated
+    # With a search the Sparrow prompt grows (query + result) and may be cut again; still bounded.
+    searched = rollout(dataclasses.replace(env, config=dataclasses.replace(env.config, evidence="always")),
+                       params, contexts, jax.random.PRNGKey(9))
+    for r in batch.rollouts + searched.rollouts:
+        assert len(r.sequence) <= env.config.max_seq_len
+        assert parse(r.sequence.token_ids_L, tok)[-len(r.new_turns):] == r.new_turns
+    # The block cut keeps exactly what render.truncate_left keeps.
+    blocks = seq_lib.context_blocks(long, tok)
+    kept, cut = seq_lib.cut_left(blocks, 62)
+    expected, was_cut = truncate_left(render(long, tok, open_role=Role.AGENT), 64)
+    assert cut and was_cut
+    np.testing.assert_array_equal(seq_lib.assemble(kept, tok, Role.AGENT).token_ids_L, expected.token_ids)
