@@ -1,22 +1,28 @@
 """Speed measurements on this machine (not tests).
 
-    python benchmarks/run.py [--json] [--only name,name]
+    python benchmarks/run.py [--json] [--quick] [--only name,name]
 
-A registry of named measurements; each returns a dict of numbers and may read
-earlier results (e.g. MFU needs the matmul peak). `--json` prints one object
-merging every measurement's keys.
+A registry of named measurements; each is `fn(results, quick) -> dict of numbers`
+and may read earlier results (e.g. MFU needs the matmul peak). `--json` prints
+one object merging every measurement's keys; `--quick` runs toy sizes (smoke
+test only: the figures are meaningless). Ratios are measured within one run
+with the variants interleaved and the best of several repeats taken, so load
+from other processes on the machine mostly cancels out.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 import sys
+import tempfile
 import time
 from typing import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MEASUREMENTS: dict[str, Callable[[dict], dict]] = {}
+MEASUREMENTS: dict[str, Callable[..., dict]] = {}
 
 
 def measurement(name: str):
@@ -25,6 +31,8 @@ def measurement(name: str):
         return fn
     return register
 
+
+# ---------------------------------------------------------------------------- helpers
 
 def _best_seconds(fn, repeats: int) -> float:
     best = float("inf")
@@ -35,11 +43,73 @@ def _best_seconds(fn, repeats: int) -> float:
     return best
 
 
+def _interleaved_best_seconds(variants: dict[str, Callable[[], object]],
+                              repeats: int) -> dict[str, float]:
+    """Best wall seconds of each variant: one untimed warm-up call each (compiles),
+    then `repeats` rounds calling every variant once in turn (blocking on results)."""
+    import jax
+    for fn in variants.values():
+        jax.block_until_ready(fn())
+    best = {name: float("inf") for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def _tiny_config(quick: bool, stage: str = "sft", **model_overrides):
+    """experiments/tiny_cpu.py (f32); `quick` shrinks the model for the smoke test."""
+    from sparrow_jax.config import load_experiment
+    cfg = load_experiment(os.path.join(ROOT, "experiments", "tiny_cpu.py") + f":{stage}")
+    if quick:
+        model_overrides = {"d_model": 32, "n_heads": 2, "head_dim": 16, "d_ff": 64,
+                           "value_hidden": 32, **model_overrides}
+    for key, value in model_overrides.items():
+        setattr(cfg.model, key, value)
+    return cfg
+
+
+def _random_tokens(rows: int, length: int, vocab_size: int, seed: int = 0):
+    """int32 [rows, length] of ids >= 16 (clear of the tokenizer's control ids)."""
+    import numpy as np
+    rs = np.random.RandomState(seed)
+    return rs.randint(16, vocab_size, (rows, length)).astype(np.int32)
+
+
+def _rule_suffixes():
+    """The 23 packaged rules rendered as rule-RM suffixes with a tokenizer trained
+    here (BPE, 1024 pieces) on the packaged rule and prompt texts: (tokens_RxQ, valid_RxQ).
+    Q is the longest suffix rounded up to 16, as the rule_rm pipeline pads it."""
+    import glob
+    from sparrow_jax.dialogue.rules import load_rules
+    from sparrow_jax.dialogue.tokenizer import train_tokenizer
+    from sparrow_jax.rewards.rule_scoring import prepare_rule_suffixes
+    rules = load_rules()
+    texts = [rule.text for rule in rules]
+    for path in sorted(glob.glob(os.path.join(ROOT, "sparrow_jax", "resources", "prompts", "*"))):
+        with open(path, encoding="utf-8") as f:
+            texts.append(f.read())
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = train_tokenizer(texts, os.path.join(tmp, "tok.model"), vocab_size=1024)
+    return prepare_rule_suffixes(rules, tokenizer)
+
+
+def _no_eot_ids(eot_id: int = 8):
+    """TokenIds that ban every control id, eot included, so every decode step runs."""
+    from sparrow_jax.sampling.sampler import TokenIds
+    return TokenIds(eot_id=eot_id, pad_id=0, banned_ids=tuple(range(16)))
+
+
+# ---------------------------------------------------------------------------- measurements
+
 @measurement("matmul_peak")
-def matmul_peak(results: dict, n: int = 4096, repeats: int = 3) -> dict:
+def matmul_peak(results: dict, quick: bool = False, repeats: int = 3) -> dict:
     """Best-of-`repeats` f32 n x n matmul, jitted; FLOP/s = 2 n^3 / seconds."""
     import jax
     import jax.numpy as jnp
+    n = 256 if quick else 4096
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
     matmul = jax.jit(jnp.matmul)
@@ -48,58 +118,316 @@ def matmul_peak(results: dict, n: int = 4096, repeats: int = 3) -> dict:
     return {"matmul_peak_flops": 2.0 * n**3 / seconds, "matmul_size": n}
 
 
-@measurement("train_step")
-def train_step(results: dict, steps: int = 5) -> dict:
-    """Tokens/s of the tiny config's SFT update on 1 device, and MFU vs the matmul peak."""
+TRAIN_DTYPES = ("float32", "bfloat16")
+
+
+def _sft_setup(quick: bool, dtype: str, batch_size: int, seq_len: int):
+    """(jitted SFT step, state, batch, model FLOPs per step) for the tiny config."""
     import jax
     from sparrow_jax import sharding as shd
     from sparrow_jax.aot import analytic_flops
-    from sparrow_jax.config import load_experiment
     from sparrow_jax.train import stages
-
-    cfg = load_experiment(os.path.join(ROOT, "experiments", "tiny_cpu.py") + ":sft")
+    cfg = _tiny_config(quick, "sft", compute_dtype=dtype)
     mesh = shd.make_mesh(cfg.mesh, jax.devices()[:1])
-    setup = stages.build_stage(cfg, mesh, "sft", log_unsharded=False)
+    setup = stages.build_stage(cfg, mesh, "sft", batch_size=batch_size, seq_len=seq_len,
+                               log_unsharded=False)
     state = setup.init_fn(jax.random.PRNGKey(0))
-    batch_np = stages.example_batch("sft", cfg.train.batch_size, cfg.train.seq_len,
-                                    cfg.model.vocab_size)
-    batch = jax.device_put(batch_np, jax.devices()[0])
-    state, metrics = setup.step(state, batch)  # compile
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = setup.step(state, batch)
-    jax.block_until_ready((state, metrics))
-    seconds = (time.perf_counter() - start) / steps
-    tokens = cfg.train.batch_size * cfg.train.seq_len
-    flops = analytic_flops(cfg.model, "sft", cfg.train.batch_size, cfg.train.seq_len)
-    out = {"train_tokens_per_second": tokens / seconds, "train_step_seconds": seconds,
-           "train_model_flops_per_step": flops}
+    batch = jax.device_put(stages.example_batch("sft", batch_size, seq_len, cfg.model.vocab_size),
+                           jax.devices()[0])
+    return setup.step, state, batch, analytic_flops(cfg.model, "sft", batch_size, seq_len)
+
+
+@measurement("train_step")
+def train_step(results: dict, quick: bool = False, repeats: int = 4) -> dict:
+    """Tokens/s of the tiny config's SFT update on 1 device, and MFU vs the f32 matmul peak.
+
+    Measured at batch 32 x 256 tokens (the CPU is better used than at the training
+    batch of 16 x 192), for f32 and bf16 compute (params f32); the dtype with the
+    higher throughput is reported (`train_compute_dtype`). Seconds = best single step.
+    """
+    batch_size, seq_len = (2, 32) if quick else (32, 256)
+    dtypes = TRAIN_DTYPES[:1] if quick else TRAIN_DTYPES
+    runs = {dtype: list(_sft_setup(quick, dtype, batch_size, seq_len)) for dtype in dtypes}
+
+    def stepper(run):
+        def go():
+            run[1], metrics = run[0](run[1], run[2])  # the step donates the old state
+            return metrics
+        return go
+
+    seconds = _interleaved_best_seconds({d: stepper(r) for d, r in runs.items()}, repeats)
+    dtype = min(seconds, key=seconds.get)
+    flops = runs[dtype][3]
+    out = {"train_tokens_per_second": batch_size * seq_len / seconds[dtype],
+           "train_step_seconds": seconds[dtype], "train_model_flops_per_step": flops,
+           "train_batch_size": batch_size, "train_seq_len": seq_len,
+           "train_compute_dtype": dtype}
+    for d in dtypes:
+        out[f"train_tokens_per_second_{d}"] = batch_size * seq_len / seconds[d]
     peak = results.get("matmul_peak_flops")
     if peak:
-        out["mfu_vs_matmul_peak"] = flops / seconds / peak
+        out["mfu_vs_matmul_peak"] = flops / seconds[dtype] / peak
     return out
+
+
+def _rl_batch_and_params(cfg, batch: int, length: int):
+    """All-role hydra params and an RL batch (stages.example_batch) for `cfg.model`."""
+    import jax
+    from sparrow_jax.config import ROLES
+    from sparrow_jax.model import hydra
+    from sparrow_jax.train import stages
+    params = hydra.init_params(cfg.model, jax.random.PRNGKey(0), roles=ROLES)
+    data = stages.example_batch("rl", batch, length, cfg.model.vocab_size)
+    return params, jax.device_put(data)
+
+
+def _a2c(out, batch):
+    """The RL stage's A2C loss on forward outputs (policy, teacher, value)."""
+    from sparrow_jax.losses.a2c import a2c_loss
+    shift = lambda x: x[:, 1:]
+    return a2c_loss(out["policy"][:, :-1], out["teacher"][:, :-1], out["value"][:, :-1],
+                    shift(batch["tokens_BxL"]), shift(batch["rewards_BxL"]),
+                    shift(batch["policy_mask_BxL"]))
+
+
+def _hydra_update(model_cfg):
+    """Jitted (trainable, frozen, batch) -> ((loss, aux), grads): ONE hydra.forward
+    running every role (trunk once), gradients w.r.t. policy top + value head only."""
+    import jax
+    from sparrow_jax.config import ROLES
+    from sparrow_jax.model import hydra
+
+    def loss_fn(trainable, frozen, batch):
+        out = hydra.forward({**frozen, **trainable}, model_cfg, batch["tokens_BxL"],
+                            valid_BxL=batch["valid_BxL"], roles=ROLES)
+        loss, metrics = _a2c(out, batch)
+        return loss, (metrics, out["pref_rm"], out["rule_rm"])
+    return jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+
+
+def _separate_update(model_cfg):
+    """Jitted baseline without the hydra: four full n_layers models, each running its
+    own trunk + top. The policy(+value) model takes gradients w.r.t. its top and value
+    head (its bottom layers frozen, as in Sparrow); teacher, pref RM and rule RM are
+    forward-only. Args: (trainable, policy_frozen, teacher, pref_rm, rule_rm, batch)."""
+    import jax
+    from sparrow_jax.model import hydra
+
+    def run(params, batch, roles):
+        return hydra.forward(params, model_cfg, batch["tokens_BxL"], valid_BxL=batch["valid_BxL"],
+                             roles=roles)
+
+    def update(trainable, policy_frozen, teacher, pref_rm, rule_rm, batch):
+        teacher_logits = run(teacher, batch, ("teacher",))["teacher"]
+
+        def loss_fn(params):
+            out = run({**policy_frozen, **params}, batch, ("policy", "value"))
+            return _a2c({**out, "teacher": teacher_logits}, batch)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        aux = (metrics, run(pref_rm, batch, ("pref_rm",))["pref_rm"],
+               run(rule_rm, batch, ("rule_rm",))["rule_rm"])
+        return (loss, aux), grads
+    return jax.jit(update)
+
+
+def _role_model(params, role: str) -> dict:
+    """A separate full model for `role`: its own trunk (a copy) plus the role's top."""
+    import jax
+    import jax.numpy as jnp
+    tops = ("policy", "value") if role == "policy" else (role,)
+    return jax.tree.map(jnp.copy, {"trunk": params["trunk"], **{t: params[t] for t in tops}})
+
+
+@measurement("hydra_cost")
+def hydra_cost(results: dict, quick: bool = False, repeats: int = 5) -> dict:
+    """hydra_cost_ratio = seconds of one RL forward+backward over all five roles with
+    the shared frozen trunk / seconds of the same work with four separate models.
+
+    Model: tiny_cpu shape with n_layers=8, n_frozen_layers=6 (Sparrow's 64/80);
+    batch 8 x 128 tokens, A2C loss as in the rl stage.
+    Hydra: one hydra.forward with every role (trunk once, then the policy, teacher,
+      pref RM and rule RM tops), grads w.r.t. the policy top + value head only.
+    Baseline ("without the hydra, each role is a full n_layers model"): policy(+value),
+      teacher, pref RM and rule RM each run their own 8 layers forward; the policy's
+      backward still stops at its 6 frozen bottom layers (same trained params).
+    Work model (layers of forward; backward ~ 2x): hydra 6 + 4*2 + 2*2*2 = 22,
+      baseline 4*8 + 2*2*2 = 40, plus the heads, so the floor is about 0.55.
+    """
+    n_layers, n_frozen = (4, 3) if quick else (8, 6)
+    batch, length = (2, 16) if quick else (8, 128)
+    cfg = _tiny_config(quick, "rl", n_layers=n_layers, n_frozen_layers=n_frozen)
+    params, data = _rl_batch_and_params(cfg, batch, length)
+    trainable = {k: params[k] for k in ("policy", "value")}
+    frozen = {k: v for k, v in params.items() if k not in trainable}
+    hydra_fn, separate_fn = _hydra_update(cfg.model), _separate_update(cfg.model)
+    models = {role: _role_model(params, role) for role in ("policy", "teacher", "pref_rm",
+                                                          "rule_rm")}
+    policy_frozen = {"trunk": models["policy"]["trunk"]}
+    seconds = _interleaved_best_seconds({
+        "hydra": lambda: hydra_fn(trainable, frozen, data),
+        "separate": lambda: separate_fn(trainable, policy_frozen, models["teacher"],
+                                        models["pref_rm"], models["rule_rm"], data),
+    }, repeats)
+    return {"hydra_cost_ratio": seconds["hydra"] / seconds["separate"],
+            "hydra_update_seconds": seconds["hydra"],
+            "separate_models_update_seconds": seconds["separate"],
+            "hydra_n_layers": n_layers, "hydra_n_frozen_layers": n_frozen}
+
+
+@measurement("rule_prefix_cost")
+def rule_prefix_cost(results: dict, quick: bool = False, repeats: int = 7) -> dict:
+    """rule_prefix_cost_ratio = seconds to score all 23 rules on one dialogue of
+    L = 200 tokens (dialogue encoded once, its KV cache shared by the rule suffixes:
+    rewards.rule_scoring.rule_violation_probs) / seconds to score one rule the same way.
+
+    Tiny_cpu model. Rule suffixes: the packaged rules via prepare_rule_suffixes with a
+    tokenizer trained here (`rule_suffix_len` = padded Q; every suffix is run at Q).
+    Also: `rule_prefix_work_floor` = (L + 23 Q) / (L + Q), the ratio if cost were
+    proportional to tokens run, and `rule_unshared_over_shared` = seconds of scoring the
+    23 rules without sharing (rule_violation_probs_unshared) / with sharing.
+    """
+    import jax
+    import jax.numpy as jnp
+    from sparrow_jax.model import hydra
+    from sparrow_jax.rewards import rule_scoring
+    cfg = _tiny_config(quick)
+    length = 24 if quick else 200
+    params = hydra.init_params(cfg.model, jax.random.PRNGKey(0), roles=("rule_rm",))
+    rule_tokens, rule_valid = (jnp.asarray(x) for x in _rule_suffixes())
+    n_rules, q_len = rule_tokens.shape
+    dialogue = jnp.asarray(_random_tokens(1, length, cfg.model.vocab_size))
+    valid = jnp.ones_like(dialogue, bool)
+    shared = jax.jit(lambda p, t, v, rt, rv: rule_scoring.rule_violation_probs(
+        p, cfg.model, t, v, rt, rv))
+    unshared = jax.jit(lambda p, t, v, rt, rv: rule_scoring.rule_violation_probs_unshared(
+        p, cfg.model, t, v, rt, rv))
+    seconds = _interleaved_best_seconds({
+        "all": lambda: shared(params, dialogue, valid, rule_tokens, rule_valid),
+        "one": lambda: shared(params, dialogue, valid, rule_tokens[:1], rule_valid[:1]),
+        "unshared": lambda: unshared(params, dialogue, valid, rule_tokens, rule_valid),
+    }, repeats)
+    return {"rule_prefix_cost_ratio": seconds["all"] / seconds["one"],
+            "rule_prefix_work_floor": (length + n_rules * q_len) / (length + q_len),
+            "rule_suffix_len": q_len,
+            "rule_suffix_mean_real_tokens": float(rule_valid.sum(axis=1).mean()),
+            "rule_dialogue_len": length, "rule_count": n_rules,
+            "rule_score_all_seconds": seconds["all"], "rule_score_one_seconds": seconds["one"],
+            "rule_unshared_over_shared": seconds["unshared"] / seconds["all"]}
+
+
+@measurement("kv_decode")
+def kv_decode(results: dict, quick: bool = False, repeats: int = 2) -> dict:
+    """kv_decode_speedup = decode tokens/s of sampler.sample (prefill + KV-cached decode)
+    / tokens/s of sampler.sample_uncached (a full forward over [B, P + N] every step).
+
+    Tiny_cpu model, batch 8, prompt 16 tokens, N = 256 new tokens, temperature 1,
+    eot banned so every row runs all N steps. Tokens/s = B * N / seconds of the call.
+    """
+    import jax
+    import jax.numpy as jnp
+    from sparrow_jax.model import hydra
+    from sparrow_jax.sampling import sampler
+    cfg = _tiny_config(quick)
+    batch, prompt_len, new_tokens = (2, 4, 8) if quick else (8, 16, 256)
+    params = hydra.init_params(cfg.model, jax.random.PRNGKey(0), roles=("policy",))
+    prompt = jnp.asarray(_random_tokens(batch, prompt_len, cfg.model.vocab_size))
+    valid = jnp.ones_like(prompt, bool)
+    config = sampler.SamplingConfig(max_new_tokens=new_tokens, temperature=1.0)
+    ids, rng = _no_eot_ids(), jax.random.PRNGKey(1)
+    seconds = _interleaved_best_seconds({
+        "cached": lambda: sampler.sample(params, cfg.model, prompt, valid, rng, config, ids),
+        "uncached": lambda: sampler.sample_uncached(params, cfg.model, prompt, valid, rng,
+                                                    config, ids),
+    }, repeats)
+    tokens = batch * new_tokens
+    return {"kv_decode_speedup": seconds["uncached"] / seconds["cached"],
+            "kv_decode_tokens_per_second": tokens / seconds["cached"],
+            "uncached_decode_tokens_per_second": tokens / seconds["uncached"],
+            "decode_new_tokens": new_tokens}
+
+
+def _episode_scorer(model_cfg):
+    """Jitted (params, context, valid, rule_tokens, rule_valid) -> (elo_B, p_broken_BxR):
+    the preference RM's Elo at the last token and P(broken) for every rule."""
+    import jax
+    import jax.numpy as jnp
+    from sparrow_jax.rewards.pref_scoring import pref_elo
+    from sparrow_jax.rewards.rule_scoring import rule_violation_probs
+
+    def score(params, tokens, valid, rule_tokens, rule_valid):
+        last = jnp.full((tokens.shape[0],), tokens.shape[1] - 1, jnp.int32)
+        return (pref_elo(params, model_cfg, tokens, valid, last),
+                rule_violation_probs(params, model_cfg, tokens, valid, rule_tokens, rule_valid))
+    return jax.jit(score)
+
+
+@measurement("rl_episodes")
+def rl_episodes(results: dict, quick: bool = False, repeats: int = 3) -> dict:
+    """rl_episodes_per_second for the tiny config (all roles in one hydra).
+
+    Provisional definition, until sparrow_jax/rl has its rollout loop: an episode is
+    one sampled agent turn of 48 tokens (eot banned, so always the full 48: KV-cached
+    sampler.sample, temperature 1) after a prompt of 64 tokens, then its scoring by
+    both RMs on the 112-token dialogue: pref_elo at the last token and
+    rule_violation_probs over the 23 packaged rules. A batch of 16 prompts runs
+    together; episodes/s = 16 / best seconds of (sample + score).
+    """
+    import jax
+    import jax.numpy as jnp
+    from sparrow_jax.config import ROLES
+    from sparrow_jax.model import hydra
+    from sparrow_jax.sampling import sampler
+    cfg = _tiny_config(quick, "rl")
+    batch, prompt_len, new_tokens = (2, 8, 4) if quick else (16, 64, 48)
+    params = hydra.init_params(cfg.model, jax.random.PRNGKey(0), roles=ROLES)
+    prompt = jnp.asarray(_random_tokens(batch, prompt_len, cfg.model.vocab_size))
+    valid = jnp.ones_like(prompt, bool)
+    rule_tokens, rule_valid = (jnp.asarray(x) for x in _rule_suffixes())
+    config = sampler.SamplingConfig(max_new_tokens=new_tokens, temperature=1.0)
+    ids, rng, score = _no_eot_ids(), jax.random.PRNGKey(1), _episode_scorer(cfg.model)
+
+    def episodes():
+        out = sampler.sample(params, cfg.model, prompt, valid, rng, config, ids)
+        tokens = jnp.concatenate([prompt, out.tokens_BxN], axis=1)
+        mask = jnp.concatenate([valid, out.token_valid_BxN], axis=1)
+        return score(params, tokens, mask, rule_tokens, rule_valid)
+
+    seconds = _interleaved_best_seconds({"episode": episodes}, repeats)["episode"]
+    return {"rl_episodes_per_second": batch / seconds, "rl_episode_batch": batch,
+            "rl_episode_prompt_len": prompt_len, "rl_episode_turn_len": new_tokens}
+
+
+# ---------------------------------------------------------------------------- entry point
+
+def run(names=None, quick: bool = False) -> dict:
+    """Run the named measurements (default all, in registry order); merged results."""
+    results: dict = {}
+    for name in names or list(MEASUREMENTS):
+        results.update(MEASUREMENTS[name](results, quick=quick))
+    return results
+
+
+def format_table(results: dict) -> str:
+    width = max(len(k) for k in results)
+    lines = []
+    for key, value in results.items():
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        lines.append(f"{key:{width}s}  {text}")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="toy sizes (smoke test)")
     parser.add_argument("--only", default="", help="comma-separated measurement names")
     args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n] or list(MEASUREMENTS)
     unknown = set(names) - set(MEASUREMENTS)
     if unknown:
         parser.error(f"unknown measurements {sorted(unknown)}; have {list(MEASUREMENTS)}")
-    results: dict = {}
-    for name in names:
-        results.update(MEASUREMENTS[name](results))
-    if args.json:
-        print(json.dumps(results))
-    else:
-        width = max(len(k) for k in results)
-        for key, value in results.items():
-            text = f"{value:.4g}" if isinstance(value, float) else str(value)
-            print(f"{key:{width}s}  {text}")
+    results = run(names, quick=args.quick)
+    print(json.dumps(results) if args.json else format_table(results))
     return 0
 
 
