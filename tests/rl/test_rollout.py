@@ -185,3 +185,40 @@ def test_long_contexts_are_cut_from_the_left(params, model_cfg, tok, prompts):
     expected, was_cut = truncate_left(render(long, tok, open_role=Role.AGENT), 64)
     assert cut and was_cut
     np.testing.assert_array_equal(seq_lib.assemble(kept, tok, Role.AGENT).token_ids_L, expected.token_ids)
+
+
+def test_cut_inside_an_over_long_final_turn_matches_truncate_left(tok):
+    turns = (Turn(Role.USER, "hi"), Turn(Role.SEARCH_RESULT, "evidence text " * 30))
+    blocks = seq_lib.context_blocks(turns, tok)
+    sampled = seq_lib.Block(Role.AGENT, blocks[1].text_ids, new=True, sampled_text=True,
+                            text_logprobs=tuple(-float(i) for i in range(len(blocks[1].text_ids))),
+                            eot_logprob=-0.5, role_logprob=-0.1)
+    for last in (blocks[1], sampled):
+        kept, cut = seq_lib.cut_left([blocks[0], last], 20)
+        assert cut and len(kept) == 1 and kept[0].head_cut and len(kept[0]) == 20
+        got = seq_lib.assemble(kept, tok, Role.AGENT)
+        expected, _ = truncate_left(render((turns[0], Turn(last.role, turns[1].text)), tok,
+                                           open_role=Role.AGENT), 22)
+        np.testing.assert_array_equal(got.token_ids_L, expected.token_ids)
+    # The kept tail keeps its own log-probs; the cut role token is no longer a sampled token.
+    assert got.sampled_mask_L[1] == False and got.sampled_mask_L[2:-1].all()  # noqa: E712
+    np.testing.assert_allclose(got.behaviour_logprobs_L[2:-2], sampled.text_logprobs[-18:])
+    assert got.behaviour_logprobs_L[-2] == np.float32(-0.5)
+
+
+def test_rollout_on_a_mesh_matches_one_device(params, model_cfg, tok, prompts):
+    from sparrow_jax import sharding as shd
+    from sparrow_jax.config import default_config
+    cfg = default_config()
+    cfg.mesh.shape.data, cfg.mesh.shape.fsdp, cfg.mesh.shape.tensor = 2, 2, 2
+    mesh, rules = shd.make_mesh(cfg.mesh), shd.rules_from_config(cfg.mesh)
+    axes = hydra.param_logical_axes(model_cfg, roles=("policy",))
+    sharded = jax.device_put(params, shd.shardings_for(axes, mesh, rules, params))
+    env = make_env(model_cfg, tok, EchoEngine(), "free")
+    contexts = contexts_from(prompts, B)
+    one = rollout(env, params, contexts, jax.random.PRNGKey(10))
+    eight = rollout(dataclasses.replace(env, mesh=mesh, rules=rules), sharded, contexts,
+                    jax.random.PRNGKey(10))
+    assert [r.new_turns for r in one.rollouts] == [r.new_turns for r in eight.rollouts]
+    np.testing.assert_allclose(one.training_arrays()["behaviour_logprobs_BxL"],
+                               eight.training_arrays()["behaviour_logprobs_BxL"], atol=1e-5)
