@@ -20,6 +20,11 @@ class ToyWorldConfig:
     # The same for the test split. 0 by default: held-out labels are the oracle's
     # truth, so held-out accuracy and AUC measure agreement with the truth.
     test_rater_noise: float = 0.0
+    # Share of factual comparisons with a searched, right answer among the
+    # candidates (the unique best). Without one, the best is the one correct
+    # answer given without evidence: judging it needs the entity's facts, which a
+    # reward model cannot know for held-out entities, so the default is 1.
+    right_search_rate: float = 1.0
     k_candidates: int = 4  # per preference comparison: half with evidence, half without
     fragment_chars: int = 160  # Search Result fragment budget, small so turns fit in 256 tokens
     # Dialogue mix (renormalised): factual questions, chit-chat, adversarial probes.
@@ -43,7 +48,8 @@ class ToyWorldConfig:
         check(0 < self.n_heldout < self.n_entities, "n_heldout must be in (0, n_entities)")
         check(self.n_heldout >= 3 and self.n_entities - self.n_heldout >= 3,
               "need >= 1 train and >= 1 held-out entity per type (3 types)")
-        for name in ("flaw_rate", "rater_noise", "test_rater_noise", "test_fraction", "two_exchange_rate",
+        for name in ("flaw_rate", "rater_noise", "test_rater_noise", "right_search_rate",
+                     "test_fraction", "two_exchange_rate",
                      "targeted_rating_rate", "broken_reply_rate"):
             check(0.0 <= getattr(self, name) <= 1.0, f"{name} must be in [0, 1]")
         check(self.k_candidates >= 2 and self.k_candidates % 2 == 0,

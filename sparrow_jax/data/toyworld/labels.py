@@ -24,7 +24,6 @@ from sparrow_jax.data.toyworld.templates import OPENERS, PROBES, RUDE_ANSWER_PRE
 from sparrow_jax.dialogue.turns import Role, Turn, to_json
 
 # Weights of the candidate kinds offered to raters.
-RIGHT_SEARCH_RATE = 0.75  # comparisons with a searched, right answer among the candidates
 WRONG_EVIDENCE_KINDS = {"misread": 0.5, "wrong_entity": 0.5}
 FLAWED_NO_EVIDENCE_KINDS = {"wrong": 0.7, "rude": 0.3}
 
@@ -46,14 +45,14 @@ def factual_candidates(world: SplitWorld, entity, attribute) -> tuple[list[list[
     """K candidates, half with a search, drawn so that exactly one is the best.
 
     A tie for best would make the rater's choice a coin flip that no reward model
-    can predict, so: with probability RIGHT_SEARCH_RATE one search candidate reads
+    can predict, so: with probability `right_search_rate` one search candidate reads
     the right value (quality 3) and the other searches go wrong; without one,
     exactly one no-search candidate is correct (quality 2) and the rest are wrong
     or rude.
     """
     rng, k = world.rng, world.config.k_candidates
     candidates, has_evidence = [], []
-    right_search = rng.random() < RIGHT_SEARCH_RATE
+    right_search = rng.random() < world.config.right_search_rate
     for i in range(k // 2):
         kind = "right" if (right_search and i == 0) else _weighted(WRONG_EVIDENCE_KINDS, rng)
         query, value = search_query(entity.name, attribute), None
