@@ -12,7 +12,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-FIGURES = ("matmul_peak_flops", "train_tokens_per_second", "mfu_vs_matmul_peak",
+FIGURES = ("matmul_peak_flops", "matmul_peak_flops_bf16", "train_tokens_per_second", "mfu_vs_matmul_peak",
            "hydra_cost_ratio", "rule_prefix_cost_ratio", "rule_suffix_len",
            "rule_prefix_work_floor", "kv_decode_speedup", "kv_decode_tokens_per_second",
            "rl_episodes_per_second")
