@@ -28,7 +28,7 @@ def tiny_overrides(world: str, steps: int = 12, **extra) -> list[str]:
               "model.n_heads": 2, "model.head_dim": 16, "model.d_ff": 64, "model.n_layers": 2,
               "model.n_frozen_layers": 1, "model.value_hidden": 16, "train.batch_size": 8,
               "train.seq_len": 160, "train.steps": steps, "train.warmup_steps": 2,
-              "train.log_every": 1000, "train.eval_batches": 2, **extra}
+              "train.log_every": 1000, "train.eval_batches": 2, "data.rule_len": 128, **extra}
     return [f"--config.{k}={v}" for k, v in values.items()]
 
 
