@@ -3,25 +3,12 @@ import zlib
 
 import jax
 
-from sparrow_jax.config import model_defaults
+import tiny_models
 
 
 def tiny_model_cfg(**overrides):
     """A ~100k-parameter model config; 2 frozen + 2 own layers so all stacks share a shape."""
-    cfg = model_defaults()
-    cfg.vocab_size = 64
-    cfg.d_model = 32
-    cfg.n_heads = 2
-    cfg.head_dim = 16
-    cfg.d_ff = 64
-    cfg.n_layers = 4
-    cfg.n_frozen_layers = 2
-    cfg.max_len = 32
-    cfg.value_hidden = 16
-    cfg.compute_dtype = "float32"
-    for key, value in overrides.items():
-        cfg[key] = value
-    return cfg
+    return tiny_models.tiny_model_config(**{"n_layers": 4, "n_frozen_layers": 2, **overrides})
 
 
 def sharpen(params, rng, bias_scale=0.5):

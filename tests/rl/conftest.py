@@ -3,7 +3,7 @@ import jax
 import numpy as np
 import pytest
 
-from sparrow_jax.config import default_config
+from tiny_models import tiny_model_config
 from sparrow_jax.data import schemas
 from sparrow_jax.data.toyworld import ToyWorldConfig, generate
 from sparrow_jax.dialogue.tokenizer import train_tokenizer
@@ -41,19 +41,7 @@ def prompts(world):
 
 @pytest.fixture(scope="session")
 def model_cfg(tok):
-    cfg = default_config().model
-    cfg.vocab_size = tok.vocab_size
-    cfg.d_model = 32
-    cfg.n_heads = 2
-    cfg.head_dim = 16
-    cfg.d_ff = 64
-    cfg.n_layers = 2
-    cfg.n_frozen_layers = 1
-    cfg.max_len = 64
-    cfg.value_hidden = 16
-    cfg.compute_dtype = "float32"
-    cfg.init_std = 0.1
-    return cfg
+    return tiny_model_config(vocab_size=tok.vocab_size, max_len=64, init_std=0.1)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparrow_jax.config import model_defaults
+import tiny_models
 from sparrow_jax.model import ModelSpec, hydra
 from sparrow_jax.sampling.sampler import TokenIds
 
@@ -17,21 +17,7 @@ IDS = TokenIds(eot_id=EOT, pad_id=PAD, banned_ids=tuple(i for i in CONTROL if i 
 
 def tiny_model_cfg(**overrides):
     """~30k parameters: 1 frozen + 1 own layer; a large init_std makes the logits peaky."""
-    cfg = model_defaults()
-    cfg.vocab_size = 48
-    cfg.d_model = 32
-    cfg.n_heads = 2
-    cfg.head_dim = 16
-    cfg.d_ff = 64
-    cfg.n_layers = 2
-    cfg.n_frozen_layers = 1
-    cfg.max_len = 32
-    cfg.value_hidden = 16
-    cfg.compute_dtype = "float32"
-    cfg.init_std = 0.1
-    for key, value in overrides.items():
-        cfg[key] = value
-    return cfg
+    return tiny_models.tiny_model_config(**{"vocab_size": 48, "init_std": 0.1, **overrides})
 
 
 def tiny_params(cfg, seed=0, roles=("policy",)):

@@ -5,6 +5,7 @@ import pytest
 
 from sparrow_jax import sharding as shd
 from sparrow_jax.config import default_config
+from tiny_models import tiny_config
 from sparrow_jax.model import hydra
 from sparrow_jax.train import stages
 from sparrow_jax.train.step import batch_shardings, loss_and_grads
@@ -12,12 +13,7 @@ from sparrow_jax.train.trainable import STAGE_ROLES, split_params
 
 
 def tiny_cfg():
-    cfg = default_config()
-    m = cfg.model
-    m.vocab_size, m.d_model, m.n_heads, m.head_dim, m.d_ff = 64, 32, 2, 16, 64
-    m.n_layers, m.n_frozen_layers, m.max_len, m.value_hidden = 2, 1, 32, 16
-    m.compute_dtype = "float32"
-    cfg.mesh.shape.data, cfg.mesh.shape.fsdp, cfg.mesh.shape.tensor = 2, 2, 2
+    cfg = tiny_config(mesh=(2, 2, 2))
     return cfg
 
 

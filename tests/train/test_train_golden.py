@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from sparrow_jax import sharding as shd
-from sparrow_jax.config import default_config
+from tiny_models import tiny_config
 from sparrow_jax.model import hydra
 from sparrow_jax.train import stages
 from sparrow_jax.train.trainable import STAGE_ROLES
@@ -30,12 +30,7 @@ GOLDEN = {
 
 
 def tiny_cfg():
-    cfg = default_config()
-    m = cfg.model
-    m.vocab_size, m.d_model, m.n_heads, m.head_dim, m.d_ff = 64, 32, 2, 16, 64
-    m.n_layers, m.n_frozen_layers, m.max_len, m.value_hidden = 2, 1, 32, 16
-    m.compute_dtype = "float32"
-    return cfg
+    return tiny_config()
 
 
 def golden_loss(stage):

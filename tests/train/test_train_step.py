@@ -7,6 +7,7 @@ from jax.sharding import PartitionSpec as P
 
 from sparrow_jax import sharding as shd
 from sparrow_jax.config import default_config
+from tiny_models import tiny_config
 from sparrow_jax.train import stages
 from sparrow_jax.train.optimizer import make_optimizer, make_schedule
 from sparrow_jax.train.state import opt_state_shardings
@@ -15,12 +16,7 @@ from sparrow_jax.train.trainable import TRAINABLE_KEYS, merge_params, split_para
 
 
 def tiny_cfg(optimizer="adamw"):
-    cfg = default_config()
-    m = cfg.model
-    m.vocab_size, m.d_model, m.n_heads, m.head_dim, m.d_ff = 64, 32, 2, 16, 64
-    m.n_layers, m.n_frozen_layers, m.max_len, m.value_hidden = 2, 1, 32, 16
-    m.compute_dtype = "float32"
-    cfg.mesh.shape.data, cfg.mesh.shape.fsdp, cfg.mesh.shape.tensor = 2, 2, 2
+    cfg = tiny_config(mesh=(2, 2, 2))
     cfg.train.batch_size, cfg.train.seq_len = 8, 16
     cfg.train.warmup_steps = 0  # so the very first update moves the params
     cfg.train.optimizer = optimizer
