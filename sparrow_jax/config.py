@@ -163,17 +163,23 @@ def default_config() -> ml_collections.ConfigDict:
 # Loading
 # ----------------------------------------------------------------------------
 
+def load_experiment_module(path: str):
+    """Import an experiment file (`get_config`, maybe `get_sweep`) by path."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    module_spec = importlib.util.spec_from_file_location("_sparrow_experiment", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
 def load_experiment(spec: str) -> ml_collections.ConfigDict:
     """Load `path/to/experiment.py[:variant]` and return its validated config.
 
     Raises ConfigError if the file is missing or has no `get_config`.
     """
     path, _, variant = spec.partition(":")
-    if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
-    module_spec = importlib.util.spec_from_file_location("_sparrow_experiment", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = load_experiment_module(path)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{path} defines no get_config()")
     try:

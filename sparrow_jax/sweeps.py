@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import inspect
 import itertools
 import json
@@ -171,12 +170,12 @@ def expand(members: Sequence[Mapping[str, Any]], root: str) -> list[SweepMember]
 
 def load_sweep(spec: str) -> list[Member]:
     """Call `get_sweep()` of `path.py[:variant]` (passing the variant if it takes one)."""
+    from sparrow_jax.config import ConfigError, load_experiment_module
     path, _, variant = spec.partition(":")
-    if not os.path.isfile(path):
-        raise SweepError(f"config file not found: {path}")
-    module_spec = importlib.util.spec_from_file_location("_sparrow_sweep_experiment", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    try:
+        module = load_experiment_module(path)
+    except ConfigError as err:
+        raise SweepError(str(err)) from err
     get_sweep = getattr(module, "get_sweep", None)
     if get_sweep is None:
         raise SweepError(f"{path} defines no get_sweep()")
