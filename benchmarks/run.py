@@ -12,9 +12,7 @@ from other processes on the machine mostly cancels out.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import math
 import os
 import sys
 import tempfile

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator
 
 import sentencepiece as spm
 

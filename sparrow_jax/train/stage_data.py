@@ -15,8 +15,8 @@ from sparrow_jax.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-# stage -> (record kind, train split, eval stage, eval kind): what the eval reads.
-# lm is judged like sft (held-out NLL on agent turns) so the two compare directly.
+# stage -> (train record kind, eval stage, eval record kind). lm is judged like
+# sft (held-out NLL on agent turns) so the two compare directly.
 STAGE_DATA = {
     "lm": ("lm_text", "sft", "dialogues"),
     "sft": ("dialogues", "sft", "dialogues"),
