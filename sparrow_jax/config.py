@@ -146,6 +146,40 @@ def loss_defaults() -> ml_collections.ConfigDict:
     return lo
 
 
+def rl_defaults() -> ml_collections.ConfigDict:
+    """The RL stage (SPARROW.md section 6). The policy starts from `train.init_from`
+    (the SFT workdir); the reward models come from their own workdirs."""
+    r = ml_collections.ConfigDict()
+    r.pref_rm_from = ""  # workdir of the pref_rm stage (required for rl)
+    r.rule_rm_from = ""  # workdir of the rule_rm stage (required for rl)
+    # Rollouts (`rl.rollout`): evidence mode always | never | choose | free.
+    r.evidence = "free"
+    r.max_prompt_len = 128  # prompt width in tokens; longer contexts are cut from the left
+    r.max_new_tokens = 48  # per sampled turn
+    r.temperature = 1.0
+    r.top_p = 1.0
+    r.top_k = 0  # 0 = off
+    r.role_temperature = 1.0  # `free` mode's speaker draw
+    # Self-play: prompt mixture, and the buffer of dialogues continued later.
+    r.prompt_mix = ml_collections.ConfigDict({"eli5": 0.5, "human": 0.2, "red_team": 0.3})
+    r.max_turns = 2  # agent turns per dialogue
+    r.buffer_size = 256
+    r.continue_prob = 0.25
+    # Rewards: pref Elo normalised by the starting policy's samples, rule term, format penalty.
+    r.normaliser_batches = 4  # batches of starting-policy rollouts that fit the Elo mean/std
+    r.elo_weight = 1.0
+    r.rule_aggregation = "mean_compliance"  # | mean_log_compliance
+    r.rule_weight = 1.0
+    r.format_penalty = 2.0  # [paper, GopherCite]
+    # A2C with a KL anchor to the frozen teacher.
+    r.kl_mode = "loss"  # loss: alpha * KL + (1 - alpha) * A2C | reward: KL penalty in the reward
+    r.alpha = 0.1  # [paper, GopherCite]
+    r.kl_coef = 0.1  # kl_mode=reward
+    r.value_coef = 1.0
+    r.entropy_coef = 0.0
+    return r
+
+
 def default_config() -> ml_collections.ConfigDict:
     """Every key a config may have, with its default value."""
     c = ml_collections.ConfigDict()
@@ -156,6 +190,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.train = train_defaults()
     c.data = data_defaults()
     c.loss = loss_defaults()
+    c.rl = rl_defaults()
     return c
 
 
@@ -288,12 +323,36 @@ def validate(cfg: ml_collections.ConfigDict, source: str = "config") -> None:
     _choice(cfg.train.optimizer, ("adamw", "adafactor"), "train.optimizer")
     _choice(cfg.train.schedule, ("cosine", "constant"), "train.schedule")
     _choice(cfg.train.stage, STAGES, "train.stage")
+    _validate_rl(cfg.rl)
     if cfg.train.batch_size <= 0 or cfg.train.grad_accum_steps <= 0:
         raise ConfigError("train.batch_size and train.grad_accum_steps must be positive")
     if cfg.train.batch_size % cfg.train.grad_accum_steps:
         raise ConfigError(
             f"train.grad_accum_steps={cfg.train.grad_accum_steps} does not divide "
             f"train.batch_size={cfg.train.batch_size}")
+
+
+def _validate_rl(r) -> None:
+    _choice(r.evidence, ("always", "never", "choose", "free"), "rl.evidence")
+    _choice(r.rule_aggregation, ("mean_compliance", "mean_log_compliance"), "rl.rule_aggregation")
+    _choice(r.kl_mode, ("loss", "reward"), "rl.kl_mode")
+    for key in ("max_prompt_len", "max_new_tokens", "max_turns", "normaliser_batches"):
+        if r[key] <= 0:
+            raise ConfigError(f"config key 'rl.{key}' must be positive, got {r[key]}")
+    if r.max_prompt_len < 4:
+        raise ConfigError(f"config key 'rl.max_prompt_len' must be >= 4, got {r.max_prompt_len}")
+    for key in ("temperature", "role_temperature"):
+        if r[key] <= 0:
+            raise ConfigError(f"config key 'rl.{key}' must be positive, got {r[key]}")
+    if not 0 < r.top_p <= 1:
+        raise ConfigError(f"config key 'rl.top_p' must be in (0, 1], got {r.top_p}")
+    if not 0 <= r.alpha <= 1 or not 0 <= r.continue_prob <= 1:
+        raise ConfigError("config keys 'rl.alpha' and 'rl.continue_prob' must be in [0, 1]")
+    if r.top_k < 0 or r.buffer_size < 0:
+        raise ConfigError("config keys 'rl.top_k' and 'rl.buffer_size' must be >= 0")
+    if any(w < 0 for w in r.prompt_mix.values()) or not any(w > 0 for w in r.prompt_mix.values()):
+        raise ConfigError(f"config key 'rl.prompt_mix' needs weights >= 0, one positive; got "
+                          f"{dict(r.prompt_mix)}")
 
 
 def resolve_mesh_shape(shape: dict, num_devices: int) -> dict:
