@@ -24,13 +24,14 @@ def run(args, overrides) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "orbax", "jax._src", "tensorflow_datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if cfg.train.stage == "rl":
-        print("sparrow train: the rl stage is not available yet in this version", file=sys.stderr)
-        return 2
     from sparrow_jax.train.checkpoints import CheckpointError
-    from sparrow_jax.train.loop import PREEMPTED_EXIT_CODE, Preempted, TrainingError, train_stage
+    from sparrow_jax.train.run_control import PREEMPTED_EXIT_CODE, Preempted, TrainingError
+    if cfg.train.stage == "rl":
+        from sparrow_jax.rl.trainer import train_rl as train
+    else:
+        from sparrow_jax.train.loop import train_stage as train
     try:
-        summary = train_stage(cfg, args.workdir, max_steps_this_run=args.max_steps_this_run)
+        summary = train(cfg, args.workdir, max_steps_this_run=args.max_steps_this_run)
     except Preempted as err:
         print(f"sparrow train: {err}", file=sys.stderr)
         return PREEMPTED_EXIT_CODE

@@ -29,6 +29,20 @@ def undiscounted_returns(rewards_BxT):
     return jnp.flip(jnp.cumsum(jnp.flip(rewards_BxT, axis=-1), axis=-1), axis=-1)
 
 
+def explained_variance(values_BxT, returns_BxT, mask_BxT):
+    """1 - Var(return - value) / Var(return) over masked tokens (1 = perfect, 0 = a
+    constant guess, negative = worse); 0 when the returns have no variance."""
+    mask = mask_BxT.astype(jnp.float32)
+    values = jax.lax.stop_gradient(values_BxT)
+
+    def var(x):
+        mean = masked_mean(x, mask)
+        return masked_mean(jnp.square(x - mean), mask)
+    var_returns = var(returns_BxT)
+    return jnp.where(var_returns > 1e-8, 1.0 - var(returns_BxT - values) / jnp.maximum(var_returns, 1e-8),
+                     0.0)
+
+
 def a2c_loss(policy_logits_BxTxV, teacher_logits_BxTxV, values_BxT, actions_BxT, rewards_BxT,
              policy_mask_BxT, *, alpha=0.1, value_coef=1.0, entropy_coef=0.0,
              kl_mode="loss", kl_coef=0.1):
@@ -49,7 +63,7 @@ def a2c_loss(policy_logits_BxTxV, teacher_logits_BxTxV, values_BxT, actions_BxT,
       kl_coef: per-token reward penalty weight for kl_mode="reward".
     Returns:
       (loss, metrics) with 'loss', 'pg_loss', 'value_loss', 'kl', 'entropy', 'return',
-      'advantage'.
+      'advantage', 'explained_variance'.
     """
     if kl_mode not in ("loss", "reward"):
         raise ValueError(f"kl_mode={kl_mode!r} is not 'loss' or 'reward'")
@@ -88,5 +102,6 @@ def a2c_loss(policy_logits_BxTxV, teacher_logits_BxTxV, values_BxT, actions_BxT,
         "entropy": entropy,
         "return": masked_mean(returns_BxT, mask),
         "advantage": masked_mean(advantage_BxT, mask),
+        "explained_variance": explained_variance(values_BxT, returns_BxT, mask),
     }
     return loss, metrics

@@ -9,10 +9,12 @@ The teacher is a copy of the source's policy (the KL anchor at RL start).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from functools import partial
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from sparrow_jax import sharding as shd
@@ -20,7 +22,9 @@ from sparrow_jax.model import hydra
 from sparrow_jax.train.checkpoints import Checkpointer, CheckpointError
 from sparrow_jax.train.optimizer import make_optimizer
 from sparrow_jax.train.state import sharded_state_factory
-from sparrow_jax.train.trainable import STAGE_ROLES, merge_params
+from sparrow_jax.train.trainable import STAGE_ROLES, merge_params, split_params
+
+log = logging.getLogger(__name__)
 
 # Params of a top other than its head: what a new role copies from the policy.
 TOP_BODY = ("layers", "final_norm")
@@ -71,8 +75,22 @@ def graft(target: dict, source: dict) -> dict:
         if role in source:
             out[role] = source[role]
         elif role == "teacher" and "policy" in source:
-            out[role] = source["policy"]
+            # A copy: the policy's buffers are donated to the update step.
+            out[role] = jax.tree.map(jnp.copy, source["policy"])
         elif "policy" in source and "layers" in target[role]:
             out[role] = {**target[role], **{k: source["policy"][k] for k in TOP_BODY
                                             if k in source["policy"]}}
     return jax.tree.map(lambda t, s: s.astype(t.dtype), target, out)
+
+
+def initial_state(cfg, setup, mesh):
+    """A fresh sharded TrainState for `setup`'s stage, grafted from `train.init_from` if set."""
+    state = setup.init_fn(jax.random.PRNGKey(cfg.train.seed))
+    if not cfg.train.init_from:
+        return state
+    source_params, source_cfg = load_params(cfg.train.init_from, cfg, mesh)
+    log.info("initialising %s from %s (stage %s)", cfg.train.stage, cfg.train.init_from,
+             source_cfg["train"]["stage"])
+    grafted = graft(merge_params(state.params, state.frozen), source_params)
+    trainable, frozen = split_params(grafted, cfg.train.stage)
+    return state.replace(params=trainable, frozen=frozen)

@@ -17,44 +17,16 @@ import logging
 import os
 import time
 
-import jax
-
 from sparrow_jax import distributed
 from sparrow_jax import sharding as shd
 from sparrow_jax.train import init_from, stage_data, stages
 from sparrow_jax.train.checkpoints import Checkpointer
 from sparrow_jax.train.metrics import MetricsWriter, Progress, to_floats
+from sparrow_jax.train.run_control import NonfiniteGuard, Preempted, write_summary
 from sparrow_jax.train.stage_eval import StageEvaluator
 from sparrow_jax.train.step import batch_shardings
-from sparrow_jax.train.trainable import merge_params, split_params
 
 log = logging.getLogger(__name__)
-
-PREEMPTED_EXIT_CODE = 143  # what the launcher's babysit mode treats as "rerun me"
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. repeated non-finite losses); checkpoints are intact."""
-
-
-class Preempted(Exception):
-    """SIGTERM arrived; a checkpoint was saved at `step`."""
-
-    def __init__(self, step: int):
-        super().__init__(f"preempted: saved a checkpoint at step {step}")
-        self.step = step
-
-
-def _initial_state(cfg, setup, mesh):
-    state = setup.init_fn(jax.random.PRNGKey(cfg.train.seed))
-    if not cfg.train.init_from:
-        return state
-    source_params, source_cfg = init_from.load_params(cfg.train.init_from, cfg, mesh)
-    log.info("initialising %s from %s (stage %s)", cfg.train.stage, cfg.train.init_from,
-             source_cfg["train"]["stage"])
-    grafted = init_from.graft(merge_params(state.params, state.frozen), source_params)
-    trainable, frozen = split_params(grafted, cfg.train.stage)
-    return state.replace(params=trainable, frozen=frozen)
 
 
 def train_stage(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
@@ -88,18 +60,18 @@ def train_stage(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
                         cfg.train.keep_checkpoints, cfg.train.async_checkpoint)
     config_json = json.dumps(cfg.to_dict())
     restored = ckpt.restore_latest(setup.abstract_state, config_json=config_json)
-    nonfinite_total = 0
+    guard = NonfiniteGuard(cfg.train.max_nonfinite_in_row, ckpt.directory)
     if restored is not None:
         state = restored.state
         train_batches.set_state(restored.meta["data"])
-        nonfinite_total = int(restored.meta.get("nonfinite_total", 0))
+        guard.total = int(restored.meta.get("nonfinite_total", 0))
         log.info("resuming %s from step %d", stage, restored.step)
     else:
-        state = _initial_state(cfg, setup, mesh)
+        state = init_from.initial_state(cfg, setup, mesh)
 
     def save(step: int, force: bool = False) -> None:
         ckpt.save(step, state, meta={"data": train_batches.get_state(), "config": cfg.to_dict(),
-                                     "stage": stage, "nonfinite_total": nonfinite_total},
+                                     "stage": stage, "nonfinite_total": guard.total},
                   assets={"tokenizer.model": tokenizer.serialized_model}, force=force)
 
     evaluator = StageEvaluator(stage, cfg.model, list(rule_texts))
@@ -114,7 +86,7 @@ def train_stage(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
     total = cfg.train.steps
     progress = Progress(total, initial=step, desc=stage, log_every=cfg.train.log_every)
     restore_sigterm = ckpt.install_sigterm_handler()
-    nonfinite_run, steps_this_run, eval_metrics = 0, 0, {}
+    steps_this_run, eval_metrics = 0, {}
     try:
         while step < total:
             batch = stages.device_batch(stage, next(train_batches))
@@ -122,18 +94,7 @@ def train_stage(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
             state, metrics = setup.step(state, global_batch)
             step, steps_this_run = step + 1, steps_this_run + 1
             metrics = to_floats(metrics)
-            nonfinite = bool(metrics.pop("nonfinite"))
-            nonfinite_run = nonfinite_run + 1 if nonfinite else 0
-            nonfinite_total += int(nonfinite)
-            metrics["nonfinite_total"] = float(nonfinite_total)
-            if nonfinite:
-                log.warning("step %d: non-finite loss or gradient norm; update skipped "
-                            "(%d in a row)", step, nonfinite_run)
-            if nonfinite_run >= cfg.train.max_nonfinite_in_row:
-                raise TrainingError(
-                    f"{nonfinite_run} non-finite steps in a row (train.max_nonfinite_in_row="
-                    f"{cfg.train.max_nonfinite_in_row}) at step {step}; the last checkpoint in "
-                    f"{ckpt.directory} is intact. Lower train.learning_rate or check the data.")
+            guard.check(step, metrics)
             if step % cfg.train.log_every == 0 or step == total:
                 writer.write(step, metrics)
             progress.update(step, {"loss": metrics["loss"]})
@@ -154,9 +115,7 @@ def train_stage(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
         writer.close()
         ckpt.close()
     summary = {"stage": stage, "step": step, "finished": True, "eval": eval_metrics,
-               "nonfinite_total": nonfinite_total,
+               "nonfinite_total": guard.total,
                "wall_seconds_this_run": time.perf_counter() - start_time}
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+    write_summary(workdir, summary)
     return summary

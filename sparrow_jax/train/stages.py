@@ -11,7 +11,9 @@ masks bool:
   rule_rm   tokens/positions/valid _BxL (dialogue) and rule_tokens/rule_positions/
             rule_valid _BxR (the rule question suffix), rule_last_index_B, broken_B
   rl        tokens_BxL, valid_BxL, policy_mask_BxL (agent and search-query tokens),
-            rewards_BxL (reward received at token t)
+            rewards_BxL (reward parts known on the host, received at token t: rule term
+            minus format penalty), reward_index_B (the final agent eot, where the
+            preference RM's normalised Elo is added inside the step)
 Logits at position t predict token t + 1; the losses are given shifted arrays.
 """
 from __future__ import annotations
@@ -122,15 +124,32 @@ def _rule_rm(model_cfg, **_):
 
 
 def _rl(model_cfg, alpha=0.1, value_coef=1.0, entropy_coef=0.0, kl_mode="loss", kl_coef=0.1,
-        **_):
+        elo_weight=1.0, elo_mean=0.0, elo_std=1.0, **_):
+    """A2C on rollouts. One trunk pass feeds policy, value, teacher and the preference RM:
+    the RM's Elo at each row's `reward_index_B` (the final agent eot), normalised by
+    (elo_mean, elo_std) of the starting policy, is added to the host-computed reward
+    parts (`rewards_BxL`: rule term minus format penalty) at that token."""
     def loss_fn(params, batch, rng):
         del rng
+        roles = ("policy", "value", "teacher") + (("pref_rm",) if elo_weight else ())
         out = hydra.forward(params, model_cfg, batch["tokens_BxL"], valid_BxL=batch["valid_BxL"],
-                            roles=("policy", "value", "teacher"))
-        return a2c_loss(out["policy"][:, :-1], out["teacher"][:, :-1], out["value"][:, :-1],
-                        _shift(batch["tokens_BxL"]), _shift(batch["rewards_BxL"]),
-                        _shift(batch["policy_mask_BxL"]), alpha=alpha, value_coef=value_coef,
-                        entropy_coef=entropy_coef, kl_mode=kl_mode, kl_coef=kl_coef)
+                            roles=roles)
+        rewards_BxL = batch["rewards_BxL"].astype(jnp.float32)
+        extra = {}
+        if elo_weight:
+            index_Bx1 = batch["reward_index_B"][:, None]
+            elo_B = jnp.take_along_axis(out["pref_rm"], index_Bx1, axis=1)[:, 0]
+            elo_B = jax.lax.stop_gradient(elo_B.astype(jnp.float32))
+            elo_term_B = elo_weight * (elo_B - elo_mean) / elo_std
+            at_index_BxL = jnp.arange(rewards_BxL.shape[1])[None, :] == index_Bx1
+            rewards_BxL = rewards_BxL + jnp.where(at_index_BxL, elo_term_B[:, None], 0.0)
+            extra = {"elo": jnp.mean(elo_B), "elo_term": jnp.mean(elo_term_B)}
+        loss, metrics = a2c_loss(out["policy"][:, :-1], out["teacher"][:, :-1], out["value"][:, :-1],
+                                 _shift(batch["tokens_BxL"]), _shift(rewards_BxL),
+                                 _shift(batch["policy_mask_BxL"]), alpha=alpha,
+                                 value_coef=value_coef, entropy_coef=entropy_coef,
+                                 kl_mode=kl_mode, kl_coef=kl_coef)
+        return loss, {**metrics, **extra, "reward": jnp.mean(jnp.sum(rewards_BxL, axis=1))}
     return loss_fn
 
 
@@ -141,7 +160,7 @@ def loss_fn_for_stage(stage: str, model_cfg, **loss_kwargs) -> Callable:
     """(params, batch, rng) -> (loss, metrics) for a stage, via hydra.forward.
 
     loss_kwargs are the loss knobs: pref_rm aux_weight / centring_coef; rl alpha,
-    value_coef, entropy_coef, kl_mode, kl_coef.
+    value_coef, entropy_coef, kl_mode, kl_coef, elo_weight, elo_mean, elo_std.
     """
     if stage not in _LOSSES:
         raise ValueError(f"unknown stage {stage!r}; one of {STAGES}")
@@ -151,6 +170,10 @@ def loss_fn_for_stage(stage: str, model_cfg, **loss_kwargs) -> Callable:
 def loss_kwargs_from_config(cfg, stage: str) -> dict:
     if stage == "pref_rm":
         return {"aux_weight": cfg.loss.pref_aux_weight, "centring_coef": cfg.loss.pref_centring}
+    if stage == "rl":
+        r = cfg.rl
+        return {"alpha": r.alpha, "value_coef": r.value_coef, "entropy_coef": r.entropy_coef,
+                "kl_mode": r.kl_mode, "kl_coef": r.kl_coef, "elo_weight": r.elo_weight}
     return {}
 
 
@@ -171,7 +194,8 @@ def batch_shapes(stage: str, batch_size: int, seq_len: int, num_candidates: int 
         return {"tokens_BxL": S((batch_size, seq_len), jnp.int32),
                 "valid_BxL": S((batch_size, seq_len), jnp.bool_),
                 "policy_mask_BxL": S((batch_size, seq_len), jnp.float32),
-                "rewards_BxL": S((batch_size, seq_len), jnp.float32)}
+                "rewards_BxL": S((batch_size, seq_len), jnp.float32),
+                "reward_index_B": S((batch_size,), jnp.int32)}
     if stage not in DEVICE_KEYS:
         raise ValueError(f"unknown stage {stage!r}; one of {STAGES}")
     from sparrow_jax.data.pipelines import batch_spec
@@ -203,6 +227,8 @@ def example_batch(stage: str, batch_size: int, seq_len: int, vocab_size: int, se
             rewards = np.zeros(s.shape, np.float32)
             rewards[:, -1] = rs.randn(s.shape[0])
             out[name] = rewards
+        elif name == "reward_index_B":
+            out[name] = rs.randint(seq_len // 2, seq_len, s.shape).astype(np.int32)
         elif name == "last_index_BxK":
             out[name] = rs.randint(seq_len // 2, seq_len, s.shape).astype(np.int32)
         elif name == "rule_last_index_B":

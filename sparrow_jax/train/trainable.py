@@ -23,7 +23,8 @@ STAGE_ROLES = {
     "sft": ("policy",),
     "pref_rm": ("pref_rm",),
     "rule_rm": ("rule_rm",),
-    "rl": ("policy", "value", "teacher"),
+    # The reward models ride along frozen, so an RL checkpoint is a whole agent.
+    "rl": ("policy", "value", "teacher", "pref_rm", "rule_rm"),
 }
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from loop_helpers import make_world, tiny_config
 from sparrow_jax import sharding as shd
-from sparrow_jax.train import loop, stages
+from sparrow_jax.train import loop, run_control, stages
 from sparrow_jax.train.checkpoints import Checkpointer
 from sparrow_jax.train.metrics import read_metrics
 
@@ -61,7 +61,7 @@ def test_repeated_nans_stop_with_error_and_keep_the_last_checkpoint(world, tmp_p
     poisoned_losses["poison"] = {5, 6, 7}
     cfg = tiny_config("sft", world, steps=20, **{"train.checkpoint_every": 4,
                                                  "train.max_nonfinite_in_row": 3})
-    with pytest.raises(loop.TrainingError, match="3 non-finite steps in a row"):
+    with pytest.raises(run_control.TrainingError, match="3 non-finite steps in a row"):
         loop.train_stage(cfg, str(tmp_path))
     assert Checkpointer(str(tmp_path / "checkpoints")).steps() == [4]
 

@@ -1,0 +1,124 @@
+"""The RL stage end to end at toy size: smoke run, SIGKILL + rerun == uninterrupted, bad inputs.
+
+The inputs (sft, pref_rm, rule_rm workdirs) are made with 2 steps each: these tests check
+plumbing and resumption, not learning (BUILD_NOTES.md has the real figures).
+"""
+import json
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from loop_helpers import TINY, make_world, sparrow, tiny_config, tiny_overrides
+from sparrow_jax import sharding as shd
+from sparrow_jax.config import ConfigError
+from sparrow_jax.rl import trainer
+from sparrow_jax.train import init_from, loop
+from sparrow_jax.train.checkpoints import Checkpointer
+from sparrow_jax.train.metrics import read_metrics
+
+RL_KNOBS = {"rl.max_prompt_len": 96, "rl.max_new_tokens": 12, "rl.normaliser_batches": 1,
+            "train.checkpoint_every": 2}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """{'world', 'sft', 'pref_rm', 'rule_rm'}: paths ready for an rl run."""
+    root = tmp_path_factory.mktemp("rl_inputs")
+    out = {"world": make_world(str(root / "toy"))}
+    for stage, source in (("sft", None), ("pref_rm", "sft"), ("rule_rm", "sft")):
+        extra = {"train.init_from": out[source]} if source else {}
+        out[stage] = str(root / stage)
+        loop.train_stage(tiny_config(stage, out["world"], steps=2, **extra), out[stage])
+    return out
+
+
+def _knobs(inputs, steps, **extra):
+    return {"train.init_from": inputs["sft"], "rl.pref_rm_from": inputs["pref_rm"],
+            "rl.rule_rm_from": inputs["rule_rm"], "train.steps": steps, **RL_KNOBS, **extra}
+
+
+def _state_leaves(workdir: str, step: int) -> dict:
+    import orbax.checkpoint as ocp
+    tree = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+    return {jax.tree_util.keystr(p): np.asarray(v)
+            for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def test_rl_smoke_run_logs_every_component_and_keeps_the_reward_models(inputs, tmp_path):
+    cfg = tiny_config("rl", inputs["world"], **_knobs(inputs, steps=3, **{"train.log_every": 1}))
+    summary = trainer.train_rl(cfg, str(tmp_path / "rl"))
+    assert summary["finished"] and summary["step"] == 3
+    records = read_metrics(str(tmp_path / "rl" / "logs"), split="train")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for key in ("reward", "elo", "rule_compliance", "format_penalty_rate", "kl", "entropy",
+                "value_loss", "explained_variance", "agent_turn_tokens", "search_rate",
+                "episodes_per_second"):
+        assert all(np.isfinite(r[key]) for r in records), key
+    # The checkpoint is a whole agent: both reward models, unchanged, beside the policy.
+    ckpt = Checkpointer(str(tmp_path / "rl" / "checkpoints"))
+    meta = ckpt.read_meta(3)
+    assert meta["normaliser"]["count"] == cfg.train.batch_size and "buffer" in meta["selfplay"]
+    params, _ = init_from.load_params(str(tmp_path / "rl"), cfg, shd.make_mesh(cfg.mesh))
+    source, _ = init_from.load_params(inputs["rule_rm"], cfg, shd.make_mesh(cfg.mesh))
+    for a, b in zip(jax.tree.leaves(params["rule_rm"]), jax.tree.leaves(source["rule_rm"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _rl_process(inputs, workdir, steps):
+    overrides = tiny_overrides(inputs["world"], steps=steps)
+    overrides += [f"--config.{k}={v}" for k, v in _knobs(inputs, steps).items()]
+    return sparrow("train", "--config", f"{TINY}:rl", "--workdir", workdir, *overrides)
+
+
+def test_rl_sigkill_then_rerun_equals_uninterrupted_run(inputs, tmp_path):
+    steps = 8
+    reference = _rl_process(inputs, str(tmp_path / "reference"), steps)
+    out, _ = reference.communicate(timeout=900)
+    assert reference.returncode == 0, out
+
+    workdir = str(tmp_path / "killed")
+    victim = _rl_process(inputs, workdir, steps)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    deadline = time.time() + 600
+    while time.time() < deadline:  # kill once a checkpoint is committed, mid-run
+        done = [d for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+        if done and victim.poll() is None:
+            break
+        assert victim.poll() is None, "the run finished before it could be killed"
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate(timeout=60)
+    killed_at = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+    assert killed_at < steps
+
+    rerun = _rl_process(inputs, workdir, steps)
+    out, _ = rerun.communicate(timeout=900)
+    assert rerun.returncode == 0, out
+    assert "resuming rl from step" in out
+    expected = _state_leaves(str(tmp_path / "reference"), steps)
+    actual = _state_leaves(workdir, steps)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
+    meta = [json.dumps(Checkpointer(os.path.join(d, "checkpoints")).read_meta(steps)["selfplay"],
+                       sort_keys=True) for d in (str(tmp_path / "reference"), workdir)]
+    assert meta[0] == meta[1]  # same prompts drawn, same buffer of dialogues
+
+
+def test_rl_reward_model_workdirs_are_checked(inputs, tmp_path):
+    cfg = tiny_config("rl", inputs["world"], **_knobs(inputs, 1, **{"rl.rule_rm_from": ""}))
+    with pytest.raises(ConfigError, match="rl.rule_rm_from is empty"):
+        trainer.train_rl(cfg, str(tmp_path / "a"))
+    cfg = tiny_config("rl", inputs["world"], **_knobs(inputs, 1, **{"rl.rule_rm_from": inputs["sft"]}))
+    with pytest.raises(ConfigError, match="holds a 'sft' checkpoint, not 'rule_rm'"):
+        trainer.train_rl(cfg, str(tmp_path / "b"))
+    mesh = shd.make_mesh(cfg.mesh)
+    params, _ = init_from.load_params(inputs["sft"], cfg, mesh)
+    other_trunk = jax.tree.map(lambda x: x + 1, params["trunk"])
+    cfg = tiny_config("rl", inputs["world"], **_knobs(inputs, 1))
+    with pytest.raises(ConfigError, match="its trunk differs from the policy's"):
+        trainer.load_reward_models(cfg, mesh, other_trunk)
