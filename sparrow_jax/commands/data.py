@@ -91,17 +91,24 @@ def _build(jsonl_dir: str, tfds_dir: str, rules: str | None) -> float:
     return seconds
 
 
-def _toyworld(args) -> None:
+def make_toyworld(out: str, seed: int = 0, settings: list[str] = (), build: bool = True,
+                  rules: str | None = None) -> None:
+    """Generate the toy world in `out` (settings: "FIELD=VALUE" ToyWorldConfig overrides) and
+    build its TFDS datasets under out/tfds. Raises ValueError for a bad setting."""
     from sparrow_jax.data.toyworld import generate
-    config = _toyworld_config(args.seed, args.set)
+    config = _toyworld_config(seed, list(settings))
     start = time.perf_counter()
-    paths = generate(args.out, config)
+    paths = generate(out, config)
     generated = time.perf_counter() - start
-    print(f"generated the toy world (seed {config.seed}, {len(paths)} outputs) in {args.out} "
+    print(f"generated the toy world (seed {config.seed}, {len(paths)} outputs) in {out} "
           f"in {generated:.1f}s")
-    if args.build:
-        built = _build(args.out, os.path.join(args.out, "tfds"), args.rules)
+    if build:
+        built = _build(out, os.path.join(out, "tfds"), rules)
         print(f"toy world generation + TFDS build: {generated + built:.1f}s")
+
+
+def _toyworld(args) -> None:
+    make_toyworld(args.out, args.seed, args.set, args.build, args.rules)
 
 
 def _convert(args) -> None:
