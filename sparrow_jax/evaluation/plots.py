@@ -1,0 +1,101 @@
+"""PNG plots for the reports (matplotlib, Agg backend: no display needed).
+
+  plot_rule_violations    bars: violation rate per probed rule (probe counts on the bars)
+  plot_training_curves    reward and KL against the RL step, from a workdir's logs/metrics.jsonl
+  plot_model_comparison   grouped bars: each model's headline rates side by side
+Each returns the path written, or None when there is nothing to plot.
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from sparrow_jax.train.metrics import read_metrics  # noqa: E402
+
+CURVE_KEYS = ("reward", "kl")
+COMPARISON_METRICS = ("rule_violation_rate", "supported_and_correct_rate", "search_rate",
+                      "pref_win_rate_vs_sft")
+
+
+def _save(fig, path: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_rule_violations(per_rule: Mapping[str, Mapping], path: str, title: str = "Rule violations"
+                         ) -> str | None:
+    """per_rule: {rule_id: {"rate", "probes", ...}} (`metrics.per_rule_violations`)."""
+    if not per_rule:
+        return None
+    rules = list(per_rule)
+    rates = [float(per_rule[r]["rate"]) for r in rules]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(rules) + 2), 3.8))
+    bars = ax.bar(range(len(rules)), rates, color="tab:red")
+    for bar, rule in zip(bars, rules):
+        ax.annotate(f"n={per_rule[rule]['probes']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(rules)), rules, rotation=35, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("violation rate")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def training_curves(records: Sequence[Mapping], keys: Sequence[str] = CURVE_KEYS
+                    ) -> dict[str, tuple[list[int], list[float]]]:
+    """{key: (steps, values)} from metrics.jsonl records of split "train" that have the key."""
+    curves = {}
+    for key in keys:
+        points = [(int(r["step"]), float(r[key])) for r in records
+                  if r.get("split", "train") == "train" and key in r]
+        if points:
+            curves[key] = ([s for s, _ in points], [v for _, v in points])
+    return curves
+
+
+def plot_training_curves(workdir: str, path: str, keys: Sequence[str] = CURVE_KEYS) -> str | None:
+    """Reward and KL over RL training (`<workdir>/logs/metrics.jsonl`); None if the log has neither."""
+    curves = training_curves(read_metrics(os.path.join(workdir, "logs")), keys)
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.4), squeeze=False)
+    for ax, (key, (steps, values)) in zip(axes[0], curves.items()):
+        ax.plot(steps, values, marker="." if len(steps) < 50 else None)
+        ax.set_xlabel("step")
+        ax.set_ylabel(key)
+        ax.set_title(f"{key} over training")
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_model_comparison(models: Mapping[str, Mapping[str, float | None]], path: str,
+                          metrics: Sequence[str] = COMPARISON_METRICS, title: str = "Models compared"
+                          ) -> str | None:
+    """models: {name: {metric: rate or None}}; one group of bars per metric, one bar per model."""
+    metrics = [m for m in metrics if any(v.get(m) is not None for v in models.values())]
+    if not models or not metrics:
+        return None
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * len(metrics) + 2), 4.0))
+    for i, (name, values) in enumerate(models.items()):
+        xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(metrics))]
+        heights = [values.get(m) or 0.0 for m in metrics]
+        bars = ax.bar(xs, heights, width, label=name)
+        for bar, metric in zip(bars, metrics):
+            text = "n/a" if values.get(metric) is None else f"{values[metric]:.2f}"
+            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                        va="bottom", fontsize=7)
+    ax.set_xticks(range(len(metrics)), [m.replace("_", " ") for m in metrics], fontsize=8)
+    ax.set_ylim(0, 1.1)
+    ax.set_ylabel("rate")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
