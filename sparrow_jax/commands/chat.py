@@ -96,7 +96,7 @@ def run(args, overrides) -> int:
     _quiet_logs()
     from sparrow_jax.config import load_experiment
     from sparrow_jax.evaluation.agent import load_agent
-    from sparrow_jax.evaluation.best_of_n import RerankConfig
+    from sparrow_jax.evaluation.reranking import RerankConfig
     from sparrow_jax.evaluation.checkpoint_params import WorkdirError
     from sparrow_jax.evaluation.evaluator import make_environment
     from sparrow_jax.evaluation.scoring import MissingRewardModel, Scorer

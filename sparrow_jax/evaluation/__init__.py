@@ -11,15 +11,15 @@
     ev.write_eval_report(sft8, "out/", baseline=sft)    # report.json / report.md / plots (report.py)
     report = ev.demo_report({"sft": sft, "sft@8": sft8}, wall_seconds=..., reward_models=
                             ev.reward_model_figures("runs/pref_rm", "runs/rule_rm"))
-    ev.write_demo_report(report, "runs/")               # (demo_report.py)
+    ev.write_demo_report(report, "runs/")               # (comparison.py)
 
-Modules: checkpoint_params (params-only restore), agent, scoring, best_of_n (@N reranking), judge,
-metrics, evaluator, respond (one chat reply), schema, report, demo_report, plots.
+Modules: checkpoint_params (params-only restore), agent, scoring, reranking (@N), judge,
+metrics, evaluator, respond (one chat reply), schema, report, comparison (the demo report), plots.
 """
 from sparrow_jax.evaluation.agent import Agent, load_agent
-from sparrow_jax.evaluation.best_of_n import RerankConfig, best_of_n, rank_candidates
+from sparrow_jax.evaluation.reranking import RerankConfig, best_of_n, rank_candidates
 from sparrow_jax.evaluation.checkpoint_params import WorkdirError
-from sparrow_jax.evaluation.demo_report import demo_report, reward_model_figures, write_demo_report
+from sparrow_jax.evaluation.comparison import demo_report, reward_model_figures, write_demo_report
 from sparrow_jax.evaluation.evaluator import (EvalResult, EvalSettings, evaluate_agent, load_prompts,
                                               make_environment)
 from sparrow_jax.evaluation.judge import make_judge

@@ -63,7 +63,7 @@ def checkpoint_steps(workdir: str) -> list[int]:
 def _manager(workdir: str) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
         os.path.abspath(checkpoint_dir(workdir)),
-        options=ocp.CheckpointManagerOptions(read_only=True),
+        options=ocp.CheckpointManagerOptions(create=False),  # never writes (read_only logs warnings)
         item_handlers={"state": ocp.PyTreeCheckpointHandler(),
                        "meta": ocp.JsonCheckpointHandler(),
                        "assets": ocp.JsonCheckpointHandler()})

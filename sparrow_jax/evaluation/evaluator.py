@@ -9,9 +9,9 @@
                           baseline=sft, name="sft@8")        # + pref_win_rate against sft's answers
 
 Each prompt's context gets one agent step from `rl.rollout` (evidence mode `settings.evidence`, sampling
-knobs from the config's `rl` section), or the best of N (`best_of_n`). Prompts go in fixed-size batches
-(the last one padded with copies, dropped after), so sampling compiles once per evidence mode; batch i
-uses fold_in(PRNGKey(seed), i), so a seed gives the same answers.
+knobs from the config's `rl` section), or the best of N (`reranking.best_of_n`). Prompts go in fixed-size
+batches (the last one padded with copies, dropped after), so sampling compiles once per evidence mode;
+batch i uses fold_in(PRNGKey(seed), i), so a seed gives the same answers.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from sparrow_jax.data.schemas import PromptRecord
 from sparrow_jax.dialogue.turns import Dialogue
 from sparrow_jax.evaluation import metrics as metrics_lib
 from sparrow_jax.evaluation.agent import Agent
-from sparrow_jax.evaluation.best_of_n import RerankConfig, best_of_n
+from sparrow_jax.evaluation.reranking import RerankConfig, best_of_n
 from sparrow_jax.evaluation.judge import Judge, Verdict
 from sparrow_jax.rl.rollout import EVIDENCE_MODES, Environment, RolloutConfig, rollout
 from sparrow_jax.sampling.sampler import SamplingConfig
@@ -39,7 +39,7 @@ from sparrow_jax.train.metrics import Progress
 @dataclasses.dataclass(frozen=True)
 class EvalSettings:
     """n_best: 1 = one sample per prompt in `evidence` mode; N >= 2 (even) = rerank @N.
-    formula / mean_elo: the @N ranking (`best_of_n.RerankConfig`).  batch_size: sampled rows per call
+    formula / mean_elo: the @N ranking (`reranking.RerankConfig`).  batch_size: sampled rows per call
     (@N: batch_size // (N/2) prompts per call).  max_prompts: 0 = all.  split: prompts.<split>.jsonl."""
     n_best: int = 1
     evidence: str = "free"

@@ -18,7 +18,7 @@ import numpy as np
 
 from sparrow_jax.dialogue.turns import Dialogue, Turn
 from sparrow_jax.evaluation.agent import Agent
-from sparrow_jax.evaluation.best_of_n import RerankConfig, best_of_n
+from sparrow_jax.evaluation.reranking import RerankConfig, best_of_n
 from sparrow_jax.rl.rollout import Environment, rollout
 
 

@@ -5,7 +5,7 @@ A dialogue (context + the agent's new turns) is rendered as the RMs saw their tr
   pref Elo:  the preference RM at the eot of the final turn (the Sparrow turn being judged);
   p_broken:  P(rule broken) for every rule of `agent.rules` (`rule_violation_probs`: the dialogue is
              encoded once and shared by all rules).
-Rows go in batches of `batch_size` (fewer rows: the next power of two), the last one padded with copies
+Identical dialogues are scored once. Rows go in batches of `batch_size` (fewer rows: the next power of two), the last one padded with copies
 of the first row (dropped after), so each scorer compiles for a handful of shapes only.
 """
 from __future__ import annotations
@@ -66,6 +66,13 @@ def _padded_batches(rows: dict[str, np.ndarray], batch_size: int):
         yield batch, real
 
 
+def unique_dialogues(dialogues: Sequence[Sequence[Turn]]) -> tuple[list[tuple], np.ndarray]:
+    """(distinct dialogues in first-seen order, index_B into them): scores[index_B] undoes it."""
+    first: dict[tuple, int] = {}
+    index = np.asarray([first.setdefault(tuple(d), len(first)) for d in dialogues], np.int64)
+    return list(first), index
+
+
 @functools.lru_cache(maxsize=8)
 def _elo_fn(spec: ModelSpec):
     return jax.jit(lambda params, tokens, valid, last: pref_elo(params, spec, tokens, valid, last))
@@ -110,12 +117,13 @@ class Scorer:
         self.require("pref_rm")
         if not dialogues:
             return np.zeros(0, np.float32)
+        dialogues, index = unique_dialogues(dialogues)
         rows = render_rows(dialogues, self.agent.tokenizer, self.agent.pref_seq_len)
         fn = _elo_fn(self.spec)
         params = {k: self.agent.params[k] for k in ("trunk", "pref_rm")}
         out = [np.asarray(fn(params, b["tokens_BxL"], b["valid_BxL"], b["last_index_B"]))[:real]
                for b, real in _padded_batches(rows, self.batch_size)]
-        return np.concatenate(out).astype(np.float32)
+        return np.concatenate(out).astype(np.float32)[index]
 
     def rule_probs(self, dialogues: Sequence[Sequence[Turn]]) -> np.ndarray:
         """float32 [B, R]: P(rule broken) of each dialogue for every rule (`rule_ids` order)."""
@@ -126,9 +134,10 @@ class Scorer:
             # The shortest width that holds every rule (padding after the read slot changes nothing).
             self._rule_suffixes = prepare_rule_suffixes(self.agent.rules, self.agent.tokenizer, multiple=8)
         rule_tokens, rule_valid = self._rule_suffixes
+        dialogues, index = unique_dialogues(dialogues)
         rows = render_rows(dialogues, self.agent.tokenizer, self.agent.rule_seq_len)
         fn = _rule_fn(self.spec, self.rule_chunk)
         params = {k: self.agent.params[k] for k in ("trunk", "rule_rm")}
         out = [np.asarray(fn(params, b["tokens_BxL"], b["valid_BxL"], rule_tokens, rule_valid))[:real]
                for b, real in _padded_batches(rows, self.rule_batch_size)]
-        return np.concatenate(out).astype(np.float32)
+        return np.concatenate(out).astype(np.float32)[index]

@@ -8,7 +8,7 @@ import pytest
 from conftest import FixedEngine
 from sparrow_jax.dialogue.turns import Role, Turn
 from sparrow_jax.evaluation.agent import load_agent
-from sparrow_jax.evaluation.best_of_n import RerankConfig, best_of_n, rank_candidates
+from sparrow_jax.evaluation.reranking import RerankConfig, best_of_n, rank_candidates
 from sparrow_jax.evaluation.evaluator import make_environment
 
 
