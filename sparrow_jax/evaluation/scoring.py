@@ -5,8 +5,9 @@ A dialogue (context + the agent's new turns) is rendered as the RMs saw their tr
   pref Elo:  the preference RM at the eot of the final turn (the Sparrow turn being judged);
   p_broken:  P(rule broken) for every rule of `agent.rules` (`rule_violation_probs`: the dialogue is
              encoded once and shared by all rules).
-Identical dialogues are scored once. Rows go in batches of `batch_size` (fewer rows: the next power of two), the last one padded with copies
-of the first row (dropped after), so each scorer compiles for a handful of shapes only.
+Identical dialogues are scored once. Rows go in batches of `batch_size` (fewer rows: the next power of
+two), the last one padded with copies of the first row (dropped after), so each scorer compiles for a
+handful of shapes only.
 """
 from __future__ import annotations
 

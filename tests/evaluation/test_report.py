@@ -7,7 +7,7 @@ import pytest
 from sparrow_jax.cli import main
 from sparrow_jax.evaluation import schema
 from sparrow_jax.evaluation.agent import load_agent
-from sparrow_jax.evaluation.comparison import demo_report, reward_model_figures, write_demo_report
+from sparrow_jax.evaluation.demo_report import demo_report, reward_model_figures, write_demo_report
 from sparrow_jax.evaluation.evaluator import EvalSettings, evaluate_agent, load_prompts
 from sparrow_jax.evaluation.judge import make_judge
 from sparrow_jax.evaluation.plots import plot_training_curves
