@@ -1,0 +1,69 @@
+"""Sparrow recipe at Chinchilla 1.0B, for scaled-down runs on a small TPU slice.
+
+Shape: the "1.0B" row of SPARROW.md section 3 (Chinchilla's smaller shapes,
+d_model / ffw / head size / heads / layers = 1792 / 7168 / 128 / 14 / 23), with
+Sparrow's 32k vocab, context 2048 and Transformer-XL relative attention. The
+bottom 18 of 23 layers (0.8 as in Sparrow's 64 of 80, rounded) are the frozen
+shared trunk. Trunk + policy is about 1.08e9 parameters: 0.96e9 in the layers
+and 2 x 57e6 in the untied embedding [V, D] and unembedding [D, V].
+
+Variants are named after the TPU type, whose number counts TensorCores; JAX sees
+one device per chip, so v5p-8 and v4-8 are 4 devices and v5p-16 is 8. The mesh
+is FSDP only (14 heads do not split over a tensor axis of 4). The global batch
+is 256 sequences of 2048 tokens, accumulated over microbatches of
+MICROBATCH_PER_DEVICE sequences per device. Default: `v5p_8`.
+"""
+from sparrow_jax.config import default_config
+
+MESHES = {
+    # name: (devices = chips, HBM budget name)
+    "v5p_8": (4, "v5p"),
+    "v5p_16": (8, "v5p"),
+    "v4_8": (4, "v4"),
+}
+N_LAYERS = 23
+N_FROZEN_LAYERS = round(0.8 * N_LAYERS)  # 18
+BATCH_SIZE = 256  # sequences per update
+MICROBATCH_PER_DEVICE = 8  # sequences per device per forward/backward pass
+
+
+def get_config(variant: str = "v5p_8"):
+    if variant not in MESHES:
+        raise ValueError(f"unknown variant {variant!r}; choose from {sorted(MESHES)}")
+    devices, hbm = MESHES[variant]
+    cfg = default_config()
+    cfg.name = f"chinchilla_1b_{variant}"
+    m = cfg.model
+    m.vocab_size = 32000
+    m.d_model = 1792
+    m.n_heads = 14
+    m.head_dim = 128
+    m.d_ff = 7168
+    m.n_layers = N_LAYERS
+    m.n_frozen_layers = N_FROZEN_LAYERS
+    m.max_len = 2048
+    m.param_dtype = "float32"
+    m.compute_dtype = "bfloat16"
+    m.remat = "full"
+    m.value_hidden = 1024
+    cfg.mesh.shape.data = 1
+    cfg.mesh.shape.fsdp = -1  # fills the slice's chips
+    cfg.mesh.shape.tensor = 1
+    cfg.mesh.aot_num_devices = devices
+    cfg.mesh.hbm = hbm
+    t = cfg.train
+    t.batch_size = BATCH_SIZE
+    t.grad_accum_steps = BATCH_SIZE // (MICROBATCH_PER_DEVICE * devices)
+    t.seq_len = 2048
+    t.optimizer = "adafactor"
+    t.learning_rate = 1e-5
+    t.grad_clip_norm = 1.0
+    t.stage = "rl"
+    return cfg
+
+
+def get_sweep(variant: str = "v5p_8"):
+    """Learning rate x size of the frozen trunk (18 of 23 layers by default): 4 runs."""
+    from sparrow_jax.sweeps import product, sweep_axis
+    return product(sweep_axis("train.learning_rate", [5e-6, 1e-5]),
+                   sweep_axis("model.n_frozen_layers", [16, 18]))

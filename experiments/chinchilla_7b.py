@@ -1,0 +1,73 @@
+"""Sparrow recipe at a ~7B Chinchilla-family shape, for mid-sized runs on a TPU slice.
+
+Shape: our choice, not a published row. SPARROW.md section 3 lists no Chinchilla
+7B; this takes the 9.3B row's width (d_model 4096, FFW 16384 = 4 x d_model, 32
+heads of 128) at 32 layers instead of 42, keeping the family's conventions
+(head size 128, 4x FFW, RMSNorm pre-norm, Transformer-XL relative attention),
+with Sparrow's 32k vocab and context 2048. The bottom 26 of 32 layers (0.8 as in
+Sparrow's 64 of 80, rounded) are the frozen shared trunk. Trunk + policy is about
+7.24e9 parameters: 6.98e9 in the layers (each 5 D^2 for q, k, v, out and the
+relative-position projection, plus 2 D F for the MLP) and 2 x 131e6 in the
+untied embedding [V, D] and unembedding [D, V].
+
+Variants are named after the TPU type, whose number counts TensorCores; JAX sees
+one device per chip, so v5p-32 and v4-32 are 16 devices and v5p-64 is 32. Meshes
+are fsdp x tensor=TENSOR_PARALLEL, so the batch splits over devices / 4 shards.
+The global batch is 256 sequences of 2048 tokens, accumulated over microbatches
+of MICROBATCH_PER_SHARD sequences per batch shard. Default: `v5p_32`.
+"""
+from sparrow_jax.config import default_config
+
+MESHES = {
+    # name: (devices = chips, HBM budget name)
+    "v5p_32": (16, "v5p"),
+    "v5p_64": (32, "v5p"),
+    "v4_32": (16, "v4"),
+}
+TENSOR_PARALLEL = 4
+N_LAYERS = 32
+N_FROZEN_LAYERS = round(0.8 * N_LAYERS)  # 26
+BATCH_SIZE = 256  # sequences per update
+MICROBATCH_PER_SHARD = 16  # sequences per batch shard (TENSOR_PARALLEL chips) per pass
+
+
+def get_config(variant: str = "v5p_32"):
+    if variant not in MESHES:
+        raise ValueError(f"unknown variant {variant!r}; choose from {sorted(MESHES)}")
+    devices, hbm = MESHES[variant]
+    cfg = default_config()
+    cfg.name = f"chinchilla_7b_{variant}"
+    m = cfg.model
+    m.vocab_size = 32000
+    m.d_model = 4096
+    m.n_heads = 32
+    m.head_dim = 128
+    m.d_ff = 16384
+    m.n_layers = N_LAYERS
+    m.n_frozen_layers = N_FROZEN_LAYERS
+    m.max_len = 2048
+    m.param_dtype = "float32"
+    m.compute_dtype = "bfloat16"
+    m.remat = "full"
+    m.value_hidden = 2048
+    cfg.mesh.shape.data = 1
+    cfg.mesh.shape.fsdp = -1  # fills the slice's chips
+    cfg.mesh.shape.tensor = TENSOR_PARALLEL
+    cfg.mesh.aot_num_devices = devices
+    cfg.mesh.hbm = hbm
+    t = cfg.train
+    t.batch_size = BATCH_SIZE
+    t.grad_accum_steps = BATCH_SIZE // (MICROBATCH_PER_SHARD * (devices // TENSOR_PARALLEL))
+    t.seq_len = 2048
+    t.optimizer = "adafactor"
+    t.learning_rate = 5e-6
+    t.grad_clip_norm = 1.0
+    t.stage = "rl"
+    return cfg
+
+
+def get_sweep(variant: str = "v5p_32"):
+    """Learning rate x size of the frozen trunk (26 of 32 layers by default): 4 runs."""
+    from sparrow_jax.sweeps import product, sweep_axis
+    return product(sweep_axis("train.learning_rate", [2e-6, 5e-6]),
+                   sweep_axis("model.n_frozen_layers", [24, 26]))
