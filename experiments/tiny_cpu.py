@@ -4,7 +4,8 @@ Variants (`experiments/tiny_cpu.py:<stage>`) pick the training stage: lm, sft,
 pref_rm, rule_rm, rl. Point `data.dir` at a toy world (`sparrow data toyworld`),
 and for every stage after lm set `train.init_from` to the earlier stage's workdir
 (lm -> sft -> pref_rm / rule_rm: the reward models start from the SFT policy's
-top and share the lm trunk).
+top and share the lm trunk); rl starts from sft and reads the reward models from
+`rl.pref_rm_from` / `rl.rule_rm_from`. `sparrow demo` wires all of this up.
 """
 from sparrow_jax.config import default_config
 
@@ -14,7 +15,7 @@ STAGE_SCHEDULES = {
     "sft": (300, 1e-3, 16),
     "pref_rm": (400, 2e-3, 32),
     "rule_rm": (300, 2e-3, 16),
-    "rl": (200, 1e-4, 16),
+    "rl": (100, 1e-4, 16),
 }
 
 
