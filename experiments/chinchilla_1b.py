@@ -13,7 +13,7 @@ is FSDP only (14 heads do not split over a tensor axis of 4). The global batch
 is 256 sequences of 2048 tokens, accumulated over microbatches of
 MICROBATCH_PER_DEVICE sequences per device. Default: `v5p_8`.
 """
-from sparrow_jax.config import default_config
+from sparrow_jax.config import pod_config
 
 MESHES = {
     # name: (devices = chips, HBM budget name)
@@ -31,35 +31,10 @@ def get_config(variant: str = "v5p_8"):
     if variant not in MESHES:
         raise ValueError(f"unknown variant {variant!r}; choose from {sorted(MESHES)}")
     devices, hbm = MESHES[variant]
-    cfg = default_config()
-    cfg.name = f"chinchilla_1b_{variant}"
-    m = cfg.model
-    m.vocab_size = 32000
-    m.d_model = 1792
-    m.n_heads = 14
-    m.head_dim = 128
-    m.d_ff = 7168
-    m.n_layers = N_LAYERS
-    m.n_frozen_layers = N_FROZEN_LAYERS
-    m.max_len = 2048
-    m.param_dtype = "float32"
-    m.compute_dtype = "bfloat16"
-    m.remat = "full"
-    m.value_hidden = 1024
-    cfg.mesh.shape.data = 1
-    cfg.mesh.shape.fsdp = -1  # fills the slice's chips
-    cfg.mesh.shape.tensor = 1
-    cfg.mesh.aot_num_devices = devices
-    cfg.mesh.hbm = hbm
-    t = cfg.train
-    t.batch_size = BATCH_SIZE
-    t.grad_accum_steps = BATCH_SIZE // (MICROBATCH_PER_DEVICE * devices)
-    t.seq_len = 2048
-    t.optimizer = "adafactor"
-    t.learning_rate = 1e-5
-    t.grad_clip_norm = 1.0
-    t.stage = "rl"
-    return cfg
+    return pod_config(f"chinchilla_1b_{variant}", d_model=1792, n_heads=14, d_ff=7168,
+                      n_layers=N_LAYERS, n_frozen_layers=N_FROZEN_LAYERS, devices=devices, hbm=hbm,
+                      microbatch=MICROBATCH_PER_DEVICE, value_hidden=1024, learning_rate=1e-5,
+                      batch_size=BATCH_SIZE)
 
 
 def get_sweep(variant: str = "v5p_8"):

@@ -16,7 +16,7 @@ are fsdp x tensor=TENSOR_PARALLEL, so the batch splits over devices / 4 shards.
 The global batch is 256 sequences of 2048 tokens, accumulated over microbatches
 of MICROBATCH_PER_SHARD sequences per batch shard. Default: `v5p_32`.
 """
-from sparrow_jax.config import default_config
+from sparrow_jax.config import pod_config
 
 MESHES = {
     # name: (devices = chips, HBM budget name)
@@ -35,35 +35,10 @@ def get_config(variant: str = "v5p_32"):
     if variant not in MESHES:
         raise ValueError(f"unknown variant {variant!r}; choose from {sorted(MESHES)}")
     devices, hbm = MESHES[variant]
-    cfg = default_config()
-    cfg.name = f"chinchilla_7b_{variant}"
-    m = cfg.model
-    m.vocab_size = 32000
-    m.d_model = 4096
-    m.n_heads = 32
-    m.head_dim = 128
-    m.d_ff = 16384
-    m.n_layers = N_LAYERS
-    m.n_frozen_layers = N_FROZEN_LAYERS
-    m.max_len = 2048
-    m.param_dtype = "float32"
-    m.compute_dtype = "bfloat16"
-    m.remat = "full"
-    m.value_hidden = 2048
-    cfg.mesh.shape.data = 1
-    cfg.mesh.shape.fsdp = -1  # fills the slice's chips
-    cfg.mesh.shape.tensor = TENSOR_PARALLEL
-    cfg.mesh.aot_num_devices = devices
-    cfg.mesh.hbm = hbm
-    t = cfg.train
-    t.batch_size = BATCH_SIZE
-    t.grad_accum_steps = BATCH_SIZE // (MICROBATCH_PER_SHARD * (devices // TENSOR_PARALLEL))
-    t.seq_len = 2048
-    t.optimizer = "adafactor"
-    t.learning_rate = 5e-6
-    t.grad_clip_norm = 1.0
-    t.stage = "rl"
-    return cfg
+    return pod_config(f"chinchilla_7b_{variant}", d_model=4096, n_heads=32, d_ff=16384,
+                      n_layers=N_LAYERS, n_frozen_layers=N_FROZEN_LAYERS, devices=devices, hbm=hbm,
+                      tensor=TENSOR_PARALLEL, microbatch=MICROBATCH_PER_SHARD, learning_rate=5e-6,
+                      batch_size=BATCH_SIZE)
 
 
 def get_sweep(variant: str = "v5p_32"):

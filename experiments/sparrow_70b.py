@@ -6,7 +6,7 @@ Variants are named after the TPU type, whose number counts TensorCores; JAX sees
 one device per chip, so v5p-512 is 256 devices, v5p-256 128, v5p-128 64 and
 v4-256 128. Default: `v5p_512` (256 chips).
 """
-from sparrow_jax.config import default_config
+from sparrow_jax.config import pod_config
 
 MESHES = {
     # name: (devices = chips, HBM budget name); every mesh is fsdp x tensor=4.
@@ -22,33 +22,9 @@ def get_config(variant: str = "v5p_512"):
     if variant not in MESHES:
         raise ValueError(f"unknown variant {variant!r}; choose from {sorted(MESHES)}")
     devices, hbm = MESHES[variant]
-    cfg = default_config()
-    cfg.name = f"sparrow_70b_{variant}"
-    m = cfg.model
-    m.vocab_size = 32000
-    m.d_model = 8192
-    m.n_heads = 64
-    m.head_dim = 128
-    m.d_ff = 32768
-    m.n_layers = 80
-    m.n_frozen_layers = 64
-    m.max_len = 2048
-    m.param_dtype = "float32"
-    m.compute_dtype = "bfloat16"
-    m.remat = "full"
-    m.value_hidden = 2048
-    cfg.mesh.shape.data = 1
-    cfg.mesh.shape.fsdp = -1  # fills the pod's chips
-    cfg.mesh.shape.tensor = TENSOR_PARALLEL
-    cfg.mesh.aot_num_devices = devices
-    cfg.mesh.hbm = hbm
-    cfg.train.batch_size = 256
-    cfg.train.seq_len = 2048
-    cfg.train.optimizer = "adafactor"
-    cfg.train.learning_rate = 2e-6
-    cfg.train.grad_clip_norm = 1.0
-    cfg.train.stage = "rl"
-    return cfg
+    return pod_config(f"sparrow_70b_{variant}", d_model=8192, n_heads=64, d_ff=32768, n_layers=80,
+                      n_frozen_layers=64, devices=devices, hbm=hbm, tensor=TENSOR_PARALLEL,
+                      value_hidden=2048, learning_rate=2e-6, batch_size=256)
 
 
 def get_sweep(variant: str = "v5p_512"):

@@ -194,6 +194,35 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+def pod_config(name: str, *, d_model: int, n_heads: int, d_ff: int, n_layers: int,
+               n_frozen_layers: int, devices: int, hbm: str, tensor: int = 1,
+               microbatch: int = 0, value_hidden: int = 2048, learning_rate: float = 2e-6,
+               batch_size: int = 256) -> ml_collections.ConfigDict:
+    """A Chinchilla-family model on a TPU slice, as the pod experiment files share it.
+
+    32k vocab, head size 128, context 2048, f32 params with bf16 compute and full remat;
+    mesh data 1 x fsdp (the rest of `devices` chips) x `tensor`; Adafactor with global-norm
+    clip 1.0; stage rl. `microbatch` > 0 = sequences per batch shard (devices // tensor
+    chips) per pass: the global batch is accumulated over batch_size // (microbatch *
+    shards) passes.
+    """
+    cfg = default_config()
+    cfg.name = name
+    m = cfg.model
+    m.vocab_size, m.d_model, m.n_heads, m.head_dim, m.d_ff = 32000, d_model, n_heads, 128, d_ff
+    m.n_layers, m.n_frozen_layers, m.max_len = n_layers, n_frozen_layers, 2048
+    m.param_dtype, m.compute_dtype, m.remat = "float32", "bfloat16", "full"
+    m.value_hidden = value_hidden
+    cfg.mesh.shape.data, cfg.mesh.shape.fsdp, cfg.mesh.shape.tensor = 1, -1, tensor
+    cfg.mesh.aot_num_devices, cfg.mesh.hbm = devices, hbm
+    t = cfg.train
+    t.batch_size, t.seq_len, t.stage = batch_size, 2048, "rl"
+    t.optimizer, t.learning_rate, t.grad_clip_norm = "adafactor", learning_rate, 1.0
+    if microbatch:
+        t.grad_accum_steps = batch_size // (microbatch * (devices // tensor))
+    return cfg
+
+
 # ----------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------
