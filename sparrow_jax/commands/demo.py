@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 
 
 def add_arguments(parser) -> None:
@@ -30,23 +29,14 @@ def run(args, overrides) -> int:
     for noisy in ("absl", "orbax", "jax._src", "tensorflow_datasets", "bm25s"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     from sparrow_jax import demo
-    from sparrow_jax.evaluation.checkpoint_params import WorkdirError
-    from sparrow_jax.train.checkpoints import CheckpointError
-    from sparrow_jax.train.run_control import PREEMPTED_EXIT_CODE, Preempted, TrainingError
+    from sparrow_jax.train.run_control import STOPPING_ERRORS, exit_code
     settings = demo.DemoSettings(experiment=args.config, overrides=tuple(overrides),
                                  world_seed=args.world_seed, world_settings=tuple(args.world_set),
                                  n_best=args.n_best, max_prompts=args.max_prompts)
     try:
         report = demo.run_demo(args.workdir, settings)
-    except Preempted as err:
-        print(f"sparrow demo: {err}; rerun the same command to resume", file=sys.stderr)
-        return PREEMPTED_EXIT_CODE
-    except TrainingError as err:
-        print(f"sparrow demo: {err}", file=sys.stderr)
-        return 1
-    except (CheckpointError, WorkdirError, ValueError) as err:
-        print(f"sparrow demo: {err}", file=sys.stderr)
-        return 2
+    except STOPPING_ERRORS as err:  # WorkdirError is a ValueError
+        return exit_code("sparrow demo", err)
     rm = report["reward_models"]
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     print(f"\nHeld-out results (judge: {report['judge']}), whole demo {report['wall_seconds']:.0f} s")

@@ -8,7 +8,6 @@ failed (e.g. repeated non-finite losses); 2 bad config, data or checkpoint;
 from __future__ import annotations
 
 import logging
-import sys
 
 
 def add_arguments(parser) -> None:
@@ -24,26 +23,15 @@ def run(args, overrides) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "orbax", "jax._src", "tensorflow_datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from sparrow_jax.train.checkpoints import CheckpointError
-    from sparrow_jax.train.run_control import PREEMPTED_EXIT_CODE, Preempted, TrainingError
+    from sparrow_jax.train.run_control import STOPPING_ERRORS, exit_code
     if cfg.train.stage == "rl":
         from sparrow_jax.rl.trainer import train_rl as train
     else:
         from sparrow_jax.train.loop import train_stage as train
     try:
         summary = train(cfg, args.workdir, max_steps_this_run=args.max_steps_this_run)
-    except Preempted as err:
-        print(f"sparrow train: {err}", file=sys.stderr)
-        return PREEMPTED_EXIT_CODE
-    except TrainingError as err:
-        print(f"sparrow train: {err}", file=sys.stderr)
-        return 1
-    except CheckpointError as err:
-        print(f"sparrow train: checkpoint error: {err}", file=sys.stderr)
-        return 2
-    except ValueError as err:  # bad data (schema errors name file, line and field) or shapes
-        print(f"sparrow train: {err}", file=sys.stderr)
-        return 2
+    except STOPPING_ERRORS as err:
+        return exit_code("sparrow train", err)
     if summary.get("finished"):
         figures = " ".join(f"{k}={v:.4g}" for k, v in summary["eval"].items()
                            if not k.startswith("auc/"))

@@ -4,14 +4,18 @@
   TrainingError                     training cannot go on; checkpoints are intact
   NonfiniteGuard                    counts skipped non-finite steps, stops after N in a row
   write_summary                     workdir/summary.json, written by process 0
+  STOPPING_ERRORS / exit_code       how a command reports a run that stopped
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import sys
 
 import jax
+
+from sparrow_jax.train.checkpoints import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +65,19 @@ def write_summary(workdir: str, summary: dict) -> None:
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
+
+
+# What a training command catches; ValueError covers bad data (schema errors name the file,
+# line and field), ConfigError and shape mismatches.
+STOPPING_ERRORS = (Preempted, TrainingError, CheckpointError, ValueError)
+
+
+def exit_code(command: str, err: BaseException) -> int:
+    """Print `err` for the user and return the command's exit code: 143 preempted (rerun to
+    resume), 1 training failed, 2 bad config, data or checkpoint."""
+    hint = "; rerun the same command to resume" if isinstance(err, Preempted) else ""
+    kind = "checkpoint error: " if isinstance(err, CheckpointError) else ""
+    print(f"{command}: {kind}{err}{hint}", file=sys.stderr)
+    if isinstance(err, Preempted):
+        return PREEMPTED_EXIT_CODE
+    return 1 if isinstance(err, TrainingError) else 2

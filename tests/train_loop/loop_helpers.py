@@ -1,7 +1,11 @@
 """Shared set-up for the training-loop tests: a small toy world and a tiny config."""
 import os
+import signal
 import subprocess
 import sys
+import time
+
+import numpy as np
 
 from sparrow_jax.config import apply_overrides, load_experiment
 
@@ -41,3 +45,28 @@ def sparrow(*args, **popen_kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "sparrow_jax", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             **popen_kwargs)
+
+
+def state_leaves(workdir: str, step: int) -> dict:
+    """Leaves of the train state saved at `step`, read back with orbax (no target)."""
+    import jax
+    import orbax.checkpoint as ocp
+    tree = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+    return {jax.tree_util.keystr(p): np.asarray(v)
+            for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def kill_after_first_checkpoint(victim: subprocess.Popen, workdir: str, timeout: float = 600) -> int:
+    """SIGKILL `victim` once a checkpoint is committed while it still runs; the newest step."""
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        done = [d for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+        if done and victim.poll() is None:
+            break
+        assert victim.poll() is None, "the run finished before it could be killed"
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate(timeout=60)
+    assert victim.returncode == -signal.SIGKILL
+    return max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())

@@ -5,14 +5,13 @@ plumbing and resumption, not learning (BUILD_NOTES.md has the real figures).
 """
 import json
 import os
-import signal
-import time
 
 import jax
 import numpy as np
 import pytest
 
-from loop_helpers import TINY, make_world, sparrow, tiny_config, tiny_overrides
+from loop_helpers import (TINY, kill_after_first_checkpoint, make_world, sparrow, state_leaves,
+                          tiny_config, tiny_overrides)
 from sparrow_jax import sharding as shd
 from sparrow_jax.config import ConfigError
 from sparrow_jax.rl import trainer
@@ -39,13 +38,6 @@ def inputs(tmp_path_factory):
 def _knobs(inputs, steps, **extra):
     return {"train.init_from": inputs["sft"], "rl.pref_rm_from": inputs["pref_rm"],
             "rl.rule_rm_from": inputs["rule_rm"], "train.steps": steps, **RL_KNOBS, **extra}
-
-
-def _state_leaves(workdir: str, step: int) -> dict:
-    import orbax.checkpoint as ocp
-    tree = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
-    return {jax.tree_util.keystr(p): np.asarray(v)
-            for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def test_rl_smoke_run_logs_every_component_and_keeps_the_reward_models(inputs, tmp_path):
@@ -81,26 +73,14 @@ def test_rl_sigkill_then_rerun_equals_uninterrupted_run(inputs, tmp_path):
     assert reference.returncode == 0, out
 
     workdir = str(tmp_path / "killed")
-    victim = _rl_process(inputs, workdir, steps)
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    deadline = time.time() + 600
-    while time.time() < deadline:  # kill once a checkpoint is committed, mid-run
-        done = [d for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
-        if done and victim.poll() is None:
-            break
-        assert victim.poll() is None, "the run finished before it could be killed"
-        time.sleep(0.02)
-    victim.send_signal(signal.SIGKILL)
-    victim.communicate(timeout=60)
-    killed_at = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
-    assert killed_at < steps
+    assert kill_after_first_checkpoint(_rl_process(inputs, workdir, steps), workdir) < steps
 
     rerun = _rl_process(inputs, workdir, steps)
     out, _ = rerun.communicate(timeout=900)
     assert rerun.returncode == 0, out
     assert "resuming rl from step" in out
-    expected = _state_leaves(str(tmp_path / "reference"), steps)
-    actual = _state_leaves(workdir, steps)
+    expected = state_leaves(str(tmp_path / "reference"), steps)
+    actual = state_leaves(workdir, steps)
     assert expected.keys() == actual.keys()
     for key in expected:
         np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
