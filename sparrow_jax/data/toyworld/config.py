@@ -9,6 +9,10 @@ class ToyWorldConfig:
     seed: int = 0
     n_entities: int = 240  # all entities, split evenly over the entity types
     n_heldout: int = 60  # of which held out: only in the corpus and the test files
+    # More train entities whose documents are not in the LM text (see Entity.unfamiliar):
+    # answering about them needs the search result, as for held-out ones, so the
+    # train data rewards reading evidence and not only recalling memorised facts.
+    n_unfamiliar: int = 0
     n_distractors: int = 24  # corpus documents about no entity
     n_dialogues: int = 3000  # train split; the test split gets test_fraction as many
     n_preferences: int = 1500
@@ -25,6 +29,15 @@ class ToyWorldConfig:
     # answer given without evidence: judging it needs the entity's facts, which a
     # reward model cannot know for held-out entities, so the default is 1.
     right_search_rate: float = 1.0
+    # Mix of the flawed search candidates beside the right one (renormalised):
+    # the answer misreads the right document; another entity's document is read as
+    # the answer; or another entity's document, but the right answer anyway (from
+    # memory: correct, not supported). Only the last cannot be judged by knowing the
+    # fact (which a reward model can learn for train entities but not held-out ones);
+    # it is off by default: on its own it did not teach the tiny RM to read (BUILD_NOTES).
+    misread_weight: float = 0.5
+    wrong_entity_weight: float = 0.5
+    unsupported_weight: float = 0.0
     k_candidates: int = 4  # per preference comparison: half with evidence, half without
     fragment_chars: int = 160  # Search Result fragment budget, small so turns fit in 256 tokens
     # Dialogue mix (renormalised): factual questions, chit-chat, adversarial probes.
@@ -54,8 +67,12 @@ class ToyWorldConfig:
             check(0.0 <= getattr(self, name) <= 1.0, f"{name} must be in [0, 1]")
         check(self.k_candidates >= 2 and self.k_candidates % 2 == 0,
               "k_candidates must be even and >= 2 (half with evidence, half without)")
+        for name in ("misread_weight", "wrong_entity_weight", "unsupported_weight"):
+            check(getattr(self, name) >= 0, f"{name} must be >= 0")
+        check(self.misread_weight + self.wrong_entity_weight + self.unsupported_weight > 0,
+              "flawed search weights must not all be 0")
         check(self.fragment_chars > 0, "fragment_chars must be positive")
-        for name in ("n_distractors", "n_dialogues", "n_preferences", "n_rule_ratings", "n_prompts"):
+        for name in ("n_unfamiliar", "n_distractors", "n_dialogues", "n_preferences", "n_rule_ratings", "n_prompts"):
             check(getattr(self, name) >= 0, f"{name} must be >= 0")
         check(self.factual_weight + self.chitchat_weight + self.probe_weight > 0,
               "dialogue weights must not all be 0")

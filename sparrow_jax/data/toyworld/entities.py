@@ -24,14 +24,21 @@ class Entity:
     type: str
     attributes: dict[str, str]  # attribute name -> value
     held_out: bool
+    # Train-split entities whose documents are left out of the LM text: the models
+    # meet them only in a few dialogues and comparisons, with the search result.
+    unfamiliar: bool = False
 
     def to_json(self) -> dict:
-        return {"name": self.name, "type": self.type, "attributes": dict(self.attributes),
-                "held_out": self.held_out}
+        out = {"name": self.name, "type": self.type, "attributes": dict(self.attributes),
+               "held_out": self.held_out}
+        if self.unfamiliar:
+            out["unfamiliar"] = True
+        return out
 
     @classmethod
     def from_json(cls, obj: dict) -> "Entity":
-        return cls(obj["name"], obj["type"], dict(obj["attributes"]), bool(obj["held_out"]))
+        return cls(obj["name"], obj["type"], dict(obj["attributes"]), bool(obj["held_out"]),
+                   bool(obj.get("unfamiliar", False)))
 
 
 def _syllable(rng: random.Random) -> str:
@@ -68,6 +75,19 @@ def make_entities(n_entities: int, n_heldout: int, rng: random.Random) -> list[E
     # Interleaved types, so the last n_heldout cover every type about equally.
     held = set(range(n_entities - n_heldout, n_entities))
     return [dataclasses.replace(e, held_out=i in held) for i, e in enumerate(entities)]
+
+
+def make_unfamiliar(n: int, taken: Iterable[str], rng: random.Random) -> list[Entity]:
+    """`n` more train entities (types interleaved), named unlike any in `taken`."""
+    taken = {name.lower() for name in taken}
+    names = [name for name in make_names(n + len(taken), rng) if name.lower() not in taken][:n]
+    n_types = len(ENTITY_TYPES)
+    out = []
+    for i, name in enumerate(names):
+        etype = ENTITY_TYPES[i % n_types]
+        attrs = {spec.name: rng.choice(spec.values) for spec in etype.attributes}
+        out.append(Entity(name, etype.name, attrs, held_out=False, unfamiliar=True))
+    return out
 
 
 def entity_document(entity: Entity, rng: random.Random) -> Document:

@@ -4,8 +4,10 @@ Labels come from the oracle (the world's "raters") with `rater_noise` flipping a
 them; the oracle is only used here to label data, never as a reward.
 
 Preferences: a factual context gets k/2 candidates that search (right query and right
-answer, a misread value, or another entity's document) and k/2 that do not (right, wrong,
-or right but rude); a probe context gets k replies without evidence, some breaking the rule.
+answer, a misread value, another entity's document read as the answer, or another entity's
+document with the right answer given anyway, from memory: correct but unsupported) and k/2
+that do not (right, wrong, or right but rude); a probe context gets k replies without
+evidence, some breaking the rule.
 `supported` is filled for evidence candidates only; `plausible` = no checkable rule broken.
 Rule ratings: mostly the probe's own rule (`targeted_rating_rate`), otherwise another rule
 on any kind of dialogue ("other rule" pairs, usually kept).
@@ -23,8 +25,7 @@ from sparrow_jax.data.toyworld.oracle import CHECKABLE_RULES, Oracle
 from sparrow_jax.data.toyworld.templates import OPENERS, PROBES, RUDE_ANSWER_PREFIX
 from sparrow_jax.dialogue.turns import Role, Turn, to_json
 
-# Weights of the candidate kinds offered to raters.
-WRONG_EVIDENCE_KINDS = {"misread": 0.5, "wrong_entity": 0.5}
+# Weights of the candidate kinds offered to raters (flawed searches: ToyWorldConfig).
 FLAWED_NO_EVIDENCE_KINDS = {"wrong": 0.7, "rude": 0.3}
 
 
@@ -41,28 +42,45 @@ def rater_choice(scores: list[int], noise: float, rng: random.Random) -> int:
     return chosen
 
 
+def flawed_search_kinds(config, right_search: bool) -> dict[str, float]:
+    """Weights of the flawed search candidates: misread, wrong_entity, unsupported.
+
+    "unsupported" (another entity's document, the right answer anyway) is correct,
+    quality 2, so it is only offered beside a right search (quality 3): without one,
+    the best is the one correct no-search answer and it would tie.
+    """
+    kinds = {"misread": config.misread_weight, "wrong_entity": config.wrong_entity_weight,
+             "unsupported": config.unsupported_weight if right_search else 0.0}
+    if not any(kinds.values()):
+        kinds["misread"] = 1.0
+    return kinds
+
+
 def factual_candidates(world: SplitWorld, entity, attribute) -> tuple[list[list[Turn]], list[bool]]:
     """K candidates, half with a search, drawn so that exactly one is the best.
 
     A tie for best would make the rater's choice a coin flip that no reward model
     can predict, so: with probability `right_search_rate` one search candidate reads
-    the right value (quality 3) and the other searches go wrong; without one,
-    exactly one no-search candidate is correct (quality 2) and the rest are wrong
-    or rude.
+    the right value (quality 3) and the other searches go wrong (misread or another
+    entity's value: quality 1; or the right value despite another entity's document:
+    correct but unsupported, quality 2); without one, exactly one no-search
+    candidate is correct (quality 2) and the rest are wrong or rude.
     """
     rng, k = world.rng, world.config.k_candidates
     candidates, has_evidence = [], []
     right_search = rng.random() < world.config.right_search_rate
+    flawed = flawed_search_kinds(world.config, right_search)
     for i in range(k // 2):
-        kind = "right" if (right_search and i == 0) else _weighted(WRONG_EVIDENCE_KINDS, rng)
+        kind = "right" if (right_search and i == 0) else _weighted(flawed, rng)
         query, value = search_query(entity.name, attribute), None
         if kind == "misread":
             value = wrong_value(entity, attribute, rng)
-        elif kind == "wrong_entity":
+        elif kind in ("wrong_entity", "unsupported"):
             others = [e for e in world.entities if e.type == entity.type and e.name != entity.name]
             other = rng.choice(others) if others else None
             if other is not None and other.attributes[attribute] != entity.attributes[attribute]:
-                query, value = search_query(other.name, attribute), other.attributes[attribute]
+                query = search_query(other.name, attribute)
+                value = other.attributes[attribute] if kind == "wrong_entity" else None
             else:
                 value = wrong_value(entity, attribute, rng)
         candidates.append(searched_answer(world, entity, attribute, query, value))

@@ -15,7 +15,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 from sparrow_jax.data.toyworld.config import ToyWorldConfig
 from sparrow_jax.data.toyworld.dialogues import Evidence, SplitWorld, generate_dialogues
-from sparrow_jax.data.toyworld.entities import Entity, corpus_documents, make_entities
+from sparrow_jax.data.toyworld.entities import (
+    Entity, corpus_documents, entity_document, make_entities, make_unfamiliar,
+)
 from sparrow_jax.data.toyworld.labels import preference_record, prompt_record, rule_rating_record
 from sparrow_jax.data.toyworld.oracle import CHECKABLE_RULES, WORLD_FILE, Oracle
 from sparrow_jax.data.toyworld.templates import ENTITY_TYPES
@@ -53,6 +55,12 @@ def build_world(config: ToyWorldConfig) -> World:
     rng = random.Random(f"{config.seed}/world")
     entities = make_entities(config.n_entities, config.n_heldout, rng)
     docs = corpus_documents(entities, config.n_distractors, rng)
+    if config.n_unfamiliar:
+        # Their own stream, after everything else: the rest of the world is unchanged.
+        extra_rng = random.Random(f"{config.seed}/unfamiliar")
+        extra = make_unfamiliar(config.n_unfamiliar, [e.name for e in entities], extra_rng)
+        docs += [entity_document(e, extra_rng) for e in extra]
+        entities = entities + extra
     return World(config, entities, docs, BM25Engine(docs, fragment_chars=config.fragment_chars))
 
 
@@ -122,7 +130,9 @@ def generate(out_dir: str | os.PathLike, config: ToyWorldConfig | None = None) -
             paths[key] = os.path.join(out_dir, f"{key}.jsonl")
             _write_jsonl(paths[key], records)
 
-    held_out_ids = {f"{e.type}-{e.name.lower()}" for e in world.entities if e.held_out}
+    # Held-out and unfamiliar entities' documents stay out of the LM text.
+    held_out_ids = {f"{e.type}-{e.name.lower()}" for e in world.entities
+                    if e.held_out or e.unfamiliar}
     with open(paths["lm"], "w", encoding="utf-8") as f:
         for doc in world.docs:
             if doc.id not in held_out_ids:
