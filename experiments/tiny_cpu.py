@@ -46,6 +46,8 @@ def get_config(variant: str = "sft"):
     t.checkpoint_every = 100
     t.eval_every = 0
     t.log_every = 25
+    if variant == "rl":
+        t.log_every = 2  # the reward/KL curves of the demo's plot
     # The toy tokenizer (1024 pieces learnt from toy text) spends up to ~70 tokens
     # on a rule question.
     cfg.data.rule_len = 96

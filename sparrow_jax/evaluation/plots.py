@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Mapping, Sequence
 
+import numpy as np
 import matplotlib
 
 matplotlib.use("Agg")
@@ -62,13 +63,21 @@ def training_curves(records: Sequence[Mapping], keys: Sequence[str] = CURVE_KEYS
 
 
 def plot_training_curves(workdir: str, path: str, keys: Sequence[str] = CURVE_KEYS) -> str | None:
-    """Reward and KL over RL training (`<workdir>/logs/metrics.jsonl`); None if the log has neither."""
+    """Reward and KL over RL training (`<workdir>/logs/metrics.jsonl`); None if the log has neither.
+
+    Each logged value is one batch's mean (noisy: the prompt mix changes per batch), so a running
+    mean over a tenth of the points is drawn over it."""
     curves = training_curves(read_metrics(os.path.join(workdir, "logs")), keys)
     if not curves:
         return None
     fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.4), squeeze=False)
     for ax, (key, (steps, values)) in zip(axes[0], curves.items()):
-        ax.plot(steps, values, marker="." if len(steps) < 50 else None)
+        ax.plot(steps, values, marker="." if len(steps) < 50 else None, alpha=0.4, label="per batch")
+        window = max(1, len(values) // 10)
+        if window > 1:
+            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+            ax.plot(steps[window - 1:], smooth, label=f"mean of {window}")
+            ax.legend(fontsize=8)
         ax.set_xlabel("step")
         ax.set_ylabel(key)
         ax.set_title(f"{key} over training")
