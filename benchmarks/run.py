@@ -12,6 +12,7 @@ from other processes on the machine mostly cancels out.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -21,6 +22,8 @@ from typing import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEASUREMENTS: dict[str, Callable[..., dict]] = {}
+# `--quick` model width (smoke test only).
+QUICK_MODEL = {"d_model": 32, "n_heads": 2, "head_dim": 16, "d_ff": 64, "value_hidden": 32}
 
 
 def measurement(name: str):
@@ -62,8 +65,7 @@ def _tiny_config(quick: bool, stage: str = "sft", **model_overrides):
     from sparrow_jax.config import load_experiment
     cfg = load_experiment(os.path.join(ROOT, "experiments", "tiny_cpu.py") + f":{stage}")
     if quick:
-        model_overrides = {"d_model": 32, "n_heads": 2, "head_dim": 16, "d_ff": 64,
-                           "value_hidden": 32, **model_overrides}
+        model_overrides = {**QUICK_MODEL, **model_overrides}
     for key, value in model_overrides.items():
         setattr(cfg.model, key, value)
     return cfg
@@ -126,22 +128,28 @@ def matmul_peak(results: dict, quick: bool = False, repeats: int = 3) -> dict:
 
 
 TRAIN_DTYPES = ("float32", "bfloat16")
+# Chinchilla 44M (SPARROW.md section 3): d_model 512, ffw 2048, 8 heads of 64, 8 layers,
+# with Sparrow's 32k vocabulary and relative positions (tiny_cpu supplies the rest).
+CHINCHILLA_44M = {"vocab_size": 32000, "d_model": 512, "d_ff": 2048, "n_heads": 8,
+                  "head_dim": 64, "n_layers": 8, "n_frozen_layers": 0}
 
 
-def _sft_setup(quick: bool, dtype: str, batch_size: int, seq_len: int):
-    """(jitted SFT step, state, batch, model FLOPs per step) for the tiny config."""
+def _train_setup(quick: bool, dtype: str, batch_size: int, seq_len: int, stage: str = "lm"):
+    """(jitted update step, state, batch, model FLOPs per step) for the Chinchilla 44M
+    shape on 1 device (`quick`: a toy width and vocabulary)."""
     import jax
     from sparrow_jax import sharding as shd
     from sparrow_jax.aot import analytic_flops
     from sparrow_jax.train import stages
-    cfg = _tiny_config(quick, "sft", compute_dtype=dtype)
+    shape = {**CHINCHILLA_44M, **({"vocab_size": 1024, **QUICK_MODEL} if quick else {})}
+    cfg = _tiny_config(False, stage, compute_dtype=dtype, max_len=seq_len, **shape)
     mesh = shd.make_mesh(cfg.mesh, jax.devices()[:1])
-    setup = stages.build_stage(cfg, mesh, "sft", batch_size=batch_size, seq_len=seq_len,
+    setup = stages.build_stage(cfg, mesh, stage, batch_size=batch_size, seq_len=seq_len,
                                log_unsharded=False)
     state = setup.init_fn(jax.random.PRNGKey(0))
-    batch = jax.device_put(stages.example_batch("sft", batch_size, seq_len, cfg.model.vocab_size),
+    batch = jax.device_put(stages.example_batch(stage, batch_size, seq_len, cfg.model.vocab_size),
                            jax.devices()[0])
-    return setup.step, state, batch, analytic_flops(cfg.model, "sft", batch_size, seq_len)
+    return setup.step, state, batch, analytic_flops(cfg.model, stage, batch_size, seq_len)
 
 
 def _stepper(run: list):
@@ -154,39 +162,53 @@ def _stepper(run: list):
 
 
 @measurement("train_step")
-def train_step(results: dict, quick: bool = False, repeats: int = 4) -> dict:
-    """Tokens/s of the tiny config's SFT update on 1 device, and MFU vs the f32 matmul peak.
+def train_step(results: dict, quick: bool = False, repeats: int = 3) -> dict:
+    """Tokens/s and MFU of a full training update of the Chinchilla 44M shape, 1 device.
 
-    Measured at batch 32 x 256 tokens (the CPU is better used than at the training
-    batch of 16 x 192; 64 x 256 is no faster per token), for f32 and bf16 compute
-    (params f32); the dtype with the higher throughput is reported
-    (`train_compute_dtype`). Seconds = best single step. The matmul peaks are timed
-    again interleaved with the steps (other load on the machine hits both alike) and
-    the higher of the two peak measurements is used, so MFU is not flattered.
-    `mfu_vs_matmul_peak` divides model FLOP/s (aot.analytic_flops) by the f32 peak;
-    `mfu_vs_same_dtype_peak` by the peak of the reported dtype's inputs.
+    Why this model: MFU says how well the code feeds the matmul units at the sizes it
+    is for (pod training, d_model 8192); the toy tiny_cpu width (128) measures XLA's
+    per-op overheads instead. 44M (d_model 512, ffw 2048, 8 heads of 64, 8 layers) is
+    the smallest Chinchilla shape, with Sparrow's 32k vocabulary and Transformer-XL
+    relative attention; sequences of 512 tokens (Sparrow's context is 2048), batch 4
+    (2048 tokens a step). The update is the `lm` stage (every layer trains: 6 N per
+    token, the usual MFU convention), AdamW, no remat (it fits), 1 device.
+
+    Dtypes: f32 and bf16 compute (params f32, as on pods), timed interleaved with an
+    n x n matmul (n = 4096) of the same dtype: f32, and bf16 inputs with f32
+    accumulation (how the model's bf16 matmuls run). Each step's MFU is its model
+    FLOP/s over the matmul peak of ITS dtype (the higher of this measurement's and
+    matmul_peak's), so a bf16 step is never flattered by the slower f32 peak.
+    `mfu_vs_matmul_peak` is for the dtype that trains fastest here
+    (`train_compute_dtype`); `mfu_<dtype>` gives both. Seconds = best single step.
+
+    Model FLOPs are aot.analytic_flops (what `sparrow aot` reports): 6 N per token
+    plus 12 B L^2 H K per layer. It counts the relative-position projection W_r per
+    token and leaves out the relative-position scores; at this shape the two nearly
+    cancel (the count is 0.7% below the matmul work actually done). The loss
+    (log-softmax, and argmax for the accuracy metric, over 32k logits) is not model
+    FLOPs and costs real time here.
     """
-    batch_size, seq_len = (2, 32) if quick else (32, 256)
-    dtypes = TRAIN_DTYPES[:1] if quick else TRAIN_DTYPES
-    runs = {dtype: list(_sft_setup(quick, dtype, batch_size, seq_len)) for dtype in dtypes}
+    batch_size, seq_len = (2, 32) if quick else (4, 512)
+    dtypes = TRAIN_DTYPES[1:] if quick else TRAIN_DTYPES
+    runs = {dtype: list(_train_setup(quick, dtype, batch_size, seq_len)) for dtype in dtypes}
     n = 256 if quick else 4096
     variants = {d: _stepper(r) for d, r in runs.items()}
-    variants.update({f"matmul_{d}": _matmul_fn(n, d) for d in TRAIN_DTYPES})
+    variants.update({f"matmul_{d}": _matmul_fn(n, d) for d in dtypes})
     seconds = _interleaved_best_seconds(variants, repeats)
-    peaks = {"float32": max(2.0 * n**3 / seconds["matmul_float32"],
-                            results.get("matmul_peak_flops", 0.0)),
-             "bfloat16": max(2.0 * n**3 / seconds["matmul_bfloat16"],
-                             results.get("matmul_peak_flops_bf16", 0.0))}
+    peak_keys = {"float32": "matmul_peak_flops", "bfloat16": "matmul_peak_flops_bf16"}
+    peaks = {d: max(2.0 * n**3 / seconds[f"matmul_{d}"], results.get(peak_keys[d], 0.0))
+             for d in dtypes}
     dtype = min(dtypes, key=seconds.get)
     flops = runs[dtype][3]
     out = {"train_tokens_per_second": batch_size * seq_len / seconds[dtype],
            "train_step_seconds": seconds[dtype], "train_model_flops_per_step": flops,
-           "train_batch_size": batch_size, "train_seq_len": seq_len,
-           "train_compute_dtype": dtype}
+           "mfu_vs_matmul_peak": flops / seconds[dtype] / peaks[dtype],
+           "train_compute_dtype": dtype, "train_model": "chinchilla_44m" if not quick else "toy",
+           "train_stage": "lm", "train_batch_size": batch_size, "train_seq_len": seq_len}
     for d in dtypes:
         out[f"train_tokens_per_second_{d}"] = batch_size * seq_len / seconds[d]
-    out["mfu_vs_matmul_peak"] = flops / seconds[dtype] / peaks["float32"]
-    out["mfu_vs_same_dtype_peak"] = flops / seconds[dtype] / peaks[dtype]
+        out[f"mfu_{d}"] = runs[d][3] / seconds[d] / peaks[d]
+        out[f"train_matmul_peak_flops_{d}"] = peaks[d]
     return out
 
 
@@ -258,23 +280,46 @@ def _role_model(params, role: str) -> dict:
     return jax.tree.map(jnp.copy, {"trunk": params["trunk"], **{t: params[t] for t in tops}})
 
 
+def _hydra_work(model_cfg, batch: int, length: int) -> tuple[float, float]:
+    """Model FLOPs (aot.analytic_flops conventions: 2 N per token forward, attention
+    4 B L^2 H K per layer, backward = 2 x forward) of (hydra update, separate update).
+    The separate models do the hydra's work plus three more trunk forwards."""
+    from sparrow_jax.aot import part_params
+    from sparrow_jax.config import ROLES
+    m = model_cfg
+    parts = part_params(m, ROLES)
+    parts["trunk"] -= m.vocab_size * m.d_model  # embedding lookup: no matmul
+    attention = 4.0 * batch * length ** 2 * m.n_heads * m.head_dim
+    layers = {"trunk": m.n_frozen_layers, "value": 0}
+    forward = {part: 2.0 * n * batch * length
+               + layers.get(part, m.n_layers - m.n_frozen_layers) * attention
+               for part, n in parts.items()}
+    hydra = sum(forward.values()) + 2.0 * (forward["policy"] + forward["value"])
+    return hydra, hydra + 3.0 * forward["trunk"]
+
+
 @measurement("hydra_cost")
 def hydra_cost(results: dict, quick: bool = False, repeats: int = 5) -> dict:
     """hydra_cost_ratio = seconds of one RL forward+backward over all five roles with
     the shared frozen trunk / seconds of the same work with four separate models.
 
-    Model: tiny_cpu shape with n_layers=8, n_frozen_layers=6 (Sparrow's 64/80);
-    batch 8 x 128 tokens, A2C loss as in the rl stage.
+    Model: tiny_cpu (d_model 128, vocab 1024, f32) at 10 layers with 8 frozen: the
+    paper's 64 of 80. Chinchilla widths are not used here on purpose: at 10 layers a
+    32k-vocabulary LM head costs about 4.5 layers of d_model 512, which would make the
+    heads (the same work with or without the hydra) dominate, whereas at 70B a head is
+    a third of one of 80 layers. tiny_cpu keeps the 70B's proportions: its work floor
+    (below) is 0.48 against 0.456 for sparrow_70b. Batch 8 x 256 tokens (tiny_cpu's
+    context), A2C loss as in the rl stage.
     Hydra: one hydra.forward with every role (trunk once, then the policy, teacher,
       pref RM and rule RM tops), grads w.r.t. the policy top + value head only.
     Baseline ("without the hydra, each role is a full n_layers model"): policy(+value),
-      teacher, pref RM and rule RM each run their own 8 layers forward; the policy's
-      backward still stops at its 6 frozen bottom layers (same trained params).
-    Work model (layers of forward; backward ~ 2x): hydra 6 + 4*2 + 2*2*2 = 22,
-      baseline 4*8 + 2*2*2 = 40, plus the heads, so the floor is about 0.55.
+      teacher, pref RM and rule RM each run their own 10 layers forward; the policy's
+      backward still stops at its 8 frozen bottom layers (same trained params).
+    `hydra_work_floor`: the ratio of model FLOPs of the two (heads and attention
+      included, backward = 2 x forward): the ratio if time followed model FLOPs.
     """
-    n_layers, n_frozen = (4, 3) if quick else (8, 6)
-    batch, length = (2, 16) if quick else (8, 128)
+    n_layers, n_frozen = (5, 4) if quick else (10, 8)
+    batch, length = (2, 16) if quick else (8, 256)
     cfg = _tiny_config(quick, "rl", n_layers=n_layers, n_frozen_layers=n_frozen)
     params, data = _rl_batch_and_params(cfg, batch, length)
     trainable = {k: params[k] for k in ("policy", "value")}
@@ -288,56 +333,76 @@ def hydra_cost(results: dict, quick: bool = False, repeats: int = 5) -> dict:
         "separate": lambda: separate_fn(trainable, policy_frozen, models["teacher"],
                                         models["pref_rm"], models["rule_rm"], data),
     }, repeats)
+    hydra_flops, separate_flops = _hydra_work(cfg.model, batch, length)
     return {"hydra_cost_ratio": seconds["hydra"] / seconds["separate"],
+            "hydra_work_floor": hydra_flops / separate_flops,
             "hydra_update_seconds": seconds["hydra"],
             "separate_models_update_seconds": seconds["separate"],
-            "hydra_n_layers": n_layers, "hydra_n_frozen_layers": n_frozen}
+            "hydra_n_layers": n_layers, "hydra_n_frozen_layers": n_frozen,
+            "hydra_d_model": cfg.model.d_model, "hydra_batch_size": batch,
+            "hydra_seq_len": length}
+
+
+RULE_DIALOGUE_LENS = (1024, 512)  # the first is the headline figure
 
 
 @measurement("rule_prefix_cost")
 def rule_prefix_cost(results: dict, quick: bool = False, repeats: int = 15) -> dict:
     """rule_prefix_cost_ratio = seconds to score all 23 rules on one dialogue of
-    L = 200 tokens (dialogue encoded once, its KV cache shared by the rule suffixes:
+    L = 1024 tokens (dialogue encoded once, its KV cache shared by the rule suffixes:
     rewards.rule_scoring.rule_violation_probs) / seconds to score one rule the same way.
 
-    Tiny_cpu model. Rule suffixes: the packaged rules via prepare_rule_suffixes with a
-    tokenizer trained here (`rule_suffix_len` = padded Q; every suffix is run at Q).
-    Also: `rule_prefix_work_floor` = (L + 23 Q) / (L + Q), the ratio if cost were
+    Why L = 1024: the rule RM reads a whole dialogue, and a Sparrow dialogue with
+    evidence is several turns plus ~500-character search results, several hundred to
+    about a thousand tokens, in a 2048-token context [ours, SPARROW.md section 2-3].
+    The same ratio at L = 512 is reported too (`rule_prefix_cost_ratio_L512`), since
+    the ratio falls as dialogues grow. Model: tiny_cpu (f32) with max_len 2048,
+    Sparrow's context, so every distance has its own relative encoding. Rule suffixes:
+    the packaged rules via prepare_rule_suffixes with a tokenizer trained here (BPE,
+    1024 pieces; `rule_suffix_len` = padded Q; every suffix is run at Q).
+    `rule_prefix_work_floor` = (L + 23 Q) / (L + Q): the ratio if cost were
     proportional to tokens run (every suffix token runs the trunk and the rule RM top,
-    like a prefix token), and `rule_unshared_over_shared` = seconds of scoring the
-    23 rules without sharing (rule_violation_probs_unshared) / with sharing.
-
-    The target (<= 3) is below the work floor at these sizes: with Q = 48 the floor is
-    (200 + 23 * 48) / 248 = 5.3, and even a 24-token suffix gives 3.4. Reaching 3
-    needs shorter rule suffixes or longer dialogues, not faster model code.
+    like a dialogue token). `rule_unshared_over_shared` = seconds of scoring the 23
+    rules without sharing (rule_violation_probs_unshared) / with sharing, at L = 1024.
     """
     import jax
     import jax.numpy as jnp
     from sparrow_jax.model import hydra
     from sparrow_jax.rewards import rule_scoring
-    cfg = _tiny_config(quick)
-    length = 24 if quick else 200
+    lengths = (48, 24) if quick else RULE_DIALOGUE_LENS
+    cfg = _tiny_config(quick, max_len=128 if quick else 2048)
     params = hydra.init_params(cfg.model, jax.random.PRNGKey(0), roles=("rule_rm",))
     rule_tokens, rule_valid = (jnp.asarray(x) for x in _rule_suffixes())
     n_rules, q_len = rule_tokens.shape
-    dialogue = jnp.asarray(_random_tokens(1, length, cfg.model.vocab_size))
-    valid = jnp.ones_like(dialogue, bool)
     shared = jax.jit(lambda p, t, v, rt, rv: rule_scoring.rule_violation_probs(
         p, cfg.model, t, v, rt, rv))
     unshared = jax.jit(lambda p, t, v, rt, rv: rule_scoring.rule_violation_probs_unshared(
         p, cfg.model, t, v, rt, rv))
-    seconds = _interleaved_best_seconds({
-        "all": lambda: shared(params, dialogue, valid, rule_tokens, rule_valid),
-        "one": lambda: shared(params, dialogue, valid, rule_tokens[:1], rule_valid[:1]),
-        "unshared": lambda: unshared(params, dialogue, valid, rule_tokens, rule_valid),
-    }, repeats)
-    return {"rule_prefix_cost_ratio": seconds["all"] / seconds["one"],
-            "rule_prefix_work_floor": (length + n_rules * q_len) / (length + q_len),
-            "rule_suffix_len": q_len,
-            "rule_suffix_mean_real_tokens": float(rule_valid.sum(axis=1).mean()),
-            "rule_dialogue_len": length, "rule_count": n_rules,
-            "rule_score_all_seconds": seconds["all"], "rule_score_one_seconds": seconds["one"],
-            "rule_unshared_over_shared": seconds["unshared"] / seconds["all"]}
+    variants = {}
+    for length in lengths:
+        dialogue = jnp.asarray(_random_tokens(1, length, cfg.model.vocab_size))
+        valid = jnp.ones_like(dialogue, bool)
+        variants[f"all_{length}"] = functools.partial(shared, params, dialogue, valid,
+                                                      rule_tokens, rule_valid)
+        variants[f"one_{length}"] = functools.partial(shared, params, dialogue, valid,
+                                                      rule_tokens[:1], rule_valid[:1])
+        if length == lengths[0]:
+            variants["unshared"] = functools.partial(unshared, params, dialogue, valid,
+                                                     rule_tokens, rule_valid)
+    seconds = _interleaved_best_seconds(variants, repeats)
+    length = lengths[0]
+    out = {"rule_prefix_cost_ratio": seconds[f"all_{length}"] / seconds[f"one_{length}"],
+           "rule_prefix_work_floor": (length + n_rules * q_len) / (length + q_len),
+           "rule_dialogue_len": length, "rule_suffix_len": q_len,
+           "rule_suffix_mean_real_tokens": float(rule_valid.sum(axis=1).mean()),
+           "rule_count": n_rules, "rule_model_max_len": cfg.model.max_len,
+           "rule_score_all_seconds": seconds[f"all_{length}"],
+           "rule_score_one_seconds": seconds[f"one_{length}"],
+           "rule_unshared_over_shared": seconds["unshared"] / seconds[f"all_{length}"]}
+    for other in lengths[1:]:
+        out[f"rule_prefix_cost_ratio_L{other}"] = seconds[f"all_{other}"] / seconds[f"one_{other}"]
+        out[f"rule_prefix_work_floor_L{other}"] = (other + n_rules * q_len) / (other + q_len)
+    return out
 
 
 @measurement("kv_decode")
@@ -368,6 +433,7 @@ def kv_decode(results: dict, quick: bool = False, repeats: int = 2) -> dict:
     return {"kv_decode_speedup": seconds["uncached"] / seconds["cached"],
             "kv_decode_tokens_per_second": tokens / seconds["cached"],
             "uncached_decode_tokens_per_second": tokens / seconds["uncached"],
+            "decode_batch_size": batch, "decode_prompt_len": prompt_len,
             "decode_new_tokens": new_tokens}
 
 

@@ -14,6 +14,7 @@ logical-axis-rules context.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -25,6 +26,56 @@ from sparrow_jax.model.spec import ModelSpec
 
 # Large negative score for masked pairs; finite, so an all-masked row stays finite.
 _MASKED_SCORE = -1e30
+
+
+# Remat policies that save dot outputs; they cannot see into a custom_vjp.
+_DOT_SAVING_REMAT = ("dots", "dots_no_batch")
+
+
+def project(equation: str, x: jax.Array, w: jax.Array, spec: ModelSpec) -> jax.Array:
+    """`jnp.einsum(equation, x, w)` for a weight projection (w has no batch axes).
+
+    Same arithmetic as the plain einsum: products accumulated in float32, rounded
+    to the input dtype. In bf16 the einsum asks for float32 output and rounds
+    after, because XLA:CPU runs a bf16 x bf16 -> bf16 dot as a float32 matmul on
+    upcast inputs, at about half the speed of its bf16 x bf16 -> float32 kernel;
+    the VJP is written the same way so the backward matmuls keep bf16 inputs.
+    (Where XLA kept excess precision across that rounding, bf16 results move at
+    the bf16 rounding level.) float32, and remat policies that save dots, take
+    the plain einsum, bit for bit. Only for projections: some batched bf16 x bf16
+    -> float32 dots (attention scores) fail to run on XLA:CPU (jaxlib 0.10).
+    """
+    if x.dtype == jnp.float32 or x.dtype != w.dtype or spec.remat in _DOT_SAVING_REMAT:
+        return jnp.einsum(equation, x, w)
+    return _f32_accumulated_einsum(equation, x, w)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _f32_accumulated_einsum(equation: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.einsum(equation, a, b, preferred_element_type=jnp.float32).astype(a.dtype)
+
+
+def _f32_accumulated_einsum_fwd(equation, a, b):
+    return _f32_accumulated_einsum(equation, a, b), (a, b)
+
+
+def _f32_accumulated_einsum_bwd(equation, residuals, g):
+    # Every index of an operand appears in the other operand or the output.
+    a, b = residuals
+    inputs, out = equation.split("->")
+    a_axes, b_axes = inputs.split(",")
+    grad_a = _f32_accumulated_einsum(f"{out},{b_axes}->{a_axes}", g, b)
+    # The weight gradient contracts the (batch, length) axes, which the CPU
+    # matmul wants last in its left operand: put the smaller of the two there
+    # (it gets transposed) and transpose the small result instead.
+    lhs_axes, lhs, rhs_axes, rhs = ((a_axes, a, out, g) if a.size <= g.size
+                                    else (out, g, a_axes, a))
+    natural = "".join(c for c in lhs_axes + rhs_axes if c in b_axes)
+    grad_b = _f32_accumulated_einsum(f"{lhs_axes},{rhs_axes}->{natural}", lhs, rhs)
+    return grad_a, jnp.transpose(grad_b, [natural.index(c) for c in b_axes])
+
+
+_f32_accumulated_einsum.defvjp(_f32_accumulated_einsum_fwd, _f32_accumulated_einsum_bwd)
 
 
 def logical_param(module: nn.Module, name: str, shape, axes, init):
@@ -58,14 +109,14 @@ class Mlp(nn.Module):
         if s.mlp == "gated_gelu":
             w_gate = logical_param(self, "wi_gate", (s.d_model, s.d_ff), ("embed", "mlp"), init)
             w_up = logical_param(self, "wi_up", (s.d_model, s.d_ff), ("embed", "mlp"), init)
-            h_BxLxF = (jax.nn.gelu(jnp.einsum("bld,df->blf", x, w_gate.astype(s.dtype)))
-                       * jnp.einsum("bld,df->blf", x, w_up.astype(s.dtype)))
+            h_BxLxF = (jax.nn.gelu(project("bld,df->blf", x, w_gate.astype(s.dtype), s))
+                       * project("bld,df->blf", x, w_up.astype(s.dtype), s))
         else:
             w_in = logical_param(self, "wi", (s.d_model, s.d_ff), ("embed", "mlp"), init)
-            h_BxLxF = jax.nn.gelu(jnp.einsum("bld,df->blf", x, w_in.astype(s.dtype)))
+            h_BxLxF = jax.nn.gelu(project("bld,df->blf", x, w_in.astype(s.dtype), s))
         h_BxLxF = nn.with_logical_constraint(h_BxLxF, ("batch", "length", "mlp"))
         w_out = logical_param(self, "wo", (s.d_ff, s.d_model), ("mlp", "embed"), out_init)
-        return jnp.einsum("blf,fd->bld", h_BxLxF, w_out.astype(s.dtype))
+        return project("blf,fd->bld", h_BxLxF, w_out.astype(s.dtype), s)
 
 
 class Attention(nn.Module):
@@ -100,9 +151,9 @@ class Attention(nn.Module):
 
         x = x_BxTxD.astype(dt)
         act_axes = ("batch", "length", "heads", "kv")
-        q = nn.with_logical_constraint(jnp.einsum("btd,dhk->bthk", x, w_q.astype(dt)), act_axes)
-        k = nn.with_logical_constraint(jnp.einsum("btd,dhk->bthk", x, w_k.astype(dt)), act_axes)
-        v = nn.with_logical_constraint(jnp.einsum("btd,dhk->bthk", x, w_v.astype(dt)), act_axes)
+        q = nn.with_logical_constraint(project("btd,dhk->bthk", x, w_q.astype(dt), s), act_axes)
+        k = nn.with_logical_constraint(project("btd,dhk->bthk", x, w_k.astype(dt), s), act_axes)
+        v = nn.with_logical_constraint(project("btd,dhk->bthk", x, w_v.astype(dt), s), act_axes)
         if s.position == "rotary":
             q = positions.apply_rotary(q, ctx["q_pos_BxT"], s.rotary_base)
             k = positions.apply_rotary(k, ctx["q_pos_BxT"], s.rotary_base)
@@ -124,7 +175,7 @@ class Attention(nn.Module):
             v_bias = logical_param(self, "v_bias", (s.n_heads, s.head_dim), ("heads", "kv"),
                                    nn.initializers.zeros)
             content_BxHxTxS = jnp.einsum("bthk,bshk->bhts", q + u.astype(dt), k_all)
-            r_MxHxK = jnp.einsum("md,dhk->mhk", ctx["rel_table_MxD"].astype(dt), w_r.astype(dt))
+            r_MxHxK = project("md,dhk->mhk", ctx["rel_table_MxD"].astype(dt), w_r.astype(dt), s)
             by_distance_BxHxTxM = jnp.einsum("bthk,mhk->bhtm", q + v_bias.astype(dt), r_MxHxK)
             position_BxHxTxS = jnp.take_along_axis(
                 by_distance_BxHxTxM, ctx["distance_BxTxS"][:, None, :, :], axis=-1)
@@ -136,7 +187,7 @@ class Attention(nn.Module):
         scores = jnp.where(mask_Bx1xTxS, scores * s.head_dim ** -0.5, _MASKED_SCORE)
         probs = jnp.where(mask_Bx1xTxS, jax.nn.softmax(scores, axis=-1), 0.0)
         attended_BxTxHxK = jnp.einsum("bhts,bshk->bthk", probs.astype(dt), v_all)
-        y_BxTxD = jnp.einsum("bthk,hkd->btd", attended_BxTxHxK, w_o.astype(dt))
+        y_BxTxD = project("bthk,hkd->btd", attended_BxTxHxK, w_o.astype(dt), s)
         return y_BxTxD, new_kv
 
 

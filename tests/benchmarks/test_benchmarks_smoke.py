@@ -13,10 +13,13 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FIGURES = ("matmul_peak_flops", "matmul_peak_flops_bf16", "train_tokens_per_second", "mfu_vs_matmul_peak",
-           "hydra_cost_ratio", "rule_prefix_cost_ratio", "rule_suffix_len",
+           "mfu_bfloat16", "train_batch_size", "train_seq_len",
+           "hydra_cost_ratio", "hydra_work_floor", "hydra_n_layers", "hydra_n_frozen_layers",
+           "hydra_batch_size", "hydra_seq_len",
+           "rule_prefix_cost_ratio", "rule_suffix_len", "rule_dialogue_len",
            "rule_prefix_work_floor", "kv_decode_speedup", "kv_decode_tokens_per_second",
-           "rl_episodes_per_second")
-CONFIG_STRINGS = ("train_compute_dtype",)
+           "decode_batch_size", "rl_episodes_per_second")
+CONFIG_STRINGS = ("train_compute_dtype", "train_model", "train_stage")
 
 
 def _load_runner():
