@@ -299,7 +299,7 @@ def _hydra_work(model_cfg, batch: int, length: int) -> tuple[float, float]:
 
 
 @measurement("hydra_cost")
-def hydra_cost(results: dict, quick: bool = False, repeats: int = 5) -> dict:
+def hydra_cost(results: dict, quick: bool = False, repeats: int = 10) -> dict:
     """hydra_cost_ratio = seconds of one RL forward+backward over all five roles with
     the shared frozen trunk / seconds of the same work with four separate models.
 
@@ -347,7 +347,7 @@ RULE_DIALOGUE_LENS = (1024, 512)  # the first is the headline figure
 
 
 @measurement("rule_prefix_cost")
-def rule_prefix_cost(results: dict, quick: bool = False, repeats: int = 15) -> dict:
+def rule_prefix_cost(results: dict, quick: bool = False, repeats: int = 20) -> dict:
     """rule_prefix_cost_ratio = seconds to score all 23 rules on one dialogue of
     L = 1024 tokens (dialogue encoded once, its KV cache shared by the rule suffixes:
     rewards.rule_scoring.rule_violation_probs) / seconds to score one rule the same way.
@@ -387,10 +387,13 @@ def rule_prefix_cost(results: dict, quick: bool = False, repeats: int = 15) -> d
         variants[f"one_{length}"] = functools.partial(shared, params, dialogue, valid,
                                                       rule_tokens[:1], rule_valid[:1])
         if length == lengths[0]:
-            variants["unshared"] = functools.partial(unshared, params, dialogue, valid,
-                                                     rule_tokens, rule_valid)
+            unshared_fn = functools.partial(unshared, params, dialogue, valid,
+                                            rule_tokens, rule_valid)
     seconds = _interleaved_best_seconds(variants, repeats)
     length = lengths[0]
+    # The unshared reference is ~10x slower: timed on its own, a few rounds.
+    seconds.update(_interleaved_best_seconds(
+        {"unshared": unshared_fn, "shared": variants[f"all_{length}"]}, 3))
     out = {"rule_prefix_cost_ratio": seconds[f"all_{length}"] / seconds[f"one_{length}"],
            "rule_prefix_work_floor": (length + n_rules * q_len) / (length + q_len),
            "rule_dialogue_len": length, "rule_suffix_len": q_len,
@@ -398,7 +401,7 @@ def rule_prefix_cost(results: dict, quick: bool = False, repeats: int = 15) -> d
            "rule_count": n_rules, "rule_model_max_len": cfg.model.max_len,
            "rule_score_all_seconds": seconds[f"all_{length}"],
            "rule_score_one_seconds": seconds[f"one_{length}"],
-           "rule_unshared_over_shared": seconds["unshared"] / seconds[f"all_{length}"]}
+           "rule_unshared_over_shared": seconds["unshared"] / seconds["shared"]}
     for other in lengths[1:]:
         out[f"rule_prefix_cost_ratio_L{other}"] = seconds[f"all_{other}"] / seconds[f"one_{other}"]
         out[f"rule_prefix_work_floor_L{other}"] = (other + n_rules * q_len) / (other + q_len)
