@@ -29,7 +29,8 @@ from sparrow_jax.config import apply_overrides, default_config, validate
 from sparrow_jax.dialogue.rules import Rule, load_rules
 from sparrow_jax.dialogue.tokenizer import Tokenizer
 from sparrow_jax.evaluation.checkpoint_params import (StoredParams, WorkdirError, checkpoint_steps,
-                                                      read_params, shape_differences, trees_equal)
+                                                      read_params, shape_differences)
+from sparrow_jax.train.init_from import trees_equal
 from sparrow_jax.model import hydra
 
 POLICY_STAGES = ("lm", "sft", "rl")

@@ -22,6 +22,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import SingleDeviceSharding
 
+from sparrow_jax.train.init_from import checkpoint_dir
+
 log = logging.getLogger(__name__)
 
 TOKENIZER_ASSET = "tokenizer.model"
@@ -45,10 +47,6 @@ class StoredParams:
     @property
     def stage(self) -> str:
         return self.config.get("train", {}).get("stage", "?")
-
-
-def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(workdir, "checkpoints")
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
@@ -144,11 +142,3 @@ def shape_differences(params: dict, expected: dict, limit: int = 5) -> list[str]
            for name in sorted(set(stored) | set(wanted)) if stored.get(name) != wanted.get(name)]
     return out[:limit]
 
-
-def trees_equal(a, b) -> bool:
-    """Same structure, shapes and values (e.g. two workdirs' shared trunks)."""
-    leaves_a, tree_a = jax.tree.flatten(a)
-    leaves_b, tree_b = jax.tree.flatten(b)
-    return tree_a == tree_b and all(
-        np.shape(x) == np.shape(y) and np.array_equal(np.asarray(x), np.asarray(y))
-        for x, y in zip(leaves_a, leaves_b))

@@ -31,7 +31,6 @@ from sparrow_jax.evaluation.agent import Agent
 from sparrow_jax.evaluation.reranking import RerankConfig, best_of_n
 from sparrow_jax.evaluation.judge import Judge, Verdict
 from sparrow_jax.rl.rollout import EVIDENCE_MODES, Environment, RolloutConfig, rollout
-from sparrow_jax.sampling.sampler import SamplingConfig
 from sparrow_jax.search import make_engine
 from sparrow_jax.train.metrics import Progress
 
@@ -113,11 +112,7 @@ def load_engine(data_dir: str):
 
 def make_environment(agent: Agent, evidence: str = "free", engine=None) -> Environment:
     """The rollout environment with the config's `rl` sampling knobs."""
-    r = agent.cfg.rl
-    sampling = SamplingConfig(max_new_tokens=int(r.max_new_tokens), temperature=float(r.temperature),
-                              top_p=float(r.top_p), top_k=int(r.top_k))
-    config = RolloutConfig(evidence=evidence, max_prompt_len=int(r.max_prompt_len), agent=sampling,
-                           role_temperature=float(r.role_temperature))
+    config = RolloutConfig.from_rl_config(agent.cfg.rl, evidence)
     return Environment(agent.model_cfg, agent.tokenizer, engine or load_engine(agent.data_dir), config)
 
 

@@ -61,6 +61,15 @@ class RolloutConfig:
         if self.max_prompt_len < 4:
             raise ValueError(f"max_prompt_len must be >= 4, got {self.max_prompt_len}")
 
+    @classmethod
+    def from_rl_config(cls, r, evidence: str | None = None) -> "RolloutConfig":
+        """From a config's `rl` section (evidence mode, prompt width, sampling knobs);
+        `evidence` overrides `rl.evidence`."""
+        agent = SamplingConfig(max_new_tokens=int(r.max_new_tokens), temperature=float(r.temperature),
+                               top_p=float(r.top_p), top_k=int(r.top_k))
+        return cls(evidence=evidence or r.evidence, max_prompt_len=int(r.max_prompt_len), agent=agent,
+                   role_temperature=float(r.role_temperature))
+
     @property
     def query_config(self) -> SamplingConfig:
         return self.query or self.agent

@@ -38,7 +38,6 @@ from sparrow_jax.rewards.reward import aggregate_rules
 from sparrow_jax.rewards.rule_scoring import prepare_rule_suffixes, rule_violation_probs
 from sparrow_jax.rl.rollout import Environment, RolloutConfig, rollout
 from sparrow_jax.rl.selfplay import ContextBuffer, EpisodeSource, play
-from sparrow_jax.sampling.sampler import SamplingConfig
 from sparrow_jax.search import make_engine
 from sparrow_jax.train import init_from, stage_data, stages
 from sparrow_jax.train.checkpoints import Checkpointer
@@ -53,27 +52,15 @@ REWARD_MODEL_ROLES = ("pref_rm", "rule_rm")
 _NORMALISER_SEED_OFFSET = 1000  # the normaliser's prompt draws are not the training draws
 
 
-def rollout_config(r) -> RolloutConfig:
-    """The `rl` config section's rollout knobs."""
-    return RolloutConfig(
-        evidence=r.evidence, max_prompt_len=r.max_prompt_len, role_temperature=r.role_temperature,
-        agent=SamplingConfig(max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-                             top_p=r.top_p, top_k=r.top_k))
-
-
 def sequence_length(cfg) -> int:
     """L of an RL training batch: the longest rollout sequence, rounded up to 8."""
-    length = -(-rollout_config(cfg.rl).max_seq_len // 8) * 8
+    longest = RolloutConfig.from_rl_config(cfg.rl).max_seq_len
+    length = -(-longest // 8) * 8
     if length > cfg.model.max_len:
         raise ConfigError(
-            f"rl.max_prompt_len + rl.max_new_tokens + 1 = {rollout_config(cfg.rl).max_seq_len} "
+            f"rl.max_prompt_len + rl.max_new_tokens + 1 = {longest} "
             f"(padded to {length}) exceeds model.max_len={cfg.model.max_len}")
     return length
-
-
-def _trunks_equal(a, b) -> bool:
-    same = jax.tree.map(lambda x, y: x.shape == y.shape and bool(np.array_equal(x, y)), a, b)
-    return all(jax.tree.leaves(same))
 
 
 def load_reward_models(cfg, mesh, policy_trunk) -> dict:
@@ -93,7 +80,7 @@ def load_reward_models(cfg, mesh, policy_trunk) -> dict:
         if source_cfg["train"]["stage"] != role:
             raise ConfigError(f"rl.{role}_from={source!r} holds a {source_cfg['train']['stage']!r} "
                               f"checkpoint, not {role!r}")
-        if not _trunks_equal(params["trunk"], policy_trunk):
+        if not init_from.trees_equal(params["trunk"], policy_trunk):
             raise ConfigError(
                 f"rl.{role}_from={source!r}: its trunk differs from the policy's "
                 f"(train.init_from={cfg.train.init_from!r}); the reward models must be trained "
@@ -183,7 +170,8 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
     data_dir = stage_data.data_dir(cfg)
     engine = make_engine("bm25", index_dir=os.path.join(data_dir, "search_index"))
     prompts = schemas.read_all(os.path.join(data_dir, "prompts.train.jsonl"))
-    env = Environment(cfg.model, tokenizer, engine, rollout_config(cfg.rl), mesh=mesh, rules=rules)
+    env = Environment(cfg.model, tokenizer, engine, RolloutConfig.from_rl_config(cfg.rl),
+                      mesh=mesh, rules=rules)
     length = sequence_length(cfg)
     scorer = RewardScorer(cfg, tokenizer, mesh, rules)
 
@@ -210,8 +198,7 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
                                     scorer, length)
     # The update step closes over the normaliser (fixed for the run).
     std = max(normaliser.std, normaliser.min_std)
-    step_fn = stages.build_stage(cfg, mesh, "rl", seq_len=length, log_unsharded=False,
-                                 elo_mean=normaliser.mean, elo_std=std).step
+    step_fn = setup.step_with(cfg, mesh, elo_mean=normaliser.mean, elo_std=std)
     in_shardings = batch_shardings(setup.batch_shapes, mesh, rules)
 
     def save(step: int) -> None:

@@ -16,6 +16,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from sparrow_jax import sharding as shd
 from sparrow_jax.model import hydra
@@ -60,6 +61,15 @@ def load_params(source_workdir: str, cfg, mesh) -> tuple[dict, dict]:
     restored = ckpt.restore_latest(abstract, config_json=json.dumps(cfg.to_dict()))
     ckpt.close()
     return merge_params(restored.state.params, restored.state.frozen), source_cfg_dict
+
+
+def trees_equal(a, b) -> bool:
+    """Same structure, shapes and values (e.g. two workdirs' shared trunks)."""
+    leaves_a, tree_a = jax.tree.flatten(a)
+    leaves_b, tree_b = jax.tree.flatten(b)
+    return tree_a == tree_b and all(
+        np.shape(x) == np.shape(y) and np.array_equal(np.asarray(x), np.asarray(y))
+        for x, y in zip(leaves_a, leaves_b))
 
 
 def graft(target: dict, source: dict) -> dict:

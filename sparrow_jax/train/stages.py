@@ -253,6 +253,15 @@ class StageSetup:
     batch_shapes: dict
     loss_fn: Callable
     schedule: Callable
+    optimizer: Any
+    loss_kwargs: dict
+
+    def step_with(self, cfg, mesh, **loss_kwargs) -> TrainStep:
+        """The same jitted step with some loss knobs changed (e.g. the RL stage's Elo
+        normaliser, known only after the state exists)."""
+        loss_fn = loss_fn_for_stage(self.stage, cfg.model, **{**self.loss_kwargs, **loss_kwargs})
+        return make_train_step(cfg, loss_fn, mesh, self.state_shardings, self.batch_shapes,
+                               self.optimizer, self.schedule)
 
 
 def build_stage(cfg, mesh, stage: str | None = None, total_steps: int | None = None,
@@ -275,7 +284,8 @@ def build_stage(cfg, mesh, stage: str | None = None, total_steps: int | None = N
         init_params, axes, stage, optimizer, mesh, rules)
     shapes = batch_shapes(stage, batch_size or cfg.train.batch_size, seq_len or cfg.train.seq_len,
                           cfg.data.num_candidates, cfg.data.rule_len)
-    loss_fn = loss_fn_for_stage(stage, cfg.model, **{**loss_kwargs_from_config(cfg, stage),
-                                                     **loss_kwargs})
+    loss_kwargs = {**loss_kwargs_from_config(cfg, stage), **loss_kwargs}
+    loss_fn = loss_fn_for_stage(stage, cfg.model, **loss_kwargs)
     step = make_train_step(cfg, loss_fn, mesh, state_sh, shapes, optimizer, schedule)
-    return StageSetup(stage, step, init_fn, abstract_state, state_sh, shapes, loss_fn, schedule)
+    return StageSetup(stage, step, init_fn, abstract_state, state_sh, shapes, loss_fn, schedule,
+                      optimizer, loss_kwargs)

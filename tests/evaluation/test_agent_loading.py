@@ -5,10 +5,11 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import STAGE_ROLES, init_params, make_config, save_workdir
+from eval_helpers import STAGE_ROLES, init_params, make_config, save_workdir
 from sparrow_jax.cli import main
 from sparrow_jax.evaluation.agent import load_agent
-from sparrow_jax.evaluation.checkpoint_params import WorkdirError, trees_equal
+from sparrow_jax.evaluation.checkpoint_params import WorkdirError
+from sparrow_jax.train.init_from import trees_equal
 
 
 def _exit_code(argv):
