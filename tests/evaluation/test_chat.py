@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from conftest import FixedEngine
+from eval_helpers import FixedEngine
 from sparrow_jax.cli import main
 from sparrow_jax.commands import chat
 from sparrow_jax.dialogue.render import render

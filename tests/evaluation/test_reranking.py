@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import FixedEngine
+from eval_helpers import FixedEngine
 from sparrow_jax.dialogue.turns import Role, Turn
 from sparrow_jax.evaluation.agent import load_agent
 from sparrow_jax.evaluation.reranking import RerankConfig, best_of_n, rank_candidates

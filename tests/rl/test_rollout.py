@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import boost, contexts_from, make_env
+from rl_helpers import boost, contexts_from, make_env
 from sparrow_jax.dialogue.render import parse, render, truncate_left
 from sparrow_jax.dialogue.turns import Role, Turn
 from sparrow_jax.model import hydra

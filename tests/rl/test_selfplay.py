@@ -5,7 +5,7 @@ import json
 import jax
 import pytest
 
-from conftest import make_env
+from rl_helpers import make_env
 from sparrow_jax.dialogue.turns import Role, Turn
 from sparrow_jax.rl.selfplay import ContextBuffer, Episode, EpisodeSource, play
 

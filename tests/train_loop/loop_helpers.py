@@ -70,3 +70,26 @@ def kill_after_first_checkpoint(victim: subprocess.Popen, workdir: str, timeout:
     victim.communicate(timeout=60)
     assert victim.returncode == -signal.SIGKILL
     return max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+
+
+def check_sigkill_resume(start, root: str, steps: int, stage: str, timeout: float = 900) -> tuple[str, str]:
+    """Run `start(workdir)` (a Popen of `sparrow train`) to the end in root/reference; run it in
+    root/killed, SIGKILL it after its first checkpoint, rerun it there; assert the rerun resumed and
+    the final train states are bitwise equal. Returns (reference workdir, killed workdir)."""
+    reference, workdir = os.path.join(root, "reference"), os.path.join(root, "killed")
+    run = start(reference)
+    out, _ = run.communicate(timeout=timeout)
+    assert run.returncode == 0, out
+
+    assert kill_after_first_checkpoint(start(workdir), workdir) < steps
+
+    rerun = start(workdir)
+    out, _ = rerun.communicate(timeout=timeout)
+    assert rerun.returncode == 0, out
+    assert f"resuming {stage} from step" in out
+
+    expected, actual = state_leaves(reference, steps), state_leaves(workdir, steps)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
+    return reference, workdir

@@ -10,8 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from loop_helpers import (TINY, kill_after_first_checkpoint, make_world, sparrow, state_leaves,
-                          tiny_config, tiny_overrides)
+from loop_helpers import TINY, check_sigkill_resume, make_world, sparrow, tiny_config, tiny_overrides
 from sparrow_jax import sharding as shd
 from sparrow_jax.config import ConfigError
 from sparrow_jax.rl import trainer
@@ -68,24 +67,10 @@ def _rl_process(inputs, workdir, steps):
 
 def test_rl_sigkill_then_rerun_equals_uninterrupted_run(inputs, tmp_path):
     steps = 8
-    reference = _rl_process(inputs, str(tmp_path / "reference"), steps)
-    out, _ = reference.communicate(timeout=900)
-    assert reference.returncode == 0, out
-
-    workdir = str(tmp_path / "killed")
-    assert kill_after_first_checkpoint(_rl_process(inputs, workdir, steps), workdir) < steps
-
-    rerun = _rl_process(inputs, workdir, steps)
-    out, _ = rerun.communicate(timeout=900)
-    assert rerun.returncode == 0, out
-    assert "resuming rl from step" in out
-    expected = state_leaves(str(tmp_path / "reference"), steps)
-    actual = state_leaves(workdir, steps)
-    assert expected.keys() == actual.keys()
-    for key in expected:
-        np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
+    reference, workdir = check_sigkill_resume(lambda workdir: _rl_process(inputs, workdir, steps),
+                                              str(tmp_path), steps, "rl")
     meta = [json.dumps(Checkpointer(os.path.join(d, "checkpoints")).read_meta(steps)["selfplay"],
-                       sort_keys=True) for d in (str(tmp_path / "reference"), workdir)]
+                       sort_keys=True) for d in (reference, workdir)]
     assert meta[0] == meta[1]  # same prompts drawn, same buffer of dialogues
 
 

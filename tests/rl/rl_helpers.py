@@ -1,0 +1,26 @@
+"""Helpers of the RL tests (a module of its own name: `conftest` is ambiguous across test folders)."""
+import jax
+import numpy as np
+
+from sparrow_jax.rl.rollout import Environment, RolloutConfig
+from sparrow_jax.sampling.sampler import SamplingConfig
+
+
+def boost(params, token_ids, amount):
+    """Make `token_ids` dominate every policy logit: a huge embedding dim 0 survives the small layers, so
+    unembed[0, token_ids] = amount adds about amount * sqrt(D) to their logits."""
+    params = jax.tree.map(lambda x: x, params)
+    params["trunk"] = dict(params["trunk"], embedding=params["trunk"]["embedding"].at[:, 0].set(100.0))
+    unembed = params["policy"]["unembed"].at[0, np.asarray(token_ids)].set(amount)
+    params["policy"] = dict(params["policy"], unembed=unembed)
+    return params
+
+
+def make_env(model_cfg, tok, engine, evidence="choose", max_new_tokens=8, max_prompt_len=160, **kw):
+    config = RolloutConfig(evidence=evidence, max_prompt_len=max_prompt_len,
+                           agent=SamplingConfig(max_new_tokens=max_new_tokens), **kw)
+    return Environment(model_cfg, tok, engine, config)
+
+
+def contexts_from(prompts, n):
+    return [p.context for p in prompts[:n]]
