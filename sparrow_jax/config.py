@@ -71,6 +71,11 @@ def model_defaults() -> ml_collections.ConfigDict:
     m.rotary_base = 10000.0
     m.value_hidden = 64  # width of the value head's 2 hidden layers (2048 at 70B)
     m.value_layers = 2
+    # Smeared keys (Olsson et al. 2022): each key is mixed with the previous token's
+    # key by a learnt per-head weight, so one attention layer can match "the token
+    # after an earlier copy of this one" -- copying (induction) is learnt far sooner.
+    # A toy-scale aid; Chinchilla has plain keys.
+    m.smeared_keys = False
     return m
 
 

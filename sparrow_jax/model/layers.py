@@ -167,6 +167,12 @@ class Attention(nn.Module):
             start = (0, ctx["index"], 0, 0)
             k_all = jax.lax.dynamic_update_slice(layer_kv[0], k.astype(layer_kv[0].dtype), start)
             v_all = jax.lax.dynamic_update_slice(layer_kv[1], v.astype(layer_kv[1].dtype), start)
+        if s.smeared_keys:
+            # The cache holds plain keys; smearing reads the previous token's key,
+            # which may sit in the cache, so it is applied to all slots here.
+            smear_H = logical_param(self, "smear", (s.n_heads,), ("heads",),
+                                    nn.initializers.zeros)
+            k_all = smear_keys(k_all, ctx["prev_slot_BxS"], ctx["has_prev_BxS"], smear_H)
 
         if s.position == "relative":
             w_r = logical_param(self, "rel_proj", qkv_shape, qkv_axes, init)
@@ -189,6 +195,16 @@ class Attention(nn.Module):
         attended_BxTxHxK = jnp.einsum("bhts,bshk->bthk", probs.astype(dt), v_all)
         y_BxTxD = project("bthk,hkd->btd", attended_BxTxHxK, w_o.astype(dt), s)
         return y_BxTxD, new_kv
+
+
+def smear_keys(k_BxSxHxK: jax.Array, prev_slot_BxS: jax.Array, has_prev_BxS: jax.Array,
+               smear_H: jax.Array) -> jax.Array:
+    """k'_s = w k_s + (1 - w) k_prev(s) with w = sigmoid(smear) per head; k_s alone at a
+    sequence's first token."""
+    k_prev = jnp.take_along_axis(k_BxSxHxK, prev_slot_BxS[:, :, None, None], axis=1)
+    keep_H = jax.nn.sigmoid(smear_H.astype(jnp.float32)).astype(k_BxSxHxK.dtype)
+    mixed = keep_H[:, None] * k_BxSxHxK + (1 - keep_H[:, None]) * k_prev
+    return jnp.where(has_prev_BxS[:, :, None, None], mixed, k_BxSxHxK)
 
 
 class Block(nn.Module):

@@ -65,3 +65,24 @@ def attention_mask(q_slot_T: jax.Array, k_slot_S: jax.Array,
     if q_seg_BxT is not None:
         mask = mask & (q_seg_BxT[:, :, None] == k_seg_BxS[:, None, :])
     return mask
+
+
+def previous_token_slot(k_slot_S: jax.Array, k_pos_BxS: jax.Array, k_valid_BxS: jax.Array,
+                        k_seg_BxS: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """For each key slot, the slot of the same sequence's previous token.
+
+    Returns (prev_slot_BxS int32, has_prev_BxS bool). The previous token is the
+    nearest earlier valid slot, accepted only when its position is one less (and
+    its segment the same), so padding gaps, packed rows and a KV cache whose rows
+    were filled to different lengths all give the token before in the text.
+    """
+    valid_slot_BxS = jnp.where(k_valid_BxS, k_slot_S[None, :], -1)
+    last_valid_BxS = jax.lax.cummax(valid_slot_BxS, axis=1)
+    prev_BxS = jnp.concatenate(
+        [jnp.full_like(last_valid_BxS[:, :1], -1), last_valid_BxS[:, :-1]], axis=1)
+    safe_prev_BxS = jnp.maximum(prev_BxS, 0)
+    prev_pos_BxS = jnp.take_along_axis(k_pos_BxS, safe_prev_BxS, axis=1)
+    has_prev = (prev_BxS >= 0) & (prev_pos_BxS == k_pos_BxS - 1) & k_valid_BxS
+    if k_seg_BxS is not None:
+        has_prev &= jnp.take_along_axis(k_seg_BxS, safe_prev_BxS, axis=1) == k_seg_BxS
+    return safe_prev_BxS.astype(jnp.int32), has_prev

@@ -42,6 +42,7 @@ class ModelSpec:
     rotary_base: float
     value_hidden: int
     value_layers: int
+    smeared_keys: bool = False
 
     @classmethod
     def of(cls, model_cfg: Any) -> "ModelSpec":
@@ -51,6 +52,9 @@ class ModelSpec:
         get = (model_cfg.get if isinstance(model_cfg, Mapping) or hasattr(model_cfg, "get")
                else lambda k: getattr(model_cfg, k))
         values = {f.name: get(f.name) for f in dataclasses.fields(cls)}
+        # Fields with a default may be absent (configs written before they existed).
+        values = {k: v for k, v in values.items()
+                  if v is not None or cls.__dataclass_fields__[k].default is dataclasses.MISSING}
         missing = [k for k, v in values.items() if v is None]
         if missing:
             raise ValueError(f"model config is missing keys {missing}")

@@ -59,6 +59,9 @@ def attention_context(spec: ModelSpec, q_pos_BxT, k_pos_BxS, k_valid_BxS,
     if spec.position == "relative":
         ctx["distance_BxTxS"] = positions.relative_distance(q_pos_BxT, k_pos_BxS, spec.max_len)
         ctx["rel_table_MxD"] = positions.sinusoidal_table(spec.max_len, spec.d_model, spec.dtype)
+    if spec.smeared_keys:
+        ctx["prev_slot_BxS"], ctx["has_prev_BxS"] = positions.previous_token_slot(
+            k_slot_S, k_pos_BxS, k_valid_BxS, k_seg_BxS)
     if index is not None:
         ctx["index"] = index
     return ctx

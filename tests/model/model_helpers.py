@@ -12,14 +12,15 @@ def tiny_model_cfg(**overrides):
 
 
 def sharpen(params, rng, bias_scale=0.5):
-    """Give the zero-initialised u/v biases random values so tests exercise them.
+    """Give the zero-initialised u/v biases (and key-smearing weights) random values so
+    tests exercise them.
 
     Together with a large init_std this makes attention sharp and position
     dependent, so a wrong mask or distance shows up as a large error.
     """
     def visit(path, leaf):
         name = jax.tree_util.keystr(path)
-        if "u_bias" in name or "v_bias" in name:
+        if "u_bias" in name or "v_bias" in name or "smear" in name:
             key = jax.random.fold_in(rng, zlib.crc32(name.encode()))
             return bias_scale * jax.random.normal(key, leaf.shape, leaf.dtype)
         return leaf

@@ -13,11 +13,24 @@ from sparrow_jax.model.spec import ModelSpec
 from sparrow_jax.model.stack import attention_context
 
 
+def _numpy_smeared_keys(k, smear, pos, valid):
+    """k'_j = w k_j + (1 - w) k_p, w = sigmoid(smear), p the nearest valid j' < j, used only
+    when pos_p = pos_j - 1 (else k'_j = k_j)."""
+    out = k.copy()
+    weight = 1.0 / (1.0 + np.exp(-smear))
+    for j in range(len(k)):
+        earlier = [i for i in range(j) if valid[i]]
+        if valid[j] and earlier and pos[earlier[-1]] == pos[j] - 1:
+            out[j] = weight * k[j] + (1 - weight) * k[earlier[-1]]
+    return out
+
+
 def _numpy_relative_attention(x, p, pos, valid, max_len):
     """Transformer-XL attention written straight from the equations, one score at a time.
 
     score_ij = [(q_i + u) . k_j + (q_i + v) . (W_r^T R_{pos_i - pos_j})] / sqrt(K) over keys j
     with j <= i, pos_j <= pos_i and valid_j; R_d = [sin(d w), cos(d w)], w_f = 10000^(-2f/D).
+    With smeared keys (`p['smear']` present) k_j is first mixed with the previous token's key.
     """
     batch, length, width = x.shape
     heads, head_dim = p["u_bias"].shape
@@ -31,6 +44,8 @@ def _numpy_relative_attention(x, p, pos, valid, max_len):
         for h in range(heads):
             q = x[b] @ p["query"][:, h]
             k = x[b] @ p["key"][:, h]
+            if "smear" in p:
+                k = _numpy_smeared_keys(k, p["smear"][h], pos[b], valid[b])
             v = x[b] @ p["value"][:, h]
             for i in range(length):
                 scores = np.full(length, -np.inf)
@@ -48,13 +63,16 @@ def _numpy_relative_attention(x, p, pos, valid, max_len):
     return y
 
 
-def test_relative_attention_matches_numpy_reference():
-    cfg = tiny_model_cfg(init_std=0.3, max_len=8)
+@pytest.mark.parametrize("smeared_keys", [False, True])
+def test_relative_attention_matches_numpy_reference(smeared_keys):
+    cfg = tiny_model_cfg(init_std=0.3, max_len=8, smeared_keys=smeared_keys)
     spec = ModelSpec.of(cfg)
-    x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, spec.d_model))
-    # Offset and gapped positions, distances past max_len, padding, and an all-masked row.
-    pos = jnp.array([[3, 4, 5, 9, 12, 13], [0, 0, 0, 1, 2, 3]], jnp.int32)
-    valid = jnp.array([[True] * 6, [False, False, True, True, True, True]])
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 6, spec.d_model))
+    # Offset and gapped positions, distances past max_len, padding (left, and a gap
+    # inside a row), and an all-masked row.
+    pos = jnp.array([[3, 4, 5, 9, 12, 13], [0, 0, 0, 1, 2, 3], [0, 1, 1, 2, 3, 0]], jnp.int32)
+    valid = jnp.array([[True] * 6, [False, False, True, True, True, True],
+                       [True, True, False, True, True, False]])
     slots = jnp.arange(6, dtype=jnp.int32)
     ctx = attention_context(spec, pos, pos, valid, slots, slots)
     params = nn.meta.unbox(Attention(spec).init(jax.random.PRNGKey(1), x, ctx)["params"])
@@ -65,11 +83,17 @@ def test_relative_attention_matches_numpy_reference():
                                      np.asarray(pos), np.asarray(valid), spec.max_len)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert np.abs(want).max() > 0.1  # not a vacuous comparison
+    if smeared_keys:  # the smearing changes the output
+        plain = {k: v for k, v in params.items() if k != "smear"}
+        unsmeared = _numpy_relative_attention(np.asarray(x, np.float64),
+                                              jax.tree.map(lambda a: np.asarray(a, np.float64), plain),
+                                              np.asarray(pos), np.asarray(valid), spec.max_len)
+        assert np.abs(unsmeared - want).max() > 1e-2
 
 
-@pytest.fixture(scope="module")
-def all_role_params():
-    cfg = tiny_model_cfg(init_std=0.3)
+@pytest.fixture(scope="module", params=[False, True], ids=["plain_keys", "smeared_keys"])
+def all_role_params(request):
+    cfg = tiny_model_cfg(init_std=0.3, smeared_keys=request.param)
     params = hydra.init_params(cfg, jax.random.PRNGKey(0), ROLES)
     return cfg, sharpen(params, jax.random.PRNGKey(1))
 

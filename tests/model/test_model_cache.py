@@ -30,9 +30,11 @@ def _left_padded_batch(prompt_lens, n_decode, vocab, seed=0):
     return jnp.asarray(tokens), jnp.asarray(positions, jnp.int32), jnp.asarray(valid), width
 
 
-@pytest.mark.parametrize("position", ["relative", "rotary"])
-def test_prefill_then_decode_matches_full_forward(position):
-    cfg = tiny_model_cfg(position=position, init_std=0.3, mlp="gated_gelu")
+@pytest.mark.parametrize("position,smeared_keys",
+                         [("relative", False), ("rotary", False), ("relative", True)])
+def test_prefill_then_decode_matches_full_forward(position, smeared_keys):
+    cfg = tiny_model_cfg(position=position, init_std=0.3, mlp="gated_gelu",
+                         smeared_keys=smeared_keys)
     roles = ("policy", "value")
     params = sharpen(hydra.init_params(cfg, jax.random.PRNGKey(0), roles), jax.random.PRNGKey(1))
     tokens, positions, valid, width = _left_padded_batch([5, 3, 1], n_decode=4,
@@ -67,8 +69,9 @@ def test_prefill_then_decode_matches_full_forward(position):
     assert np.abs(np.asarray(moved["policy"] - full["policy"])).max() > 1e-2
 
 
-def test_shared_prefix_extend_matches_full_forward():
-    cfg = tiny_model_cfg(init_std=0.3)
+@pytest.mark.parametrize("smeared_keys", [False, True])
+def test_shared_prefix_extend_matches_full_forward(smeared_keys):
+    cfg = tiny_model_cfg(init_std=0.3, smeared_keys=smeared_keys)
     roles = ("rule_rm",)
     params = sharpen(hydra.init_params(cfg, jax.random.PRNGKey(0), roles), jax.random.PRNGKey(2))
     n, prefix_len, suffix_len = 3, 5, 4
