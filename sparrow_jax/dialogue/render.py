@@ -2,8 +2,9 @@
 
 Token layout (ids from `Tokenizer`):
     dialogue = [bos] turn_1 ... turn_n [open role]?
-    turn     = [role token] encode(text) [eot]
-    rule question (rule RM input, appended after a rendered dialogue) = [rule] encode(rule + "\\n" + question) [eot]
+    turn     = [role token] encode_turn(text) [eot]
+    rule question (rule RM input, appended after a rendered dialogue) = [rule] encode_turn(rule + "\\n" + question) [eot]
+`encode_turn` encodes the text with one leading space (as it reads after "Name:").
 Role tokens are control ids that no text encodes to, so text can never forge a turn boundary.
 Because the rule question comes after the dialogue, one dialogue prefix can be shared by every rule.
 """
@@ -56,7 +57,7 @@ def render(turns: Sequence[Turn], tokenizer: Tokenizer, *, open_role: Role | str
     spans = []
     for index, turn in enumerate(turns):
         role = Role(turn.role)
-        block = [tokenizer.role_id(role), *tokenizer.encode(turn.text), tokenizer.eot_id]
+        block = [tokenizer.role_id(role), *tokenizer.encode_turn(turn.text), tokenizer.eot_id]
         start = len(token_ids)
         spans.append((start, start + len(block)))
         token_ids.extend(block)
@@ -110,15 +111,16 @@ def parse(token_ids: Sequence[int] | np.ndarray, tokenizer: Tokenizer, *,
         elif ids[end] != tokenizer.eot_id:
             raise ValueError(f"position {end}: control token {tokenizer.id_to_piece(ids[end])} inside a "
                              f"{role.value} turn (expected text or eot)")
-        turns.append(Turn(role, tokenizer.decode(ids[pos + 1:end])))
+        turns.append(Turn(role, tokenizer.decode_turn(ids[pos + 1:end])))
         pos = end + 1
     return tuple(turns)
 
 
 def render_rule_question(rule_text: str, tokenizer: Tokenizer,
                          question: str = DEFAULT_RULE_QUESTION) -> np.ndarray:
-    """int32 [Q] = [rule] encode(rule_text + "\\n" + question) [eot]; append after a rendered dialogue."""
-    ids = [tokenizer.rule_id, *tokenizer.encode(f"{rule_text}\n{question}"), tokenizer.eot_id]
+    """int32 [Q] = [rule] encode_turn(rule_text + "\\n" + question) [eot]; append after a rendered
+    dialogue."""
+    ids = [tokenizer.rule_id, *tokenizer.encode_turn(f"{rule_text}\n{question}"), tokenizer.eot_id]
     return np.asarray(ids, dtype=np.int32)
 
 

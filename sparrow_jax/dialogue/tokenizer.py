@@ -132,6 +132,22 @@ class Tokenizer:
                 text_ids.append(i)
         return self._sp.decode(text_ids)
 
+    def encode_turn(self, text: str) -> list[int]:
+        """A turn's text as it reads after "Name:", with one leading space.
+
+        A word that opens a turn then has the same pieces as inside a sentence, so a
+        name copied from a question into a search query or a reply is the same
+        tokens (without the space, "Zarzuth" opening a turn is 'Z' 'ar'..., inside a
+        question '▁Z' 'ar'...: a copy would need a learnt piece-to-piece map).
+        `decode_turn` inverts it exactly.
+        """
+        return self.encode(" " + text)
+
+    def decode_turn(self, ids: Iterable[int]) -> str:
+        """Ids of a turn's text -> the text, without the one leading space of `encode_turn`."""
+        text = self.decode(ids)
+        return text[1:] if text.startswith(" ") else text
+
     # ---------------------------------------------------------------- control ids
     def role_id(self, role: Role | str) -> int:
         return self._role_ids[Role(role)]

@@ -266,7 +266,7 @@ def rollout(env: Environment, params, contexts: Sequence[Sequence[Turn]], rng: j
             evidence = format_evidence(results[0]) if results else cfg.no_results_text
             malformed[row] = _first(query.malformed, None if results else NO_RESULTS)
             result_turn = Turn(Role.SEARCH_RESULT, evidence)
-            rows[row] = rows[row] + [block, Block(Role.SEARCH_RESULT, tuple(tok.encode(evidence)),
+            rows[row] = rows[row] + [block, Block(Role.SEARCH_RESULT, tuple(tok.encode_turn(evidence)),
                                                   new=True)]
             new_turns[row] += [query.turn, result_turn]
             cut_B[row] = cut_B[row] or q_cut[row]

@@ -49,7 +49,7 @@ class Block:
 
 def context_blocks(turns: Sequence[Turn], tokenizer: Tokenizer) -> list[Block]:
     """Given turns (not new, nothing sampled): one Block each, text encoded as `render` does."""
-    return [Block(Role(t.role), tuple(tokenizer.encode(t.text))) for t in turns]
+    return [Block(Role(t.role), tuple(tokenizer.encode_turn(t.text))) for t in turns]
 
 
 def cut_left(blocks: Sequence[Block], budget: int) -> tuple[list[Block], bool]:

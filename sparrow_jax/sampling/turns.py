@@ -48,7 +48,7 @@ def sampled_turn(tokenizer: Tokenizer, role: Role | str, ids_N: Sequence[int],
     else:  # without a valid mask, trailing padding is not part of the text
         while ids and ids[-1] == tokenizer.pad_id:
             ids.pop()
-    text = tokenizer.decode(ids)
+    text = tokenizer.decode_turn(ids)
     if not finished:
         malformed = OVER_LENGTH
     elif any(i in tokenizer.control_ids for i in ids):

@@ -57,7 +57,7 @@ def test_layout_and_loss_mask(tokenizer):
     rendered = render(SAMPLE, tokenizer)
     expected = [tokenizer.bos_id]
     for turn in SAMPLE:
-        expected += [tokenizer.role_id(turn.role), *tokenizer.encode(turn.text), tokenizer.eot_id]
+        expected += [tokenizer.role_id(turn.role), *tokenizer.encode_turn(turn.text), tokenizer.eot_id]
     assert rendered.token_ids.tolist() == expected
     assert rendered.role_ids[0] == -1 and not rendered.loss_mask[0]
     policy_positions = {p for turn, (s, e) in zip(SAMPLE, rendered.turn_spans) if turn.role in POLICY_ROLES
@@ -133,7 +133,7 @@ def test_rule_question(tokenizer):
     ids = render_rule_question("Do not insult the user.", tokenizer)
     assert DEFAULT_RULE_QUESTION == "Did Sparrow break the rule?"
     assert ids.dtype == np.int32 and ids[0] == tokenizer.rule_id and ids[-1] == tokenizer.eot_id
-    assert tokenizer.decode(ids) == "Do not insult the user.\nDid Sparrow break the rule?"
+    assert tokenizer.decode_turn(ids) == "Do not insult the user.\nDid Sparrow break the rule?"
     assert tokenizer.control_ids.isdisjoint(ids[1:-1].tolist())
 
 

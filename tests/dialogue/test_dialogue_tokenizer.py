@@ -38,6 +38,20 @@ def test_round_trip_exact(tokenizer, text):
     assert tokenizer.control_ids.isdisjoint(ids)
 
 
+@pytest.mark.parametrize("text", ["", "plain words", " leading space", "  two", "\nnewline first",
+                                  "literal \u2581 mark"])
+def test_turn_round_trip_exact(tokenizer, text):
+    assert tokenizer.decode_turn(tokenizer.encode_turn(text)) == text
+
+
+def test_word_opening_a_turn_has_the_pieces_it_has_inside_a_sentence(tokenizer):
+    """So copying a name from a question into a query or reply copies the same token ids."""
+    name = tokenizer.encode_turn("Zarzuth")
+    question = tokenizer.encode_turn("Which country is Zarzuth in?")
+    assert any(question[i:i + len(name)] == name for i in range(len(question)))
+    assert tokenizer.encode("Zarzuth") != name  # plain encode has no leading space
+
+
 @pytest.mark.parametrize("text", CONTROL_LIKE)
 def test_control_pieces_not_producible_from_text(tokenizer, text):
     ids = tokenizer.encode(text)
