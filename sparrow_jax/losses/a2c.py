@@ -14,7 +14,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sparrow_jax.losses.sft import masked_mean
+from sparrow_jax.losses.sft import masked_mean, take_last_axis
 
 
 def kl_teacher_policy(policy_logits_BxTxV, teacher_logits_BxTxV):
@@ -70,15 +70,14 @@ def a2c_loss(policy_logits_BxTxV, teacher_logits_BxTxV, values_BxT, actions_BxT,
     mask = policy_mask_BxT.astype(jnp.float32)
     teacher_logits_BxTxV = jax.lax.stop_gradient(teacher_logits_BxTxV)
     logp_BxTxV = jax.nn.log_softmax(policy_logits_BxTxV.astype(jnp.float32), axis=-1)
-    logp_action_BxT = jnp.take_along_axis(logp_BxTxV, actions_BxT[..., None], axis=-1)[..., 0]
+    logp_action_BxT = take_last_axis(logp_BxTxV, actions_BxT)
     entropy_BxT = -jnp.sum(jnp.exp(logp_BxTxV) * logp_BxTxV, axis=-1)
     kl_BxT = kl_teacher_policy(policy_logits_BxTxV, teacher_logits_BxTxV)
 
     rewards_BxT = rewards_BxT.astype(jnp.float32)
     if kl_mode == "reward":
-        logq_action_BxT = jnp.take_along_axis(
-            jax.nn.log_softmax(teacher_logits_BxTxV.astype(jnp.float32), axis=-1),
-            actions_BxT[..., None], axis=-1)[..., 0]
+        logq_action_BxT = take_last_axis(
+            jax.nn.log_softmax(teacher_logits_BxTxV.astype(jnp.float32), axis=-1), actions_BxT)
         sample_kl_BxT = jax.lax.stop_gradient(logp_action_BxT - logq_action_BxT)
         rewards_BxT = rewards_BxT - kl_coef * sample_kl_BxT * mask
     returns_BxT = undiscounted_returns(rewards_BxT)

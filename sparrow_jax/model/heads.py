@@ -16,6 +16,43 @@ HEAD_KINDS = ("lm", "elo", "yes_no")
 _HEAD_WIDTH = {"elo": 1, "yes_no": 2}
 
 
+def lm_logits(h_BxLxD: jax.Array, w_DxV: jax.Array) -> jax.Array:
+    """float32 logits_BxLxV = h @ w, products accumulated in float32.
+
+    float32 inputs: the plain einsum. bfloat16 inputs: the same forward, and a backward
+    whose matmuls also take bfloat16 inputs (the logits' cotangent rounded to bfloat16,
+    as every other activation cotangent of a bf16 model is): left to autodiff, the
+    float32 cotangent would make XLA:CPU run both [B*L, V] backward matmuls in float32
+    on upcast weights, at about half the speed. The gradients keep the input dtypes, as
+    autodiff's would.
+    """
+    if h_BxLxD.dtype == jnp.float32 or h_BxLxD.dtype != w_DxV.dtype:
+        return jnp.einsum("bld,dv->blv", h_BxLxD, w_DxV, preferred_element_type=jnp.float32)
+    return _low_precision_lm_logits(h_BxLxD, w_DxV)
+
+
+@jax.custom_vjp
+def _low_precision_lm_logits(h_BxLxD, w_DxV):
+    return jnp.einsum("bld,dv->blv", h_BxLxD, w_DxV, preferred_element_type=jnp.float32)
+
+
+def _low_precision_lm_logits_fwd(h_BxLxD, w_DxV):
+    return _low_precision_lm_logits(h_BxLxD, w_DxV), (h_BxLxD, w_DxV)
+
+
+def _low_precision_lm_logits_bwd(residuals, g_BxLxV):
+    h_BxLxD, w_DxV = residuals
+    # Rounded once and materialised: otherwise XLA fuses the whole producer of the
+    # cotangent (e.g. the loss's softmax gradient) into both matmuls, computing it twice.
+    g_BxLxV = jax.lax.optimization_barrier(g_BxLxV.astype(h_BxLxD.dtype))
+    grad_h = jnp.einsum("blv,dv->bld", g_BxLxV, w_DxV, preferred_element_type=jnp.float32)
+    grad_w = jnp.einsum("bld,blv->dv", h_BxLxD, g_BxLxV, preferred_element_type=jnp.float32)
+    return grad_h.astype(h_BxLxD.dtype), grad_w.astype(w_DxV.dtype)
+
+
+_low_precision_lm_logits.defvjp(_low_precision_lm_logits_fwd, _low_precision_lm_logits_bwd)
+
+
 class Embed(nn.Module):
     """tokens_BxL int -> x_BxLxD in the compute dtype (no scaling)."""
     spec: ModelSpec
@@ -52,8 +89,7 @@ class RoleHead(nn.Module):
             else:
                 w_DxV = logical_param(self, "unembed", (s.d_model, s.vocab_size),
                                       ("embed", "vocab"), init)
-            out = jnp.einsum("bld,dv->blv", h, w_DxV.astype(s.dtype),
-                             preferred_element_type=jnp.float32)
+            out = lm_logits(h, w_DxV.astype(s.dtype))
             return nn.with_logical_constraint(out, ("batch", "length", "vocab")), h
         width = _HEAD_WIDTH[self.kind]
         w = logical_param(self, "head", (s.d_model, width), ("embed", "classes"), init)

@@ -14,7 +14,8 @@ masks bool:
             rewards_BxL (reward parts known on the host, received at token t: rule term
             minus format penalty), reward_index_B (the final agent eot, where the
             preference RM's normalised Elo is added inside the step)
-Logits at position t predict token t + 1; the losses are given shifted arrays.
+Logits at position t predict token t + 1; the losses are given full-length logits and
+targets shifted one left (`next_token_targets`), the last position masked out.
 """
 from __future__ import annotations
 
@@ -57,8 +58,14 @@ def device_batch(stage: str, batch: dict) -> dict:
     return {key: batch[key] for key in DEVICE_KEYS[stage]}
 
 
-def _shift(x_BxL):
-    return x_BxL[:, 1:]
+def next_token_targets(x_BxL):
+    """x shifted one left along L, the last column zero: row t holds x[:, t + 1]. Shape BxL.
+
+    Losses read full-length logits with these targets (and a mask shifted the same way,
+    so the last column counts for nothing) rather than logits[:, :-1]: slicing [B, L, V]
+    logits costs a [B, L, V] pad in the backward pass.
+    """
+    return jnp.concatenate([x_BxL[:, 1:], jnp.zeros_like(x_BxL[:, :1])], axis=1)
 
 
 def _lm(model_cfg, **_):
@@ -67,8 +74,8 @@ def _lm(model_cfg, **_):
         out = hydra.forward(params, model_cfg, batch["tokens_BxL"],
                             positions_BxL=batch["positions_BxL"], valid_BxL=batch["valid_BxL"],
                             segment_ids_BxL=batch.get("segment_ids_BxL"), roles=("policy",))
-        return sft_loss(out["policy"][:, :-1], _shift(batch["tokens_BxL"]),
-                        _shift(batch["loss_mask_BxL"]))
+        return sft_loss(out["policy"], next_token_targets(batch["tokens_BxL"]),
+                        next_token_targets(batch["loss_mask_BxL"]))
     return loss_fn
 
 
@@ -144,9 +151,10 @@ def _rl(model_cfg, alpha=0.1, value_coef=1.0, entropy_coef=0.0, kl_mode="loss", 
             at_index_BxL = jnp.arange(rewards_BxL.shape[1])[None, :] == index_Bx1
             rewards_BxL = rewards_BxL + jnp.where(at_index_BxL, elo_term_B[:, None], 0.0)
             extra = {"elo": jnp.mean(elo_B), "elo_term": jnp.mean(elo_term_B)}
-        loss, metrics = a2c_loss(out["policy"][:, :-1], out["teacher"][:, :-1], out["value"][:, :-1],
-                                 _shift(batch["tokens_BxL"]), _shift(rewards_BxL),
-                                 _shift(batch["policy_mask_BxL"]), alpha=alpha,
+        shift = next_token_targets
+        loss, metrics = a2c_loss(out["policy"], out["teacher"], out["value"],
+                                 shift(batch["tokens_BxL"]), shift(rewards_BxL),
+                                 shift(batch["policy_mask_BxL"]), alpha=alpha,
                                  value_coef=value_coef, entropy_coef=entropy_coef,
                                  kl_mode=kl_mode, kl_coef=kl_coef)
         return loss, {**metrics, **extra, "reward": jnp.mean(jnp.sum(rewards_BxL, axis=1))}
