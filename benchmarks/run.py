@@ -132,6 +132,8 @@ TRAIN_DTYPES = ("float32", "bfloat16")
 # with Sparrow's 32k vocabulary and relative positions (tiny_cpu supplies the rest).
 CHINCHILLA_44M = {"vocab_size": 32000, "d_model": 512, "d_ff": 2048, "n_heads": 8,
                   "head_dim": 64, "n_layers": 8, "n_frozen_layers": 0}
+# How the 44M model trains fastest here (see train_step).
+TRAIN_REMAT = "full"
 
 
 def _train_setup(quick: bool, dtype: str, batch_size: int, seq_len: int, stage: str = "lm"):
@@ -142,7 +144,8 @@ def _train_setup(quick: bool, dtype: str, batch_size: int, seq_len: int, stage: 
     from sparrow_jax.aot import analytic_flops
     from sparrow_jax.train import stages
     shape = {**CHINCHILLA_44M, **({"vocab_size": 1024, **QUICK_MODEL} if quick else {})}
-    cfg = _tiny_config(False, stage, compute_dtype=dtype, max_len=seq_len, **shape)
+    cfg = _tiny_config(False, stage, compute_dtype=dtype, max_len=seq_len, remat=TRAIN_REMAT,
+                       **shape)
     mesh = shd.make_mesh(cfg.mesh, jax.devices()[:1])
     setup = stages.build_stage(cfg, mesh, stage, batch_size=batch_size, seq_len=seq_len,
                                log_unsharded=False)
@@ -171,15 +174,25 @@ def train_step(results: dict, quick: bool = False, repeats: int = 3) -> dict:
     the smallest Chinchilla shape, with Sparrow's 32k vocabulary and Transformer-XL
     relative attention; sequences of 512 tokens (Sparrow's context is 2048), batch 4
     (2048 tokens a step). The update is the `lm` stage (every layer trains: 6 N per
-    token, the usual MFU convention), AdamW, no remat (it fits), 1 device.
+    token, the usual MFU convention), AdamW, 1 device, with `model.remat="full"`
+    (TRAIN_REMAT): the fastest setting here, though it recomputes each block's forward
+    in the backward pass. Without remat, XLA:CPU's scan over the layers stacks every
+    layer's residuals, [B, H, L, L] attention tensors included, into zero-filled
+    buffers that are written, converted and read back: that memory traffic costs more
+    than the recomputation (bf16 on the loaded machine: 4.5 vs 3.9 s a step; batch 8 is
+    no faster per token).
+    The recomputed FLOPs are not counted: this is model FLOPs utilisation, not
+    hardware FLOPs.
 
     Dtypes: f32 and bf16 compute (params f32, as on pods), timed interleaved with an
     n x n matmul (n = 4096) of the same dtype: f32, and bf16 inputs with f32
     accumulation (how the model's bf16 matmuls run). Each step's MFU is its model
     FLOP/s over the matmul peak of ITS dtype (the higher of this measurement's and
     matmul_peak's), so a bf16 step is never flattered by the slower f32 peak.
-    `mfu_vs_matmul_peak` is for the dtype that trains fastest here
-    (`train_compute_dtype`); `mfu_<dtype>` gives both. Seconds = best single step.
+    `mfu_vs_matmul_peak` (the headline) is for the dtype that trains fastest here
+    (`train_compute_dtype`, bf16), over the bf16 peak, which is this machine's best
+    matmul FLOP/s; `mfu_<dtype>` gives both. The f32 figure is higher only because
+    the f32 peak is half the bf16 one: f32 steps are slower. Seconds = best single step.
 
     Model FLOPs are aot.analytic_flops (what `sparrow aot` reports): 6 N per token
     plus 12 B L^2 H K per layer. It counts the relative-position projection W_r per
@@ -226,10 +239,9 @@ def _rl_batch_and_params(cfg, batch: int, length: int):
 def _a2c(out, batch):
     """The RL stage's A2C loss on forward outputs (policy, teacher, value)."""
     from sparrow_jax.losses.a2c import a2c_loss
-    shift = lambda x: x[:, 1:]
-    return a2c_loss(out["policy"][:, :-1], out["teacher"][:, :-1], out["value"][:, :-1],
-                    shift(batch["tokens_BxL"]), shift(batch["rewards_BxL"]),
-                    shift(batch["policy_mask_BxL"]))
+    from sparrow_jax.train.stages import next_token_targets as shift
+    return a2c_loss(out["policy"], out["teacher"], out["value"], shift(batch["tokens_BxL"]),
+                    shift(batch["rewards_BxL"]), shift(batch["policy_mask_BxL"]))
 
 
 def _hydra_update(model_cfg):
@@ -440,57 +452,87 @@ def kv_decode(results: dict, quick: bool = False, repeats: int = 2) -> dict:
             "decode_new_tokens": new_tokens}
 
 
-def _episode_scorer(model_cfg):
-    """Jitted (params, context, valid, rule_tokens, rule_valid) -> (elo_B, p_broken_BxR):
-    the preference RM's Elo at the last token and P(broken) for every rule."""
-    import jax
-    import jax.numpy as jnp
-    from sparrow_jax.rewards.pref_scoring import pref_elo
-    from sparrow_jax.rewards.rule_scoring import rule_violation_probs
+# A small toy world for the RL loop (`sparrow data toyworld --set ...`): enough prompts
+# that the 16-episode batches do not repeat, small enough to generate in seconds.
+RL_WORLD = ("n_entities=48", "n_heldout=8", "n_dialogues=240", "n_preferences=120",
+            "n_rule_ratings=160", "n_prompts=200")
+RL_QUICK_WORLD = ("n_entities=24", "n_heldout=6", "n_dialogues=120", "n_preferences=60",
+                  "n_rule_ratings=80", "n_prompts=40")
+RL_STEPS = 6  # timed: steps 2..RL_STEPS
 
-    def score(params, tokens, valid, rule_tokens, rule_valid):
-        last = jnp.full((tokens.shape[0],), tokens.shape[1] - 1, jnp.int32)
-        return (pref_elo(params, model_cfg, tokens, valid, last),
-                rule_violation_probs(params, model_cfg, tokens, valid, rule_tokens, rule_valid))
-    return jax.jit(score)
+
+def _rl_loop_metrics(quick: bool, rl_steps: int) -> tuple[list[dict], object]:
+    """Run the real tiny-config recipe in a temporary directory: a toy world, then lm,
+    sft, pref_rm and rule_rm for 2 steps each (wired as `sparrow demo` wires them), then
+    `train_rl` for `rl_steps` steps logging every step. Returns (the rl stage's
+    metrics.jsonl records, its config). Progress output goes to stderr."""
+    import contextlib
+    from sparrow_jax import demo
+    from sparrow_jax.rl.trainer import train_rl
+    from sparrow_jax.train.loop import train_stage
+    from sparrow_jax.train.metrics import read_metrics
+    model = [f"--config.model.{k}={v}" for k, v in QUICK_MODEL.items()] if quick else []
+    overrides = ["--config.train.steps=2", "--config.rl.normaliser_batches=1"] + model
+    if quick:
+        overrides += ["--config.train.batch_size=4", "--config.rl.max_new_tokens=8",
+                      "--config.train.eval_batches=1"]
+    settings = demo.DemoSettings(overrides=tuple(overrides),
+                                 world_settings=RL_QUICK_WORLD if quick else RL_WORLD)
+    rl_settings = demo.DemoSettings(
+        overrides=tuple(overrides + [f"--config.train.steps={rl_steps}",
+                                     "--config.train.log_every=1"]),
+        world_settings=settings.world_settings)
+    with tempfile.TemporaryDirectory() as root, contextlib.redirect_stdout(sys.stderr):
+        demo.make_world(root, settings)
+        for stage in ("lm", "sft", "pref_rm", "rule_rm"):
+            train_stage(demo.stage_config(root, stage, settings), demo.stage_dir(root, stage))
+        cfg = demo.stage_config(root, "rl", rl_settings)
+        train_rl(cfg, demo.stage_dir(root, "rl"))
+        records = read_metrics(os.path.join(demo.stage_dir(root, "rl"), "logs"), "train")
+    return records, cfg
 
 
 @measurement("rl_episodes")
-def rl_episodes(results: dict, quick: bool = False, repeats: int = 3) -> dict:
-    """rl_episodes_per_second for the tiny config (all roles in one hydra).
+def rl_episodes(results: dict, quick: bool = False, repeats: int = 0) -> dict:
+    """rl_episodes_per_second of the real RL loop (sparrow_jax.rl.trainer.train_rl) with
+    experiments/tiny_cpu.py:rl, on a small generated toy world (RL_WORLD) whose stages
+    trained 2 steps each (wired as `sparrow demo` wires them; Elo normaliser from one
+    batch). An RL step is: self-play of 16 episodes (prompt mixture or context buffer,
+    one agent turn each, sampled with the KV cache, searching when the agent asks),
+    rule-RM scoring of all 23 rules with the shared dialogue prefix, and the jitted A2C
+    update (policy, value, teacher and preference RM in one trunk pass).
 
-    Provisional definition, to be redefined on sparrow_jax.rl.rollout (which landed
-    while this was written; it needs a tokenizer, search engine and RMs wired into an
-    Environment): an episode is
-    one sampled agent turn of 48 tokens (eot banned, so always the full 48: KV-cached
-    sampler.sample, temperature 1) after a prompt of 64 tokens, then its scoring by
-    both RMs on the 112-token dialogue: pref_elo at the last token and
-    rule_violation_probs over the 23 packaged rules. A batch of 16 prompts runs
-    together; episodes/s = 16 / best seconds of (sample + score).
+    From the trainer's own metrics (every step logged): its `episodes_per_second` at
+    step k is episodes so far / seconds since train_rl started, so seconds up to step k
+    = episodes_k / episodes_per_second_k. The figure is episodes / seconds over steps 2
+    to RL_STEPS, which leaves out set-up, the normaliser's rollouts and step 1 (where
+    the sampler, the rule scorer and the update compile). `rl_rollout_fraction`: share
+    of those seconds spent in rollouts and host rewards (the trainer's
+    `rollout_fraction`, same differencing). With 2-step stages the policy is untrained:
+    `rl_agent_turn_tokens` and `rl_search_rate` (means over the timed steps) say what
+    its turns were like; a trained policy's turns end earlier and search more.
     """
-    import jax
-    import jax.numpy as jnp
-    from sparrow_jax.config import ROLES
-    from sparrow_jax.model import hydra
-    from sparrow_jax.sampling import sampler
-    cfg = _tiny_config(quick, "rl")
-    batch, prompt_len, new_tokens = (2, 8, 4) if quick else (16, 64, 48)
-    params = hydra.init_params(cfg.model, jax.random.PRNGKey(0), roles=ROLES)
-    prompt = jnp.asarray(_random_tokens(batch, prompt_len, cfg.model.vocab_size))
-    valid = jnp.ones_like(prompt, bool)
-    rule_tokens, rule_valid = (jnp.asarray(x) for x in _rule_suffixes())
-    config = sampler.SamplingConfig(max_new_tokens=new_tokens, temperature=1.0)
-    ids, rng, score = _no_eot_ids(), jax.random.PRNGKey(1), _episode_scorer(cfg.model)
+    del repeats
+    rl_steps = 3 if quick else RL_STEPS
+    records, cfg = _rl_loop_metrics(quick, rl_steps)
+    by_step = {int(r["step"]): r for r in records}
+    batch = cfg.train.batch_size
 
-    def episodes():
-        out = sampler.sample(params, cfg.model, prompt, valid, rng, config, ids)
-        tokens = jnp.concatenate([prompt, out.tokens_BxN], axis=1)
-        mask = jnp.concatenate([valid, out.token_valid_BxN], axis=1)
-        return score(params, tokens, mask, rule_tokens, rule_valid)
+    def elapsed(step):  # seconds since train_rl started, at the end of `step`
+        return step * batch / by_step[step]["episodes_per_second"]
 
-    seconds = _interleaved_best_seconds({"episode": episodes}, repeats)["episode"]
-    return {"rl_episodes_per_second": batch / seconds, "rl_episode_batch": batch,
-            "rl_episode_prompt_len": prompt_len, "rl_episode_turn_len": new_tokens}
+    first, last = 1, rl_steps
+    seconds = elapsed(last) - elapsed(first)
+    rollout = (by_step[last]["rollout_fraction"] * elapsed(last)
+               - by_step[first]["rollout_fraction"] * elapsed(first))
+    timed = [by_step[k] for k in range(first + 1, last + 1)]
+    mean = lambda key: sum(r[key] for r in timed) / len(timed)  # noqa: E731
+    return {"rl_episodes_per_second": (last - first) * batch / seconds,
+            "rl_step_seconds": seconds / (last - first),
+            "rl_rollout_fraction": rollout / seconds, "rl_episode_batch": batch,
+            "rl_timed_steps": last - first, "rl_max_new_tokens": cfg.rl.max_new_tokens,
+            "rl_agent_turn_tokens": mean("agent_turn_tokens"),
+            "rl_search_rate": mean("search_rate") + 0.0}
 
 
 # ---------------------------------------------------------------------------- entry point
