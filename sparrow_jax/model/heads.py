@@ -19,38 +19,40 @@ _HEAD_WIDTH = {"elo": 1, "yes_no": 2}
 def lm_logits(h_BxLxD: jax.Array, w_DxV: jax.Array) -> jax.Array:
     """float32 logits_BxLxV = h @ w, products accumulated in float32.
 
-    float32 inputs: the plain einsum. bfloat16 inputs: the same forward, and a backward
-    whose matmuls also take bfloat16 inputs (the logits' cotangent rounded to bfloat16,
-    as every other activation cotangent of a bf16 model is): left to autodiff, the
-    float32 cotangent would make XLA:CPU run both [B*L, V] backward matmuls in float32
-    on upcast weights, at about half the speed. The gradients keep the input dtypes, as
-    autodiff's would.
+    The forward is the plain einsum. The backward is written out (`_lm_logits_bwd`)
+    so that XLA:CPU gets two plain matmuls on a cotangent materialised once, in its
+    natural [B*L, V] layout: left to autodiff, XLA fuses the producer of the cotangent
+    (the loss's softmax gradient) into both matmuls, and writes it transposed for the
+    weight gradient, a slow strided loop (11% of the tiny hydra's RL update). bfloat16
+    inputs: the cotangent is rounded to bfloat16 (as every other activation cotangent
+    of a bf16 model is), so both backward matmuls take bf16 inputs; autodiff would run
+    them in float32 on upcast weights, at about half the speed. Gradients keep the
+    input dtypes, as autodiff's do.
     """
-    if h_BxLxD.dtype == jnp.float32 or h_BxLxD.dtype != w_DxV.dtype:
+    if h_BxLxD.dtype != w_DxV.dtype:
         return jnp.einsum("bld,dv->blv", h_BxLxD, w_DxV, preferred_element_type=jnp.float32)
-    return _low_precision_lm_logits(h_BxLxD, w_DxV)
+    return _lm_logits(h_BxLxD, w_DxV)
 
 
 @jax.custom_vjp
-def _low_precision_lm_logits(h_BxLxD, w_DxV):
+def _lm_logits(h_BxLxD, w_DxV):
     return jnp.einsum("bld,dv->blv", h_BxLxD, w_DxV, preferred_element_type=jnp.float32)
 
 
-def _low_precision_lm_logits_fwd(h_BxLxD, w_DxV):
-    return _low_precision_lm_logits(h_BxLxD, w_DxV), (h_BxLxD, w_DxV)
+def _lm_logits_fwd(h_BxLxD, w_DxV):
+    return _lm_logits(h_BxLxD, w_DxV), (h_BxLxD, w_DxV)
 
 
-def _low_precision_lm_logits_bwd(residuals, g_BxLxV):
+def _lm_logits_bwd(residuals, g_BxLxV):
     h_BxLxD, w_DxV = residuals
-    # Rounded once and materialised: otherwise XLA fuses the whole producer of the
-    # cotangent (e.g. the loss's softmax gradient) into both matmuls, computing it twice.
+    # Rounded (bf16) and materialised once, before both matmuls read it.
     g_BxLxV = jax.lax.optimization_barrier(g_BxLxV.astype(h_BxLxD.dtype))
     grad_h = jnp.einsum("blv,dv->bld", g_BxLxV, w_DxV, preferred_element_type=jnp.float32)
     grad_w = jnp.einsum("bld,blv->dv", h_BxLxD, g_BxLxV, preferred_element_type=jnp.float32)
     return grad_h.astype(h_BxLxD.dtype), grad_w.astype(w_DxV.dtype)
 
 
-_low_precision_lm_logits.defvjp(_low_precision_lm_logits_fwd, _low_precision_lm_logits_bwd)
+_lm_logits.defvjp(_lm_logits_fwd, _lm_logits_bwd)
 
 
 class Embed(nn.Module):
