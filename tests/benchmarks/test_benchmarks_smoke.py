@@ -20,7 +20,8 @@ FIGURES = ("matmul_peak_flops", "matmul_peak_flops_bf16", "train_tokens_per_seco
            "rule_prefix_work_floor", "kv_decode_speedup", "kv_decode_tokens_per_second",
            "decode_batch_size", "rl_episodes_per_second", "rl_step_seconds", "rl_episode_batch",
            "rl_timed_steps", "rl_agent_turn_tokens")
-CONFIG_STRINGS = ("train_compute_dtype", "train_model", "train_stage")
+CONFIG_STRINGS = ("train_compute_dtype", "train_model", "train_stage", "train_remat",
+                  "hydra_remat")
 # Figures that may be 0 (a rate of something that need not happen in a toy run).
 MAY_BE_ZERO = ("rl_search_rate",)
 

@@ -1,0 +1,92 @@
+"""RL figure: episodes per second of the real RL loop (sparrow_jax.rl.trainer.train_rl)."""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+
+from bench_common import QUICK_MODEL, measurement
+
+
+# that the 16-episode batches do not repeat, small enough to generate in seconds.
+RL_WORLD = ("n_entities=48", "n_heldout=8", "n_dialogues=240", "n_preferences=120",
+            "n_rule_ratings=160", "n_prompts=200")
+RL_QUICK_WORLD = ("n_entities=24", "n_heldout=6", "n_dialogues=120", "n_preferences=60",
+                  "n_rule_ratings=80", "n_prompts=40")
+RL_STEPS = 6  # timed: steps 2..RL_STEPS
+
+
+def _rl_loop_metrics(quick: bool, rl_steps: int) -> tuple[list[dict], object]:
+    """Run the real tiny-config recipe in a temporary directory: a toy world, then lm,
+    sft, pref_rm and rule_rm for 2 steps each (wired as `sparrow demo` wires them), then
+    `train_rl` for `rl_steps` steps logging every step. Returns (the rl stage's
+    metrics.jsonl records, its config). Progress output goes to stderr."""
+    import contextlib
+    from sparrow_jax import demo
+    from sparrow_jax.rl.trainer import train_rl
+    from sparrow_jax.train.loop import train_stage
+    from sparrow_jax.train.metrics import read_metrics
+    model = [f"--config.model.{k}={v}" for k, v in QUICK_MODEL.items()] if quick else []
+    overrides = ["--config.train.steps=2", "--config.rl.normaliser_batches=1"] + model
+    if quick:
+        overrides += ["--config.train.batch_size=4", "--config.rl.max_new_tokens=8",
+                      "--config.train.eval_batches=1"]
+    settings = demo.DemoSettings(overrides=tuple(overrides),
+                                 world_settings=RL_QUICK_WORLD if quick else RL_WORLD)
+    rl_settings = demo.DemoSettings(
+        overrides=tuple(overrides + [f"--config.train.steps={rl_steps}",
+                                     "--config.train.log_every=1"]),
+        world_settings=settings.world_settings)
+    with tempfile.TemporaryDirectory() as root, contextlib.redirect_stdout(sys.stderr):
+        demo.make_world(root, settings)
+        for stage in ("lm", "sft", "pref_rm", "rule_rm"):
+            train_stage(demo.stage_config(root, stage, settings), demo.stage_dir(root, stage))
+        cfg = demo.stage_config(root, "rl", rl_settings)
+        train_rl(cfg, demo.stage_dir(root, "rl"))
+        records = read_metrics(os.path.join(demo.stage_dir(root, "rl"), "logs"), "train")
+    return records, cfg
+
+
+@measurement("rl_episodes")
+def rl_episodes(results: dict, quick: bool = False, repeats: int = 0) -> dict:
+    """rl_episodes_per_second of the real RL loop (sparrow_jax.rl.trainer.train_rl) with
+    experiments/tiny_cpu.py:rl, on a small generated toy world (RL_WORLD) whose stages
+    trained 2 steps each (wired as `sparrow demo` wires them; Elo normaliser from one
+    batch). An RL step is: self-play of 16 episodes (prompt mixture or context buffer,
+    one agent turn each, sampled with the KV cache, searching when the agent asks),
+    rule-RM scoring of all 23 rules with the shared dialogue prefix, and the jitted A2C
+    update (policy, value, teacher and preference RM in one trunk pass).
+
+    From the trainer's own metrics (every step logged): its `episodes_per_second` at
+    step k is episodes so far / seconds since train_rl started, so seconds up to step k
+    = episodes_k / episodes_per_second_k. The figure is episodes / seconds over steps 2
+    to RL_STEPS, which leaves out set-up, the normaliser's rollouts and step 1 (where
+    the sampler, the rule scorer and the update compile). `rl_rollout_fraction`: share
+    of those seconds spent in rollouts and host rewards (the trainer's
+    `rollout_fraction`, same differencing). With 2-step stages the policy is untrained:
+    `rl_agent_turn_tokens` and `rl_search_rate` (means over the timed steps) say what
+    its turns were like; a trained policy's turns end earlier and search more.
+    """
+    del repeats
+    rl_steps = 3 if quick else RL_STEPS
+    records, cfg = _rl_loop_metrics(quick, rl_steps)
+    by_step = {int(r["step"]): r for r in records}
+    batch = cfg.train.batch_size
+
+    def elapsed(step):  # seconds since train_rl started, at the end of `step`
+        return step * batch / by_step[step]["episodes_per_second"]
+
+    first, last = 1, rl_steps
+    seconds = elapsed(last) - elapsed(first)
+    rollout = (by_step[last]["rollout_fraction"] * elapsed(last)
+               - by_step[first]["rollout_fraction"] * elapsed(first))
+    timed = [by_step[k] for k in range(first + 1, last + 1)]
+    mean = lambda key: sum(r[key] for r in timed) / len(timed)  # noqa: E731
+    return {"rl_episodes_per_second": (last - first) * batch / seconds,
+            "rl_step_seconds": seconds / (last - first),
+            "rl_rollout_fraction": rollout / seconds, "rl_episode_batch": batch,
+            "rl_timed_steps": last - first, "rl_max_new_tokens": cfg.rl.max_new_tokens,
+            "rl_agent_turn_tokens": mean("agent_turn_tokens"),
+            "rl_search_rate": mean("search_rate") + 0.0}
+
+
