@@ -87,7 +87,7 @@ def test_sizes_follow_the_config(default_world):
     cfg = ToyWorldConfig()
     assert len(read_jsonl(default_world["dialogues.train"])) == cfg.n_dialogues
     assert len(read_jsonl(default_world["preferences.test"])) == cfg.n_test(cfg.n_preferences)
-    assert len(read_jsonl(default_world["corpus"])) == cfg.n_entities + cfg.n_distractors
+    assert len(read_jsonl(default_world["corpus"])) == cfg.n_entities + cfg.n_unfamiliar + cfg.n_distractors
 
 
 def test_heldout_entities_only_in_corpus_and_test_files(default_world):

@@ -6,7 +6,7 @@ import pytest
 from sparrow_jax.data.toyworld import Oracle, ToyWorldConfig, generate
 from sparrow_jax.dialogue.turns import Role, Turn
 
-SMALL = dict(n_entities=30, n_heldout=9, n_distractors=5, n_dialogues=200, n_preferences=200,
+SMALL = dict(n_entities=30, n_heldout=9, n_unfamiliar=0, n_distractors=5, n_dialogues=200, n_preferences=200,
              n_rule_ratings=40, n_prompts=20)
 
 
@@ -24,7 +24,7 @@ def worlds(tmp_path_factory):
     base = tmp_path_factory.mktemp("base")
     generate(base, ToyWorldConfig(**SMALL))
     extra = tmp_path_factory.mktemp("unfamiliar")
-    generate(extra, ToyWorldConfig(**SMALL, n_unfamiliar=60, unsupported_weight=0.5))
+    generate(extra, ToyWorldConfig(**{**SMALL, "n_unfamiliar": 60}, unsupported_weight=0.5))
     return base, extra
 
 

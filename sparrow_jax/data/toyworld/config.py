@@ -12,9 +12,9 @@ class ToyWorldConfig:
     # More train entities whose documents are not in the LM text (see Entity.unfamiliar):
     # answering about them needs the search result, as for held-out ones, so the
     # train data rewards reading evidence and not only recalling memorised facts.
-    n_unfamiliar: int = 0
+    n_unfamiliar: int = 2400
     n_distractors: int = 24  # corpus documents about no entity
-    n_dialogues: int = 3000  # train split; the test split gets test_fraction as many
+    n_dialogues: int = 6000  # train split; the test split gets test_fraction as many
     n_preferences: int = 1500
     n_rule_ratings: int = 1500
     n_prompts: int = 600
