@@ -9,10 +9,10 @@ from bench_common import QUICK_MODEL, measurement
 
 
 # that the 16-episode batches do not repeat, small enough to generate in seconds.
-RL_WORLD = ("n_entities=48", "n_heldout=8", "n_dialogues=240", "n_preferences=120",
-            "n_rule_ratings=160", "n_prompts=200")
-RL_QUICK_WORLD = ("n_entities=24", "n_heldout=6", "n_dialogues=120", "n_preferences=60",
-                  "n_rule_ratings=80", "n_prompts=40")
+RL_WORLD = ("n_entities=48", "n_heldout=8", "n_unfamiliar=0", "n_dialogues=240",
+            "n_preferences=120", "n_rule_ratings=160", "n_prompts=200")
+RL_QUICK_WORLD = ("n_entities=24", "n_heldout=6", "n_unfamiliar=0", "n_dialogues=120",
+                  "n_preferences=60", "n_rule_ratings=80", "n_prompts=40")
 RL_STEPS = 6  # timed: steps 2..RL_STEPS
 
 

@@ -20,9 +20,10 @@ def matmul_peak(results: dict, quick: bool = False, repeats: int = 3) -> dict:
 
 TRAIN_DTYPES = ("float32", "bfloat16")
 # Chinchilla 44M (SPARROW.md section 3): d_model 512, ffw 2048, 8 heads of 64, 8 layers,
-# with Sparrow's 32k vocabulary and relative positions (tiny_cpu supplies the rest).
+# with Sparrow's 32k vocabulary and relative positions (tiny_cpu supplies the rest, but
+# not its smeared keys, a copying aid for the toy trunk that Chinchilla does not have).
 CHINCHILLA_44M = {"vocab_size": 32000, "d_model": 512, "d_ff": 2048, "n_heads": 8,
-                  "head_dim": 64, "n_layers": 8, "n_frozen_layers": 0}
+                  "head_dim": 64, "n_layers": 8, "n_frozen_layers": 0, "smeared_keys": False}
 
 
 def _train_setup(quick: bool, dtype: str, batch_size: int, seq_len: int, stage: str = "lm"):
@@ -194,11 +195,11 @@ def hydra_cost(results: dict, quick: bool = False, repeats: int = 10) -> dict:
     """hydra_cost_ratio = seconds of one RL forward+backward over all five roles with
     the shared frozen trunk / seconds of the same work with four separate models.
 
-    Model: tiny_cpu (d_model 128, vocab 1024, f32) at 10 layers with 8 frozen: the
-    paper's 64 of 80. Chinchilla widths are not used here on purpose: at 10 layers a
-    32k-vocabulary LM head costs about 4.5 layers of d_model 512, which would make the
-    heads (the same work with or without the hydra) dominate, whereas at 70B a head is
-    a third of one of 80 layers. tiny_cpu keeps the 70B's proportions: its work floor
+    Model: tiny_cpu (d_model 128, vocab 1024, f32, smeared keys as tiny_cpu sets them:
+    `hydra_smeared_keys`) at 10 layers with 8 frozen: the paper's 64 of 80. Chinchilla
+    widths are not used here on purpose: at 10 layers a 32k-vocabulary LM head costs
+    about 4.5 layers of d_model 512, which would make the heads (the same work with or
+    without the hydra) dominate, whereas at 70B a head is a third of one of 80 layers. tiny_cpu keeps the 70B's proportions: its work floor
     (below) is 0.48 against 0.456 for sparrow_70b. Batch 8 x 256 tokens (tiny_cpu's
     context), A2C loss as in the rl stage, `model.remat="full"` for both
     (bench_common.UPDATE_REMAT: faster than no remat for both, by 8-10%).
@@ -233,6 +234,7 @@ def hydra_cost(results: dict, quick: bool = False, repeats: int = 10) -> dict:
             "separate_models_update_seconds": seconds["separate"],
             "hydra_n_layers": n_layers, "hydra_n_frozen_layers": n_frozen,
             "hydra_d_model": cfg.model.d_model, "hydra_batch_size": batch,
-            "hydra_seq_len": length, "hydra_remat": cfg.model.remat}
+            "hydra_seq_len": length, "hydra_remat": cfg.model.remat,
+            "hydra_smeared_keys": int(cfg.model.smeared_keys)}
 
 

@@ -22,8 +22,8 @@ FIGURES = ("matmul_peak_flops", "matmul_peak_flops_bf16", "train_tokens_per_seco
            "rl_timed_steps", "rl_agent_turn_tokens")
 CONFIG_STRINGS = ("train_compute_dtype", "train_model", "train_stage", "train_remat",
                   "hydra_remat")
-# Figures that may be 0 (a rate of something that need not happen in a toy run).
-MAY_BE_ZERO = ("rl_search_rate",)
+# Figures that may be 0 (a rate of something that need not happen in a toy run, a flag).
+MAY_BE_ZERO = ("rl_search_rate", "hydra_smeared_keys")
 
 
 def _load_runner():
