@@ -59,8 +59,10 @@ def test_remat_policies_give_the_same_gradients(setup, reference_grads, remat, s
     reference = reference_grads
     rematted = _grads(tiny_model_cfg(init_std=0.3, mlp="gated_gelu", remat=remat,
                                      scan_layers=scan), params, tokens)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 rematted, reference)
+    # Dot-saving policies take autodiff's matmuls, the others layers.project's VJP:
+    # the same sums in another order, so the absolute tolerance scales with the leaf.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(
+        a, b, rtol=1e-5, atol=1e-6 * max(1.0, float(np.abs(b).max()))), rematted, reference)
 
 
 def test_golden_policy_logits():
