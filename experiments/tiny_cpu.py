@@ -12,7 +12,7 @@ from sparrow_jax.config import default_config
 # stage -> (steps, learning rate, batch size in sequences)
 STAGE_SCHEDULES = {
     "lm": (300, 3e-3, 16),
-    "sft": (300, 3e-3, 16),
+    "sft": (900, 3e-3, 16),  # copying the value from the evidence emerges after ~600
     "pref_rm": (400, 2e-3, 32),
     "rule_rm": (300, 2e-3, 16),
     "rl": (100, 1e-4, 16),

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from sparrow_jax.data.toyworld import CHECKABLE_RULES, Oracle, ToyWorldConfig, generate
+from sparrow_jax.data.toyworld.templates import ENTITY_TYPES, TYPES_BY_NAME
 from sparrow_jax.dialogue.turns import Role, Turn
 from sparrow_jax.search import BM25Engine
 
@@ -167,6 +168,31 @@ def test_same_seed_same_bytes_different_seed_differs(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
     assert digest(tmp_path / "d") == a
     assert any(a[k] != c[k] for k in a if k != "search_index/params.index.json")
+
+
+def test_the_answer_can_copy_the_value_from_the_evidence(default_world):
+    """What lets the tiny trunk learn to answer from a search result: the evidence is the one
+    sentence stating the fact, and the reply says the value after the same word as that
+    sentence, a word said once in it."""
+    for etype in ENTITY_TYPES:
+        for spec in etype.attributes:
+            doc_words = spec.doc.split("{v}")[0].split()
+            answer_words = spec.answer.split("{v}")[0].split()
+            assert answer_words[-1] == doc_words[-1], (etype.name, spec.name)
+            assert doc_words.count(doc_words[-1]) == 1, (etype.name, spec.name)
+    engine = BM25Engine.load(default_world["search_index"])
+    oracle = Oracle.load(os.path.dirname(default_world["world"]))
+    asked = [r for r in read_jsonl(default_world["prompts.test"]) if r["source"] == "eli5"]
+    assert asked
+    just_the_fact = 0
+    for rec in asked:
+        entity = oracle.entities[rec["entity"]]
+        spec = TYPES_BY_NAME[entity.type].attribute(rec["attribute"])
+        fact = spec.doc.format(e=entity.name, v=entity.attributes[spec.name])
+        fragment = engine.search(f"{rec['entity']} {rec['attribute']}")[0].fragment
+        assert fact in fragment
+        just_the_fact += fragment == fact  # else two short sentences fitted the budget
+    assert just_the_fact >= 0.9 * len(asked)
 
 
 def test_lm_text_has_docs_and_transcripts(default_world):
