@@ -138,7 +138,8 @@ def forward(params, model_cfg, tokens_BxL, positions_BxL=None, valid_BxL=None,
     positions_BxL = positions_BxL.astype(jnp.int32)
     slots_L = jnp.arange(length, dtype=jnp.int32)
     ctx = attention_context(spec, positions_BxL, positions_BxL, valid_BxL.astype(bool),
-                            slots_L, slots_L, segment_ids_BxL, segment_ids_BxL)
+                            slots_L, slots_L, segment_ids_BxL, segment_ids_BxL,
+                            causal_slots=True)
 
     x = Embed(spec).apply({"params": {"embedding": params["trunk"]["embedding"]}}, tokens_BxL)
     if "layers" in params["trunk"]:

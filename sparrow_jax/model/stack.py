@@ -49,8 +49,14 @@ class _ScannedBlocks(nn.Module):
 
 def attention_context(spec: ModelSpec, q_pos_BxT, k_pos_BxS, k_valid_BxS,
                       q_slot_T, k_slot_S, q_seg_BxT=None, k_seg_BxS=None,
-                      index=None) -> dict[str, Any]:
-    """Everything attention needs that is the same in every layer (see layers.py)."""
+                      index=None, causal_slots: bool = False) -> dict[str, Any]:
+    """Everything attention needs that is the same in every layer (see layers.py).
+
+    `causal_slots`: the caller promises q_slot_T == k_slot_S == arange(L) (a forward
+    without a cache), so no query attends to a later slot; attention then skips the
+    upper triangle block by block (layers.query_blocks). The flag travels as the
+    presence of ctx["causal_slots"] (value None: static, no array).
+    """
     ctx = {
         "mask_BxTxS": positions.attention_mask(q_slot_T, k_slot_S, q_pos_BxT, k_pos_BxS,
                                                k_valid_BxS, q_seg_BxT, k_seg_BxS),
@@ -64,6 +70,8 @@ def attention_context(spec: ModelSpec, q_pos_BxT, k_pos_BxS, k_valid_BxS,
             k_slot_S, k_pos_BxS, k_valid_BxS, k_seg_BxS)
     if index is not None:
         ctx["index"] = index
+    if causal_slots:
+        ctx["causal_slots"] = None
     return ctx
 
 

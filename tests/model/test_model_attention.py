@@ -7,7 +7,7 @@ import pytest
 
 from model_helpers import sharpen, tiny_model_cfg
 from sparrow_jax.config import ROLES
-from sparrow_jax.model import hydra
+from sparrow_jax.model import hydra, layers
 from sparrow_jax.model.layers import Attention
 from sparrow_jax.model.spec import ModelSpec
 from sparrow_jax.model.stack import attention_context
@@ -64,7 +64,13 @@ def _numpy_relative_attention(x, p, pos, valid, max_len):
 
 
 @pytest.mark.parametrize("smeared_keys", [False, True])
-def test_relative_attention_matches_numpy_reference(smeared_keys):
+@pytest.mark.parametrize("causal_block", [None, 4, 2], ids=["one_block", "blocks_of_4", "blocks_of_2"])
+def test_relative_attention_matches_numpy_reference(smeared_keys, causal_block, monkeypatch):
+    """causal_block: None = the cached path's single block over every key; else the
+    block-causal path of a forward without a cache (causal_slots), blocks of that size
+    (4: a ragged last block)."""
+    if causal_block is not None:
+        monkeypatch.setattr(layers, "CAUSAL_BLOCK", causal_block)
     cfg = tiny_model_cfg(init_std=0.3, max_len=8, smeared_keys=smeared_keys)
     spec = ModelSpec.of(cfg)
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 6, spec.d_model))
@@ -74,7 +80,8 @@ def test_relative_attention_matches_numpy_reference(smeared_keys):
     valid = jnp.array([[True] * 6, [False, False, True, True, True, True],
                        [True, True, False, True, True, False]])
     slots = jnp.arange(6, dtype=jnp.int32)
-    ctx = attention_context(spec, pos, pos, valid, slots, slots)
+    ctx = attention_context(spec, pos, pos, valid, slots, slots,
+                            causal_slots=causal_block is not None)
     params = nn.meta.unbox(Attention(spec).init(jax.random.PRNGKey(1), x, ctx)["params"])
     params = sharpen(params, jax.random.PRNGKey(2), bias_scale=1.0)
     got, _ = Attention(spec).apply({"params": params}, x, ctx)
@@ -126,3 +133,43 @@ def test_outputs_depend_only_on_relative_positions(position):
     base = forward(params, tokens, positions)["policy"]
     shifted = forward(params, tokens, positions + 11)["policy"]
     np.testing.assert_allclose(shifted, base, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("smeared_keys", [False, True])
+def test_block_causal_forward_and_gradients_equal_one_block(smeared_keys, monkeypatch):
+    """hydra.forward (causal slots: block-causal attention) against the same model with
+    one block over every key: outputs and parameter gradients, with packed segments, a
+    padding gap and offset positions."""
+    cfg = tiny_model_cfg(init_std=0.3, smeared_keys=smeared_keys)
+    params = sharpen(hydra.init_params(cfg, jax.random.PRNGKey(0), ROLES), jax.random.PRNGKey(1))
+    length = 13
+    tokens = jax.random.randint(jax.random.PRNGKey(2), (2, length), 0, cfg.vocab_size)
+    positions = jnp.array([list(range(5)) + list(range(3, 11)),
+                           list(range(2, 2 + length))], jnp.int32)
+    segments = jnp.array([[0] * 5 + [1] * 8, [0] * length], jnp.int32)
+    valid = jnp.ones((2, length), bool).at[1, 6:8].set(False)
+    weights = jax.random.normal(jax.random.PRNGKey(3), (2, length, cfg.vocab_size))
+
+    def loss(p):
+        out = hydra.forward(p, cfg, tokens, positions, valid, segments, roles=ROLES)
+        return (jnp.sum(out["policy"] * weights) + jnp.sum(out["value"])
+                + jnp.sum(out["pref_rm"]) + jnp.sum(out["rule_rm"])), out
+
+    results = {}
+    for block in (0, 4):
+        monkeypatch.setattr(layers, "CAUSAL_BLOCK", block)
+        results[block] = jax.jit(jax.grad(loss, has_aux=True))(params)
+    (grads_one, out_one), (grads_blocks, out_blocks) = results[0], results[4]
+    for role in ROLES:
+        np.testing.assert_allclose(out_blocks[role], out_one[role], rtol=1e-5, atol=1e-5)
+    for path, want in jax.tree_util.tree_leaves_with_path(grads_one):
+        got = _leaf(grads_blocks, path)
+        scale = float(jnp.max(jnp.abs(want))) + 1e-6
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale,
+                                   err_msg=jax.tree_util.keystr(path))
+
+
+def _leaf(tree, path):
+    for key in path:
+        tree = tree[key.key]
+    return tree
