@@ -38,6 +38,10 @@ def get_config(variant: str = "sft"):
     # Copying a name or value from the context is what answering from a search result
     # needs; with smeared keys the tiny trunk learns it within the demo's budget.
     m.smeared_keys = True
+    # The preference RM adds its LM head's mean log-likelihood of the judged turn to the
+    # Elo: without it, the 2-layer RM top never learnt (in up to 1200 steps) to tell an
+    # answer that misreads the evidence from a right one; the SFT policy's likelihood did.
+    m.pref_rm_likelihood = True
     steps, learning_rate, batch_size = STAGE_SCHEDULES[variant]
     t = cfg.train
     t.stage = variant

@@ -61,7 +61,7 @@ def analytic_flops(model_cfg, stage: str, batch: int, seq_len: int) -> float:
     vocab_dim = m.vocab_size * m.d_model
     parts["trunk"] -= vocab_dim  # embedding lookup
     if m.tied_embeddings:
-        for top in ("policy", "teacher"):
+        for top in hydra.lm_head_tops(m):
             if top in parts:
                 parts[top] += vocab_dim
     attn_per_layer = 4.0 * batch * seq_len ** 2 * m.n_heads * m.head_dim

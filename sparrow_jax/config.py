@@ -76,6 +76,12 @@ def model_defaults() -> ml_collections.ConfigDict:
     # after an earlier copy of this one" -- copying (induction) is learnt far sooner.
     # A toy-scale aid; Chinchilla has plain keys.
     m.smeared_keys = False
+    # The preference RM's Elo, read at the candidate's final eot, plus a learnt scale times
+    # the mean log-likelihood its own LM head (started from the policy's) gives the final
+    # agent turn [ours; the paper's RM is the Elo head alone]. Judging an answer against
+    # the evidence then starts from the comparison copying already makes; a toy-scale RM
+    # top does not learn it from the Elo head within the demo's budget (BUILD_NOTES).
+    m.pref_rm_likelihood = False
     return m
 
 

@@ -33,7 +33,8 @@ EXAMPLE_SPECS: dict[str, dict[str, tuple[str, type]]] = {
     },
     "pref_rm": {
         "tokens": ("KxL", np.int32), "positions": ("KxL", np.int32), "valid": ("KxL", bool),
-        "last_index": ("K", np.int32), "candidate_valid": ("K", bool), "chosen": ("", np.int32),
+        "last_index": ("K", np.int32), "turn_start": ("K", np.int32),
+        "candidate_valid": ("K", bool), "chosen": ("", np.int32),
         "has_evidence": ("K", bool), "supported": ("K", bool), "supported_mask": ("K", bool),
         "plausible": ("K", bool), "plausible_mask": ("K", bool), "truncated": ("", bool),
         "record_index": ("", np.int32),
@@ -108,16 +109,19 @@ def sft_example(record: schemas.DialogueRecord, tokenizer: Tokenizer, seq_len: i
 
 def pref_rm_example(record: schemas.PreferenceRecord, tokenizer: Tokenizer, seq_len: int,
                     num_candidates: int) -> dict:
-    """Each candidate rendered after the context; `last_index` = its final agent turn's eot."""
+    """Each candidate rendered after the context; `last_index` = its final agent turn's eot,
+    `turn_start` = that turn's role token."""
     k = len(record.candidates)
     if k > num_candidates:
         raise ValueError(f"record {record.id!r}: {k} candidates but num_candidates={num_candidates}")
-    rows, last_index, cut_any = [], np.zeros(num_candidates, np.int32), False
+    rows, cut_any = [], False
+    last_index, turn_start = np.zeros(num_candidates, np.int32), np.zeros(num_candidates, np.int32)
     for i, candidate in enumerate(record.candidates):
         rendered, cut = _render_fitting(record.context + candidate, tokenizer, seq_len, record.id)
         cut_any |= cut
         rows.append(_sequence(rendered, seq_len, tokenizer.pad_id))
-        last_index[i] = rendered.turn_spans[-1][1] - 1
+        turn_start[i], end = rendered.turn_spans[-1]
+        last_index[i] = end - 1
     empty = {"tokens": np.full(seq_len, tokenizer.pad_id, np.int32),
              "positions": np.zeros(seq_len, np.int32), "valid": np.zeros(seq_len, bool)}
     rows += [empty] * (num_candidates - k)
@@ -133,6 +137,7 @@ def pref_rm_example(record: schemas.PreferenceRecord, tokenizer: Tokenizer, seq_
     example["plausible"], example["plausible_mask"] = labels(record.plausible)
     example.update(
         last_index=last_index,
+        turn_start=turn_start,
         candidate_valid=np.arange(num_candidates) < k,
         chosen=np.int32(record.chosen),
         has_evidence=_pad(np.array(record.has_evidence, bool), num_candidates, False),

@@ -31,7 +31,8 @@ class MissingRewardModel(ValueError):
 
 def render_rows(dialogues: Sequence[Sequence[Turn]], tokenizer, seq_len: int,
                 bucket: int = 64) -> dict[str, np.ndarray]:
-    """Right-padded rows: tokens_BxL int32, valid_BxL bool, last_index_B int32 (final turn's eot).
+    """Right-padded rows: tokens_BxL int32, valid_BxL bool, last_index_B int32 (final turn's eot),
+    turn_start_B int32 (final turn's role token).
 
     Each dialogue is cut from the left to `seq_len` tokens; L = the longest rounded up to a multiple of
     `bucket` (at most seq_len), so short dialogues cost less and only a few widths ever compile.
@@ -44,12 +45,15 @@ def render_rows(dialogues: Sequence[Sequence[Turn]], tokenizer, seq_len: int,
     tokens = np.full((b, width), tokenizer.pad_id, np.int32)
     valid = np.zeros((b, width), bool)
     last = np.zeros(b, np.int32)
+    start = np.zeros(b, np.int32)
     for row, rendered in enumerate(rendered):
         n = len(rendered)
         tokens[row, :n] = rendered.token_ids
         valid[row, :n] = True
-        last[row] = rendered.turn_spans[-1][1] - 1 if rendered.turn_spans else 0
-    return {"tokens_BxL": tokens, "valid_BxL": valid, "last_index_B": last}
+        if rendered.turn_spans:
+            start[row], end = rendered.turn_spans[-1]
+            last[row] = end - 1
+    return {"tokens_BxL": tokens, "valid_BxL": valid, "last_index_B": last, "turn_start_B": start}
 
 
 def _padded_batches(rows: dict[str, np.ndarray], batch_size: int):
@@ -76,7 +80,8 @@ def unique_dialogues(dialogues: Sequence[Sequence[Turn]]) -> tuple[list[tuple], 
 
 @functools.lru_cache(maxsize=8)
 def _elo_fn(spec: ModelSpec):
-    return jax.jit(lambda params, tokens, valid, last: pref_elo(params, spec, tokens, valid, last))
+    return jax.jit(lambda params, tokens, valid, last, start: pref_elo(params, spec, tokens, valid,
+                                                                      last, start))
 
 
 @functools.lru_cache(maxsize=8)
@@ -122,7 +127,8 @@ class Scorer:
         rows = render_rows(dialogues, self.agent.tokenizer, self.agent.pref_seq_len)
         fn = _elo_fn(self.spec)
         params = {k: self.agent.params[k] for k in ("trunk", "pref_rm")}
-        out = [np.asarray(fn(params, b["tokens_BxL"], b["valid_BxL"], b["last_index_B"]))[:real]
+        out = [np.asarray(fn(params, b["tokens_BxL"], b["valid_BxL"], b["last_index_B"],
+                             b["turn_start_B"]))[:real]
                for b, real in _padded_batches(rows, self.batch_size)]
         return np.concatenate(out).astype(np.float32)[index]
 

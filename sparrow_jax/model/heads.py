@@ -12,7 +12,7 @@ from sparrow_jax.model.layers import RMSNorm, logical_param
 from sparrow_jax.model.spec import ModelSpec
 
 # Output width of each kind of role head; "lm" means vocab_size.
-HEAD_KINDS = ("lm", "elo", "yes_no")
+HEAD_KINDS = ("lm", "elo", "yes_no", "elo_lm")
 _HEAD_WIDTH = {"elo": 1, "yes_no": 2}
 
 
@@ -72,30 +72,45 @@ class RoleHead(nn.Module):
     """Final RMSNorm, then the role's projection.
 
     kind 'lm': logits_BxLxV (own 'unembed' [D, V], or the trunk embedding
-    transposed when tied_embeddings); 'elo': elo_BxL; 'yes_no': logits_BxLx2.
+    transposed when tied_embeddings); 'elo': elo_BxL; 'yes_no': logits_BxLx2;
+    'elo_lm': the Elo head and an LM head side by side, plus a scalar
+    'likelihood_scale' (init 1): a dict {'elo': elo_BxL, 'logits': logits_BxLxV,
+    'likelihood_scale': []} (the preference RM with `model.pref_rm_likelihood`).
     Returns (output float32, h_BxLxD the final-normed activations).
     """
     spec: ModelSpec
     kind: str
 
+    def _lm_logits(self, h_BxLxD, embedding_VxD):
+        s = self.spec
+        if s.tied_embeddings:
+            if embedding_VxD is None:
+                raise ValueError("tied_embeddings: the LM head needs the trunk embedding")
+            w_DxV = embedding_VxD.T
+        else:
+            w_DxV = logical_param(self, "unembed", (s.d_model, s.vocab_size), ("embed", "vocab"),
+                                  nn.initializers.normal(s.init_std))
+        out = lm_logits(h_BxLxD, w_DxV.astype(s.dtype))
+        return nn.with_logical_constraint(out, ("batch", "length", "vocab"))
+
+    def _scalar_head(self, h_BxLxD, width: int):
+        s = self.spec
+        w = logical_param(self, "head", (s.d_model, width), ("embed", "classes"),
+                          nn.initializers.normal(s.init_std))
+        return jnp.einsum("bld,dc->blc", h_BxLxD, w.astype(s.dtype),
+                          preferred_element_type=jnp.float32)
+
     @nn.compact
     def __call__(self, x_BxLxD: jax.Array, embedding_VxD: jax.Array | None = None):
-        s = self.spec
-        h = RMSNorm(s, name="final_norm")(x_BxLxD)
-        init = nn.initializers.normal(s.init_std)
+        h = RMSNorm(self.spec, name="final_norm")(x_BxLxD)
         if self.kind == "lm":
-            if s.tied_embeddings:
-                if embedding_VxD is None:
-                    raise ValueError("tied_embeddings: the LM head needs the trunk embedding")
-                w_DxV = embedding_VxD.T
-            else:
-                w_DxV = logical_param(self, "unembed", (s.d_model, s.vocab_size),
-                                      ("embed", "vocab"), init)
-            out = lm_logits(h, w_DxV.astype(s.dtype))
-            return nn.with_logical_constraint(out, ("batch", "length", "vocab")), h
-        width = _HEAD_WIDTH[self.kind]
-        w = logical_param(self, "head", (s.d_model, width), ("embed", "classes"), init)
-        out = jnp.einsum("bld,dc->blc", h, w.astype(s.dtype), preferred_element_type=jnp.float32)
+            return self._lm_logits(h, embedding_VxD), h
+        if self.kind == "elo_lm":
+            scale = logical_param(self, "likelihood_scale", (), (), nn.initializers.ones)
+            return {"elo": self._scalar_head(h, 1)[..., 0],
+                    "logits": self._lm_logits(h, embedding_VxD),
+                    "likelihood_scale": scale.astype(jnp.float32)}, h
+        out = self._scalar_head(h, _HEAD_WIDTH[self.kind])
         return (out[..., 0] if self.kind == "elo" else out), h
 
 

@@ -4,7 +4,8 @@ Params (unboxed, no flax metadata):
   {'trunk':   {'embedding': [V, D], 'layers': stack of n_frozen_layers (absent if 0)},
    'policy':  {'layers': stack, 'final_norm': {'scale'}, 'unembed': [D, V] (absent if tied)},
    'teacher': same as policy,
-   'pref_rm': {'layers', 'final_norm', 'head': [D, 1]},
+   'pref_rm': {'layers', 'final_norm', 'head': [D, 1]
+               (+ 'unembed': [D, V] unless tied, 'likelihood_scale': [] with pref_rm_likelihood)},
    'rule_rm': {'layers', 'final_norm', 'head': [D, 2]},
    'value':   {'hidden_0': [D, Hv], 'hidden_1': [Hv, Hv], ..., 'out': [Hv, 1]}}
 A stack is `{'attn', 'attn_norm', 'mlp', 'mlp_norm'}` with a leading layers axis.
@@ -23,17 +24,31 @@ import numpy as np
 
 from sparrow_jax.config import ROLES
 from sparrow_jax.model import cache as kv_cache
+from sparrow_jax.losses.sft import token_log_probs
 from sparrow_jax.model.cache import broadcast_cache, cache_logical_axes, init_cache, tops_for
 from sparrow_jax.model.heads import Embed, RoleHead, ValueHead
 from sparrow_jax.model.spec import ModelSpec
 from sparrow_jax.model.stack import apply_stack, attention_context, init_stack
 
 __all__ = ["init_params", "param_logical_axes", "forward", "extend", "count_params",
-           "init_cache", "broadcast_cache", "cache_logical_axes", "HEAD_OF_TOP"]
+           "init_cache", "broadcast_cache", "cache_logical_axes", "head_kind", "lm_head_tops"]
 
-HEAD_OF_TOP = {"policy": "lm", "teacher": "lm", "pref_rm": "elo", "rule_rm": "yes_no"}
+_HEAD_OF_TOP = {"policy": "lm", "teacher": "lm", "pref_rm": "elo", "rule_rm": "yes_no"}
 # The teacher shares the policy's seed: it starts as a copy of the policy top.
 _SEED_OF = {"trunk": 0, "policy": 1, "teacher": 1, "pref_rm": 2, "rule_rm": 3, "value": 4}
+
+
+def head_kind(spec: ModelSpec, top: str) -> str:
+    """The `RoleHead` kind of a top: the preference RM's is 'elo_lm' with pref_rm_likelihood."""
+    if top == "pref_rm" and spec.pref_rm_likelihood:
+        return "elo_lm"
+    return _HEAD_OF_TOP[top]
+
+
+def lm_head_tops(model_cfg) -> tuple[str, ...]:
+    """The tops that own an LM head (an unembedding, or the tied embedding)."""
+    spec = ModelSpec.of(model_cfg)
+    return tuple(t for t in _HEAD_OF_TOP if head_kind(spec, t) in ("lm", "elo_lm"))
 
 
 def _param_roles(roles: Iterable[str]) -> tuple[tuple[str, ...], bool]:
@@ -60,7 +75,7 @@ def _boxed_params(spec: ModelSpec, rng: jax.Array, roles: Iterable[str]):
     for top in tops:
         layers_key, head_key = jax.random.split(jax.random.fold_in(rng, _SEED_OF[top]))
         embedding_shape = ((1, spec.d_model), spec.param_dtype)
-        head = _init_module(RoleHead(spec, HEAD_OF_TOP[top]), (x_shape, embedding_shape), head_key)
+        head = _init_module(RoleHead(spec, head_kind(spec, top)), (x_shape, embedding_shape), head_key)
         tree[top] = {"layers": init_stack(spec, spec.n_top_layers, layers_key), **head}
     if with_value:
         tree["value"] = _init_module(ValueHead(spec), (x_shape,),
@@ -94,13 +109,32 @@ def _split_top(top_params):
     return top_params["layers"], {k: v for k, v in top_params.items() if k != "layers"}
 
 
-def _run_head(params, spec: ModelSpec, top: str, x_BxLxD, roles, outputs: dict):
-    """Apply `top`'s head (and the value head on the policy) into outputs."""
+def _next_token_logp(logits_BxLxV, tokens_BxL):
+    """log p(tokens[:, t + 1]) at row t; the last column is 0 (no next token). Shape BxL."""
+    next_BxL = jnp.concatenate([tokens_BxL[:, 1:], jnp.zeros_like(tokens_BxL[:, :1])], axis=1)
+    logp_BxL = token_log_probs(logits_BxLxV, next_BxL)
+    return logp_BxL.at[:, -1].set(0.0)
+
+
+def _run_head(params, spec: ModelSpec, top: str, x_BxLxD, roles, outputs: dict,
+              tokens_BxL=None):
+    """Apply `top`'s head (and the value head on the policy) into outputs.
+
+    An 'elo_lm' head (the preference RM with pref_rm_likelihood) gives `top` its Elo and,
+    when the tokens are known (`forward`, not `extend`), `<top>_next_logp`: its likelihood
+    scale times the log-prob of each next token.
+    """
     _, head_params = _split_top(params[top])
-    out, h_BxLxD = RoleHead(spec, HEAD_OF_TOP[top]).apply(
+    out, h_BxLxD = RoleHead(spec, head_kind(spec, top)).apply(
         {"params": head_params}, x_BxLxD, params["trunk"]["embedding"])
     if top in roles:
-        outputs[top] = out
+        if isinstance(out, dict):
+            outputs[top] = out["elo"]
+            if tokens_BxL is not None:
+                outputs[f"{top}_next_logp"] = out["likelihood_scale"] * _next_token_logp(
+                    out["logits"], tokens_BxL)
+        else:
+            outputs[top] = out
     if top == "policy" and "value" in roles:
         outputs["value"] = ValueHead(spec).apply({"params": params["value"]}, h_BxLxD)
 
@@ -124,7 +158,9 @@ def forward(params, model_cfg, tokens_BxL, positions_BxL=None, valid_BxL=None,
       segment_ids_BxL: int, attention stays within a segment (packing); default one segment.
     Returns:
       {'policy'|'teacher': logits_BxLxV, 'value': value_BxL, 'pref_rm': elo_BxL,
-       'rule_rm': yes_no_logits_BxLx2 (0 = "No", 1 = "Yes")}, float32, for the roles asked.
+       'rule_rm': yes_no_logits_BxLx2 (0 = "No", 1 = "Yes")}, float32, for the roles asked;
+      with `pref_rm_likelihood` also 'pref_rm_next_logp': BxL, the RM's likelihood scale
+      times log p(tokens[:, t + 1]) at t (`rewards.pref_scoring.read_elo` combines them).
     """
     spec = ModelSpec.of(model_cfg)
     roles = tuple(roles)
@@ -148,7 +184,7 @@ def forward(params, model_cfg, tokens_BxL, positions_BxL=None, valid_BxL=None,
     for top in tops:
         layers, _ = _split_top(params[top])
         top_x, _ = apply_stack(layers, spec, x, ctx)
-        _run_head(params, spec, top, top_x, roles, outputs)
+        _run_head(params, spec, top, top_x, roles, outputs, tokens_BxL)
     return outputs
 
 
@@ -163,7 +199,8 @@ def extend(params, model_cfg, tokens_BxT, positions_BxT, valid_BxT, cache,
     stay in step); outputs are returned only for `roles`, whose tops must be in
     the cache. The caller keeps index + T <= cache_len (not checked under jit).
 
-    Returns (outputs as in `forward` with L = T, new cache).
+    Returns (outputs as in `forward` with L = T, but no 'pref_rm_next_logp': the token after
+    the last is not known here; new cache).
     """
     spec = ModelSpec.of(model_cfg)
     roles = tuple(roles)

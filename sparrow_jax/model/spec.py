@@ -43,6 +43,7 @@ class ModelSpec:
     value_hidden: int
     value_layers: int
     smeared_keys: bool = False
+    pref_rm_likelihood: bool = False
 
     @classmethod
     def of(cls, model_cfg: Any) -> "ModelSpec":

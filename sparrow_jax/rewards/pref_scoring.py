@@ -1,7 +1,9 @@
 """Preference reward model scores (Elo) and their normalisation for the RL reward.
 
 The preference RM outputs an Elo per token; a candidate's score is read at the
-last token of its final agent turn (its eot). For the RL reward the Elo is
+last token of its final agent turn (its eot) by `read_elo`, which also adds the
+RM's scaled mean log-likelihood of that turn when the model has
+`pref_rm_likelihood` (one readout for training, RL and evaluation). For the RL reward the Elo is
 normalised against the starting policy: `EloNormaliser` holds the mean and
 standard deviation of the RM's Elo on that policy's samples (SPARROW.md
 section 6), accumulated batch by batch, with a JSON-serialisable state.
@@ -17,23 +19,45 @@ import numpy as np
 
 from sparrow_jax.model import hydra
 
-__all__ = ["pref_elo", "EloNormaliser"]
+__all__ = ["pref_elo", "read_elo", "EloNormaliser"]
 
 
-def pref_elo(params, model_cfg, tokens_BxL, valid_BxL, last_index_B, positions_BxL=None):
-    """elo_B float32: the preference RM's Elo at each row's `last_index_B` slot.
+def read_elo(outputs, last_index_B, turn_start_B):
+    """elo_B float32: a candidate's score from `hydra.forward(..., roles=("pref_rm",))` outputs.
+
+    The Elo head at `last_index_B` (the eot of the candidate's final agent turn), plus, if
+    the outputs have 'pref_rm_next_logp' (`model.pref_rm_likelihood`), its mean over slots
+    turn_start .. last - 1: the RM's scaled mean log-prob of that turn's tokens after its
+    role token (text and eot). `turn_start_B` is the slot of that role token.
+    """
+    index_Bx1 = jnp.asarray(last_index_B, jnp.int32)[:, None]
+    elo_B = jnp.take_along_axis(outputs["pref_rm"], index_Bx1, axis=1)[:, 0].astype(jnp.float32)
+    if "pref_rm_next_logp" not in outputs:
+        return elo_B
+    logp_BxL = outputs["pref_rm_next_logp"]
+    slots_1xL = jnp.arange(logp_BxL.shape[1], dtype=jnp.int32)[None, :]
+    start_Bx1 = jnp.asarray(turn_start_B, jnp.int32)[:, None]
+    in_turn_BxL = (slots_1xL >= start_Bx1) & (slots_1xL < index_Bx1)
+    mean_B = (jnp.sum(jnp.where(in_turn_BxL, logp_BxL, 0.0), axis=1)
+              / jnp.maximum(jnp.sum(in_turn_BxL, axis=1), 1))
+    return elo_B + mean_B
+
+
+def pref_elo(params, model_cfg, tokens_BxL, valid_BxL, last_index_B, turn_start_B,
+             positions_BxL=None):
+    """elo_B float32: the preference RM's score of each row's final agent turn (`read_elo`).
 
     Args:
       params: hydra params holding `trunk` and `pref_rm`.
       tokens_BxL / valid_BxL: context + candidate, rendered (padding = False).
-      last_index_B: int slot to read (the eot of the candidate's final agent turn).
+      last_index_B: int slot of the eot of the candidate's final agent turn.
+      turn_start_B: int slot of that turn's role token.
       positions_BxL: default arange(L).
     Jittable (close over model_cfg).
     """
-    elo_BxL = hydra.forward(params, model_cfg, tokens_BxL, positions_BxL, valid_BxL,
-                            roles=("pref_rm",))["pref_rm"]
-    index_B = jnp.asarray(last_index_B, jnp.int32)
-    return jnp.take_along_axis(elo_BxL, index_B[:, None], axis=1)[:, 0].astype(jnp.float32)
+    outputs = hydra.forward(params, model_cfg, tokens_BxL, positions_BxL, valid_BxL,
+                            roles=("pref_rm",))
+    return read_elo(outputs, last_index_B, turn_start_B)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -142,7 +142,7 @@ class RolloutBatch:
         """RIGHT-padded arrays for a training forward (L = `length`, default the longest sequence):
         tokens_BxL i32, positions_BxL i32 (arange, 0 on pads), valid_BxL, policy_mask_BxL,
         sampled_mask_BxL, role_ids_BxL i8 (-1 bos/pad), behaviour_logprobs_BxL f32, reward_index_B i32,
-        searched_B, malformed_B (bool), truncated_B."""
+        turn_start_B i32 (the final Sparrow turn's role token), searched_B, malformed_B (bool), truncated_B."""
         seqs = [r.sequence for r in self.rollouts]
         length = length or max(len(s) for s in seqs)
         b = len(seqs)
@@ -165,6 +165,7 @@ class RolloutBatch:
             out["role_ids_BxL"][row, :n] = s.role_ids_L
             out["behaviour_logprobs_BxL"][row, :n] = s.behaviour_logprobs_L
         out["reward_index_B"] = np.asarray([r.reward_index for r in self.rollouts], np.int32)
+        out["turn_start_B"] = np.asarray([r.sequence.turn_spans[-1][0] for r in self.rollouts], np.int32)
         out["searched_B"] = np.asarray([r.searched for r in self.rollouts], bool)
         out["malformed_B"] = np.asarray([r.malformed is not None for r in self.rollouts], bool)
         out["truncated_B"] = np.asarray([r.truncated for r in self.rollouts], bool)

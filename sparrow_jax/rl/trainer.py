@@ -97,14 +97,14 @@ class RewardScorer:
         rule_texts = list(stage_data.rules_by_id(cfg).values())
         self.rule_tokens_RxQ, self.rule_valid_RxQ = prepare_rule_suffixes(rule_texts, tokenizer)
         model_cfg = cfg.model
-        self._elo = jax.jit(lambda p, t, v, i: pref_elo(p, model_cfg, t, v, i))
+        self._elo = jax.jit(lambda p, t, v, i, s: pref_elo(p, model_cfg, t, v, i, s))
         self._rules = jax.jit(lambda p, t, v, rt, rv: rule_violation_probs(
             p, model_cfg, t, v, rt, rv, mesh=mesh, rules=rules))
 
     def elo_B(self, params, arrays) -> np.ndarray:
         rm = {k: params[k] for k in ("trunk", "pref_rm")}
         return np.asarray(self._elo(rm, arrays["tokens_BxL"], arrays["valid_BxL"],
-                                    arrays["reward_index_B"]))
+                                    arrays["reward_index_B"], arrays["turn_start_B"]))
 
     def p_broken_BxR(self, params, arrays) -> np.ndarray:
         rm = {k: params[k] for k in ("trunk", "rule_rm")}
@@ -223,7 +223,8 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
             rollout_seconds += time.perf_counter() - tick
             batch = {"tokens_BxL": arrays["tokens_BxL"], "valid_BxL": arrays["valid_BxL"],
                      "policy_mask_BxL": arrays["policy_mask_BxL"].astype(np.float32),
-                     "rewards_BxL": rewards_BxL, "reward_index_B": arrays["reward_index_B"]}
+                     "rewards_BxL": rewards_BxL, "reward_index_B": arrays["reward_index_B"],
+                     "turn_start_B": arrays["turn_start_B"]}
             state, metrics = step_fn(state, distributed.host_local_to_global(batch, mesh, in_shardings))
             step, steps_this_run = step + 1, steps_this_run + 1
             episodes_done += cfg.train.batch_size

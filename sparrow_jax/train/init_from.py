@@ -27,8 +27,9 @@ from sparrow_jax.train.trainable import STAGE_ROLES, merge_params, split_params
 
 log = logging.getLogger(__name__)
 
-# Params of a top other than its head: what a new role copies from the policy.
-TOP_BODY = ("layers", "final_norm")
+# Params of a top other than its head: what a new role copies from the policy (and its
+# LM head, 'unembed', when the new role has one: the preference RM with pref_rm_likelihood).
+TOP_BODY = ("layers", "final_norm", "unembed")
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -89,7 +90,7 @@ def graft(target: dict, source: dict) -> dict:
             out[role] = jax.tree.map(jnp.copy, source["policy"])
         elif "policy" in source and "layers" in target[role]:
             out[role] = {**target[role], **{k: source["policy"][k] for k in TOP_BODY
-                                            if k in source["policy"]}}
+                                            if k in source["policy"] and k in target[role]}}
     return jax.tree.map(lambda t, s: s.astype(t.dtype), target, out)
 
 

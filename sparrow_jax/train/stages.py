@@ -7,13 +7,14 @@ masks bool:
   lm        tokens/positions/segment_ids/valid/loss_mask _BxL (packed documents)
   sft       tokens/positions/valid/loss_mask _BxL (loss on agent + search-query turns)
   pref_rm   tokens/positions/valid _BxKxL, last_index_BxK (the candidate's last
-            token), candidate_valid_BxK, chosen_B, supported/plausible (+ _mask) _BxK
+            token), turn_start_BxK (its final agent turn's role token), candidate_valid_BxK, chosen_B, supported/plausible (+ _mask) _BxK
   rule_rm   tokens/positions/valid _BxL (dialogue) and rule_tokens/rule_positions/
             rule_valid _BxR (the rule question suffix), rule_last_index_B, broken_B
   rl        tokens_BxL, valid_BxL, policy_mask_BxL (agent and search-query tokens),
             rewards_BxL (reward parts known on the host, received at token t: rule term
             minus format penalty), reward_index_B (the final agent eot, where the
-            preference RM's normalised Elo is added inside the step)
+            preference RM's normalised Elo is added inside the step), turn_start_B
+            (that turn's role token)
 Logits at position t predict token t + 1; the losses are given full-length logits and
 targets shifted one left (`next_token_targets`), the last position masked out.
 """
@@ -33,6 +34,7 @@ from sparrow_jax.losses.preference import preference_loss
 from sparrow_jax.losses.rule import rule_loss
 from sparrow_jax.losses.sft import sft_loss
 from sparrow_jax.model import hydra
+from sparrow_jax.rewards.pref_scoring import read_elo
 from sparrow_jax.train.optimizer import make_optimizer
 from sparrow_jax.train.state import sharded_state_factory
 from sparrow_jax.train.step import TrainStep, make_train_step
@@ -46,7 +48,7 @@ DEVICE_KEYS = {
     "lm": ("tokens_BxL", "positions_BxL", "segment_ids_BxL", "valid_BxL", "loss_mask_BxL"),
     "sft": ("tokens_BxL", "positions_BxL", "valid_BxL", "loss_mask_BxL"),
     "pref_rm": ("tokens_BxKxL", "positions_BxKxL", "valid_BxKxL", "last_index_BxK",
-                "candidate_valid_BxK", "chosen_B", "supported_BxK", "supported_mask_BxK",
+                "turn_start_BxK", "candidate_valid_BxK", "chosen_B", "supported_BxK", "supported_mask_BxK",
                 "plausible_BxK", "plausible_mask_BxK"),
     "rule_rm": ("tokens_BxL", "positions_BxL", "valid_BxL", "rule_tokens_BxR",
                 "rule_positions_BxR", "rule_valid_BxR", "rule_last_index_B", "broken_B"),
@@ -80,14 +82,15 @@ def _lm(model_cfg, **_):
 
 
 def pref_elo_BxK(params, model_cfg, batch) -> jax.Array:
-    """Elo of each candidate, read at its last token: float32 [B, K]."""
+    """Elo of each candidate (`pref_scoring.read_elo` of its final agent turn): float32 [B, K]."""
     b, k, length = batch["tokens_BxKxL"].shape
     flat = lambda x: x.reshape((b * k, length))
     out = hydra.forward(params, model_cfg, flat(batch["tokens_BxKxL"]),
                         positions_BxL=flat(batch["positions_BxKxL"]),
                         valid_BxL=flat(batch["valid_BxKxL"]), roles=("pref_rm",))
-    last_Nx1 = batch["last_index_BxK"].reshape((b * k, 1))
-    return jnp.take_along_axis(out["pref_rm"], last_Nx1, axis=1).reshape((b, k))
+    elo_N = read_elo(out, batch["last_index_BxK"].reshape(b * k),
+                     batch["turn_start_BxK"].reshape(b * k))
+    return elo_N.reshape((b, k))
 
 
 def _pref_rm(model_cfg, aux_weight=0.5, centring_coef=1e-3, **_):
@@ -145,8 +148,8 @@ def _rl(model_cfg, alpha=0.1, value_coef=1.0, entropy_coef=0.0, kl_mode="loss", 
         extra = {}
         if elo_weight:
             index_Bx1 = batch["reward_index_B"][:, None]
-            elo_B = jnp.take_along_axis(out["pref_rm"], index_Bx1, axis=1)[:, 0]
-            elo_B = jax.lax.stop_gradient(elo_B.astype(jnp.float32))
+            elo_B = jax.lax.stop_gradient(
+                read_elo(out, batch["reward_index_B"], batch["turn_start_B"]))
             elo_term_B = elo_weight * (elo_B - elo_mean) / elo_std
             at_index_BxL = jnp.arange(rewards_BxL.shape[1])[None, :] == index_Bx1
             rewards_BxL = rewards_BxL + jnp.where(at_index_BxL, elo_term_B[:, None], 0.0)
@@ -203,7 +206,8 @@ def batch_shapes(stage: str, batch_size: int, seq_len: int, num_candidates: int 
                 "valid_BxL": S((batch_size, seq_len), jnp.bool_),
                 "policy_mask_BxL": S((batch_size, seq_len), jnp.float32),
                 "rewards_BxL": S((batch_size, seq_len), jnp.float32),
-                "reward_index_B": S((batch_size,), jnp.int32)}
+                "reward_index_B": S((batch_size,), jnp.int32),
+                "turn_start_B": S((batch_size,), jnp.int32)}
     if stage not in DEVICE_KEYS:
         raise ValueError(f"unknown stage {stage!r}; one of {STAGES}")
     from sparrow_jax.data.pipelines import batch_spec
@@ -235,10 +239,10 @@ def example_batch(stage: str, batch_size: int, seq_len: int, vocab_size: int, se
             rewards = np.zeros(s.shape, np.float32)
             rewards[:, -1] = rs.randn(s.shape[0])
             out[name] = rewards
-        elif name == "reward_index_B":
+        elif name in ("reward_index_B", "last_index_BxK"):
             out[name] = rs.randint(seq_len // 2, seq_len, s.shape).astype(np.int32)
-        elif name == "last_index_BxK":
-            out[name] = rs.randint(seq_len // 2, seq_len, s.shape).astype(np.int32)
+        elif name in ("turn_start_B", "turn_start_BxK"):  # no draw: other fields keep their values
+            out[name] = np.full(s.shape, seq_len // 4, np.int32)
         elif name == "rule_last_index_B":
             out[name] = rs.randint(0, rule_len, s.shape).astype(np.int32)
         elif name == "chosen_B":

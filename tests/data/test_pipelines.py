@@ -125,6 +125,11 @@ def test_pref_rm_last_index_and_labels(records, tokenizer):
             last = batch["last_index_BxK"][row, c]
             assert batch["tokens_BxKxL"][row, c, last] == tokenizer.eot_id
             assert last == batch["valid_BxKxL"][row, c].sum() - 1
+            # turn_start: the role token of the candidate's final agent turn (its text follows)
+            start = batch["turn_start_BxK"][row, c]
+            assert batch["tokens_BxKxL"][row, c, start] == tokenizer.role_id(Role.AGENT)
+            text = tokenizer.encode_turn(record.candidates[c][-1].text)
+            np.testing.assert_array_equal(batch["tokens_BxKxL"][row, c, start + 1:last], text)
         supported = record.supported or (None,) * k
         assert batch["supported_mask_BxK"][row, :k].tolist() == [s is not None for s in supported]
         assert not batch["valid_BxKxL"][row, k:].any()

@@ -15,13 +15,47 @@ def test_pref_elo_is_forward_at_last_index():
     cfg = tiny_model_cfg()
     params = random_params(cfg, ("pref_rm",))
     tokens, valid = right_padded([9, 4, 6], 10, cfg.vocab_size, seed=5)
-    last = np.array([8, 3, 2], np.int32)
-    got = jax.jit(lambda p, t, v, i: pref_elo(p, cfg, t, v, i))(params, tokens, valid, last)
+    last, start = np.array([8, 3, 2], np.int32), np.array([5, 1, 0], np.int32)
+    got = jax.jit(lambda p, t, v, i, s: pref_elo(p, cfg, t, v, i, s))(params, tokens, valid, last,
+                                                                       start)
     forward = jax.jit(lambda p, t, v: hydra.forward(p, cfg, t, valid_BxL=v, roles=("pref_rm",)))
-    full = np.asarray(forward(params, tokens, valid)["pref_rm"])
+    full = forward(params, tokens, valid)
+    assert set(full) == {"pref_rm"}  # no likelihood term without model.pref_rm_likelihood
     assert got.shape == (3,) and got.dtype == np.float32
-    np.testing.assert_allclose(got, full[np.arange(3), last], atol=1e-6)
+    np.testing.assert_allclose(got, np.asarray(full["pref_rm"])[np.arange(3), last], atol=1e-6)
     assert np.ptp(np.asarray(got)) > 1e-4
+
+
+def _log_softmax(x):
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def test_pref_elo_with_likelihood_adds_the_scaled_mean_log_prob_of_the_final_turn():
+    """Reference: the RM top run as an LM (its layers, final norm and unembed as a policy top),
+    log-softmax in NumPy, the mean log-prob of the turn's tokens after its role token up to and
+    including the eot, times the learnt scale, added to the Elo head at the eot."""
+    cfg = tiny_model_cfg(pref_rm_likelihood=True)
+    params = random_params(cfg, ("pref_rm",))
+    params["pref_rm"]["likelihood_scale"] = np.float32(1.7)
+    tokens, valid = right_padded([9, 4, 6], 10, cfg.vocab_size, seed=5)
+    last, start = np.array([8, 3, 5], np.int32), np.array([5, 1, 5], np.int32)
+    got = np.asarray(jax.jit(lambda p, t, v, i, s: pref_elo(p, cfg, t, v, i, s))(
+        params, tokens, valid, last, start))
+
+    head = np.asarray(hydra.forward(params, cfg, tokens, valid_BxL=valid,
+                                    roles=("pref_rm",))["pref_rm"])
+    rm_top = params["pref_rm"]
+    as_lm = {"trunk": params["trunk"], "policy": {k: rm_top[k] for k in
+                                                   ("layers", "final_norm", "unembed")}}
+    logp = _log_softmax(np.asarray(hydra.forward(as_lm, cfg, tokens, valid_BxL=valid,
+                                                 roles=("policy",))["policy"], np.float64))
+    for row in range(3):
+        slots = range(start[row], last[row])  # slot t predicts token t + 1
+        mean = np.mean([logp[row, t, tokens[row, t + 1]] for t in slots]) if slots else 0.0
+        np.testing.assert_allclose(got[row], head[row, last[row]] + 1.7 * mean, rtol=1e-5,
+                                   atol=1e-5)
+    assert got[2] == pytest.approx(head[2, 5], abs=1e-5)  # an empty span adds nothing
 
 
 def test_normaliser_matches_numpy_and_round_trips_json():

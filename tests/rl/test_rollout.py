@@ -115,6 +115,11 @@ def test_masks_and_behaviour_logprobs_match_a_training_forward(params, model_cfg
         _check_masks(r, tok)
     arrays = batch.training_arrays(env.config.max_seq_len, tok.pad_id)
     assert arrays["tokens_BxL"].shape == (B, env.config.max_seq_len)
+    for row, r in enumerate(batch.rollouts):  # the preference RM reads the final Sparrow turn
+        start, last = arrays["turn_start_B"][row], arrays["reward_index_B"][row]
+        assert arrays["tokens_BxL"][row, start] == tok.role_id(Role.AGENT)
+        assert (arrays["role_ids_BxL"][row, start:last + 1] == 1).all()  # ROLE_INDEX[agent]
+        assert arrays["tokens_BxL"][row, start - 1] == tok.eot_id  # the turn before ends there
     logits = hydra.forward(params, model_cfg, jnp.asarray(arrays["tokens_BxL"]),
                            jnp.asarray(arrays["positions_BxL"]), jnp.asarray(arrays["valid_BxL"]),
                            roles=("policy",))["policy"]

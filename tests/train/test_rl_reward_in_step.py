@@ -3,6 +3,7 @@ that must equal scoring the same sequences with the reward module, normalised.""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from tiny_models import tiny_model_config
 from sparrow_jax.losses.a2c import a2c_loss
@@ -11,8 +12,10 @@ from sparrow_jax.rewards.pref_scoring import pref_elo
 from sparrow_jax.train import stages
 
 
-def test_rl_loss_adds_the_normalised_elo_at_the_reward_index():
+@pytest.mark.parametrize("likelihood", [False, True])
+def test_rl_loss_adds_the_normalised_elo_at_the_reward_index(likelihood):
     model_cfg = tiny_model_config()
+    model_cfg.pref_rm_likelihood = likelihood
     params = hydra.init_params(model_cfg, jax.random.PRNGKey(0),
                                ("policy", "value", "teacher", "pref_rm"))
     batch = stages.example_batch("rl", 4, 16, model_cfg.vocab_size, seed=3)
@@ -22,7 +25,7 @@ def test_rl_loss_adds_the_normalised_elo_at_the_reward_index():
 
     # Reference: score with the reward module, place the reward by hand, run the A2C loss.
     elo_B = np.asarray(pref_elo(params, model_cfg, batch["tokens_BxL"], batch["valid_BxL"],
-                                batch["reward_index_B"]))
+                                batch["reward_index_B"], batch["turn_start_B"]))
     rewards_BxL = np.array(batch["rewards_BxL"])
     rewards_BxL[np.arange(4), batch["reward_index_B"]] += weight * (elo_B - mean) / std
     out = hydra.forward(params, model_cfg, batch["tokens_BxL"], valid_BxL=batch["valid_BxL"],
