@@ -77,6 +77,11 @@ def train_stage(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
     evaluator = StageEvaluator(stage, cfg.model, list(rule_texts))
 
     def evaluate() -> dict:
+        # No save may be in flight while evaluation runs: its first read of the test split
+        # imports tensorflow_datasets, whose etils lazy-import hook is process-wide and
+        # turned orbax's background `from math import log` into a LazyModule (the final
+        # save of an lm run failed about one time in four).
+        ckpt.wait()
         with shd.activation_sharding(mesh, rules):
             return evaluator(state, stage_data.eval_batches(cfg, stage, tokenizer,
                                                            cfg.train.eval_batches))

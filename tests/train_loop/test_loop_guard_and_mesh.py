@@ -85,3 +85,39 @@ def test_train_state_saved_on_fsdp_mesh_restores_on_data_tensor_mesh(world, tmp_
         assert b.sharding.mesh.shape == {"data": 2, "fsdp": 1, "tensor": 4}
         moved += b.sharding.spec != a.sharding.spec
     assert moved > 0  # some leaves really changed layout
+
+
+def test_evaluation_waits_for_every_started_save(world, tmp_path, monkeypatch):
+    """Evaluation imports tensorflow_datasets on its first read; etils' process-wide lazy-import
+    hook then broke orbax's background save threads. So no save may be in flight during eval."""
+    from sparrow_jax.train.stage_eval import StageEvaluator
+    events = []
+    real_save, real_wait, real_call = Checkpointer.save, Checkpointer.wait, StageEvaluator.__call__
+
+    def save(self, step, *args, **kwargs):
+        started = real_save(self, step, *args, **kwargs)
+        if started:
+            events.append(("save", step))
+        return started
+
+    def wait(self):
+        real_wait(self)
+        events.append(("wait",))
+
+    def evaluate(self, *args, **kwargs):
+        events.append(("eval",))
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(Checkpointer, "save", save)
+    monkeypatch.setattr(Checkpointer, "wait", wait)
+    monkeypatch.setattr(StageEvaluator, "__call__", evaluate)
+    cfg = tiny_config("sft", world, steps=4, **{"train.checkpoint_every": 2,
+                                                "train.eval_every": 2})
+    loop.train_stage(cfg, str(tmp_path))
+    assert ("eval",) in events and ("save", 4) in events
+    for index, event in enumerate(events):
+        if event == ("eval",):
+            pending = [e for e in events[:index] if e[0] == "save"]
+            waited_after_last_save = ("wait",) in events[events.index(pending[-1]):index] \
+                if pending else True
+            assert waited_after_last_save, f"evaluation started with a save in flight: {events}"
