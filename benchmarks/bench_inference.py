@@ -24,13 +24,17 @@ def rule_prefix_cost(results: dict, quick: bool = False, repeats: int = 20) -> d
     Sparrow's context, so every distance has its own relative encoding. Rule suffixes:
     the packaged rules via prepare_rule_suffixes with a tokenizer trained here (BPE,
     1024 pieces; `rule_suffix_len` = padded Q; every suffix is run at Q).
-    `rule_prefix_work_floor` = (L + 23 Q) / (L + Q): the ratio if cost were
-    proportional to tokens run (every suffix token runs the trunk and the rule RM top,
-    like a dialogue token). `rule_unshared_over_shared` = seconds of scoring the 23
+    All rules are scored as the RL reward and evaluation do: `rule_chunk=1` and
+    `rule_groups=group_rules_by_length(...)` (`rule_groups` groups, each at its own suffix
+    width). `rule_prefix_work_floor` = (L + 23 Q) / (L + Q): the ratio if
+    cost were proportional to tokens run at one width Q (every suffix token runs the
+    trunk and the rule RM top, like a dialogue token); grouping runs fewer (`rule_grouped_slots`
+    of 23 Q). `rule_unshared_over_shared` = seconds of scoring the 23
     rules without sharing (rule_violation_probs_unshared) / with sharing, at L = 1024.
     """
     import jax
     import jax.numpy as jnp
+    import numpy as np
     from sparrow_jax.model import hydra
     from sparrow_jax.rewards import rule_scoring
     lengths = (48, 24) if quick else RULE_DIALOGUE_LENS
@@ -38,8 +42,12 @@ def rule_prefix_cost(results: dict, quick: bool = False, repeats: int = 20) -> d
     params = hydra.init_params(cfg.model, jax.random.PRNGKey(0), roles=("rule_rm",))
     rule_tokens, rule_valid = (jnp.asarray(x) for x in rule_suffixes())
     n_rules, q_len = rule_tokens.shape
+    # As the RL reward and evaluation score them: one rule per lax.map step, rules grouped
+    # by suffix length so each group runs at its own width.
+    groups = rule_scoring.group_rules_by_length(np.asarray(rule_valid))
     shared = jax.jit(lambda p, t, v, rt, rv: rule_scoring.rule_violation_probs(
-        p, cfg.model, t, v, rt, rv))
+        p, cfg.model, t, v, rt, rv, rule_chunk=1,
+        rule_groups=groups if rt.shape[0] == n_rules else None))
     unshared = jax.jit(lambda p, t, v, rt, rv: rule_scoring.rule_violation_probs_unshared(
         p, cfg.model, t, v, rt, rv))
     variants = {}
@@ -65,7 +73,9 @@ def rule_prefix_cost(results: dict, quick: bool = False, repeats: int = 20) -> d
            "rule_count": n_rules, "rule_model_max_len": cfg.model.max_len,
            "rule_score_all_seconds": seconds[f"all_{length}"],
            "rule_score_one_seconds": seconds[f"one_{length}"],
-           "rule_unshared_over_shared": seconds["unshared"] / seconds["shared"]}
+           "rule_unshared_over_shared": seconds["unshared"] / seconds["shared"],
+           "rule_groups": len(groups),
+           "rule_grouped_slots": sum(len(i) * q for i, q in groups)}
     for other in lengths[1:]:
         out[f"rule_prefix_cost_ratio_L{other}"] = seconds[f"all_{other}"] / seconds[f"one_{other}"]
         out[f"rule_prefix_work_floor_L{other}"] = (other + n_rules * q_len) / (other + q_len)

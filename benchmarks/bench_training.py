@@ -215,7 +215,8 @@ def hydra_cost(results: dict, quick: bool = False, repeats: int = 10) -> dict:
     the shared frozen trunk / seconds of the same work with four separate models.
 
     Model: tiny_cpu (d_model 128, vocab 1024, f32, smeared keys as tiny_cpu sets them:
-    `hydra_smeared_keys`) at 10 layers with 8 frozen: the paper's 64 of 80. Chinchilla
+    `hydra_smeared_keys`; the preference RM without tiny_cpu's extra LM head, as in
+    sparrow_70b: `hydra_pref_rm_likelihood`) at 10 layers with 8 frozen: the paper's 64 of 80. Chinchilla
     widths are not used here on purpose: at 10 layers a 32k-vocabulary LM head costs
     about 4.5 layers of d_model 512, which would make the heads (the same work with or
     without the hydra) dominate, whereas at 70B a head is a third of one of 80 layers. tiny_cpu keeps the 70B's proportions: its work floor
@@ -236,8 +237,10 @@ def hydra_cost(results: dict, quick: bool = False, repeats: int = 10) -> dict:
     """
     n_layers, n_frozen = (5, 4) if quick else (10, 8)
     batch, length = (2, 16) if quick else (8, 256)
+    # The 70B config's head set: tiny_cpu's preference RM also keeps an LM head
+    # (model.pref_rm_likelihood, a toy-world aid), which the pod configs leave off.
     cfg = tiny_config(quick, "rl", n_layers=n_layers, n_frozen_layers=n_frozen,
-                      remat=UPDATE_REMAT)
+                      remat=UPDATE_REMAT, pref_rm_likelihood=False)
     params, data = _rl_batch_and_params(cfg, batch, length)
     trainable = {k: params[k] for k in ("policy", "value")}
     frozen = {k: v for k, v in params.items() if k not in trainable}
@@ -261,6 +264,7 @@ def hydra_cost(results: dict, quick: bool = False, repeats: int = 10) -> dict:
             "hydra_n_layers": n_layers, "hydra_n_frozen_layers": n_frozen,
             "hydra_d_model": cfg.model.d_model, "hydra_batch_size": batch,
             "hydra_seq_len": length, "hydra_remat": cfg.model.remat,
-            "hydra_smeared_keys": int(cfg.model.smeared_keys)}
+            "hydra_smeared_keys": int(cfg.model.smeared_keys),
+            "hydra_pref_rm_likelihood": int(cfg.model.pref_rm_likelihood)}
 
 

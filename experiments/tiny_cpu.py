@@ -9,12 +9,14 @@ top and share the lm trunk); rl starts from sft and reads the reward models from
 """
 from sparrow_jax.config import default_config
 
-# stage -> (steps, learning rate, batch size in sequences)
+# stage -> (steps, learning rate, batch size in rows: sequences, or packed rows for sft)
 STAGE_SCHEDULES = {
     "lm": (300, 3e-3, 16),
-    "sft": (900, 3e-3, 16),  # copying the value from the evidence emerges after ~600
-    "pref_rm": (400, 2e-3, 32),
-    "rule_rm": (300, 2e-3, 16),
+    # copying the value from the evidence emerges after ~600 steps; 8 packed rows hold
+    # ~19 dialogues (data.pack_sft)
+    "sft": (900, 3e-3, 8),
+    "pref_rm": (200, 2e-3, 32),  # held-out accuracy 0.90 at 200 steps, 0.90 at 400
+    "rule_rm": (250, 2e-3, 16),  # macro AUC 0.97 at 300 steps
     "rl": (100, 1e-4, 16),
 }
 
@@ -48,7 +50,9 @@ def get_config(variant: str = "sft"):
     t.steps = steps
     t.learning_rate = learning_rate
     t.batch_size = batch_size
-    t.seq_len = 192
+    # Toy dialogues have at most 111 tokens (comparisons 98, rated dialogues 93), so 128
+    # holds every one; the lm stage packs text, so its rows have no padding to save.
+    t.seq_len = 192 if variant == "lm" else 128
     t.warmup_steps = 20
     t.checkpoint_every = 100
     t.eval_every = 0
@@ -58,6 +62,8 @@ def get_config(variant: str = "sft"):
     # The toy tokenizer (1024 pieces learnt from toy text) spends up to ~70 tokens
     # on a rule question.
     cfg.data.rule_len = 96
+    # A toy dialogue averages 47 tokens: one per row of 128 would be 63% padding.
+    cfg.data.pack_sft = True
     return cfg
 
 

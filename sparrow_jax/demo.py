@@ -17,6 +17,8 @@ import dataclasses
 import json
 import logging
 import os
+import subprocess
+import sys
 import time
 
 from sparrow_jax.config import apply_overrides, load_experiment
@@ -39,13 +41,15 @@ class DemoSettings:
     """experiment: the experiment file (variants named after the stages).  overrides:
     `--config.a.b=v` strings for every stage.  world_seed / world_settings: the toy world
     (`sparrow data toyworld --seed --set`).  n_best: N of the reranked models.
-    max_prompts: held-out prompts per model (0 = all)."""
+    max_prompts: held-out prompts per model (0 = all).  parallel_reward_models: train rule_rm in
+    a second process while pref_rm trains (both start from sft)."""
     experiment: str = ""
     overrides: tuple[str, ...] = ()
     world_seed: int = 0
     world_settings: tuple[str, ...] = ()
     n_best: int = 8
     max_prompts: int = 0
+    parallel_reward_models: bool = True
 
 
 def stage_dir(root: str, stage: str) -> str:
@@ -56,17 +60,22 @@ def world_dir(root: str) -> str:
     return os.path.join(root, "world")
 
 
-def stage_config(root: str, stage: str, settings: DemoSettings):
-    """The validated config of `stage` in the demo rooted at `root`."""
+def stage_overrides(root: str, stage: str, settings: DemoSettings) -> list[str]:
+    """`--config.a.b=v` strings of `stage`: the demo's wiring, then the user's overrides."""
     wiring = [f"--config.data.dir={world_dir(root)}"]
     if stage in SOURCE_STAGE:
         wiring.append(f"--config.train.init_from={stage_dir(root, SOURCE_STAGE[stage])}")
     if stage == "rl":
         wiring += [f"--config.rl.pref_rm_from={stage_dir(root, 'pref_rm')}",
                    f"--config.rl.rule_rm_from={stage_dir(root, 'rule_rm')}"]
+    return wiring + list(settings.overrides)
+
+
+def stage_config(root: str, stage: str, settings: DemoSettings):
+    """The validated config of `stage` in the demo rooted at `root`."""
     experiment = settings.experiment or default_experiment()
     return apply_overrides(load_experiment(f"{experiment}:{stage}"),
-                           wiring + list(settings.overrides))
+                           stage_overrides(root, stage, settings))
 
 
 def finished(workdir: str, steps: int) -> dict | None:
@@ -89,26 +98,80 @@ def make_world(root: str, settings: DemoSettings) -> str:
     return out
 
 
+def _print_done(stage: str, summary: dict, seconds: float) -> None:
+    figures = " ".join(f"{k}={v:.4g}" for k, v in summary.get("eval", {}).items()
+                       if not k.startswith("auc/"))
+    print(f"== {stage} done in {seconds:.0f} s: {figures}", flush=True)
+
+
+class _ChildStage:
+    """A stage trained by `sparrow train` in a second process, its output in <workdir>/train.log.
+
+    The two reward models both start from sft and do not read each other, so rule_rm trains
+    beside pref_rm: one process of this tiny model keeps ~1.4 of the 2 cores busy, two keep both.
+    """
+
+    def __init__(self, root: str, stage: str, settings: DemoSettings, steps: int):
+        self.stage, self.steps, self.workdir = stage, steps, stage_dir(root, stage)
+        os.makedirs(self.workdir, exist_ok=True)
+        self.log_path = os.path.join(self.workdir, "train.log")
+        experiment = settings.experiment or default_experiment()
+        command = [sys.executable, "-m", "sparrow_jax", "train", "--config", f"{experiment}:{stage}",
+                   "--workdir", self.workdir, *stage_overrides(root, stage, settings)]
+        self.start = time.perf_counter()
+        with open(self.log_path, "a", encoding="utf-8") as log_file:
+            self.process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+
+    def wait(self) -> dict:
+        code = self.process.wait()
+        summary = finished(self.workdir, self.steps)
+        if code != 0 or summary is None:
+            from sparrow_jax.train.run_control import TrainingError
+            raise TrainingError(f"{self.stage} (a second process) stopped with exit code {code}; "
+                                f"see {self.log_path}; rerun the demo to resume it")
+        _print_done(self.stage, summary, time.perf_counter() - self.start)
+        return summary
+
+    def stop(self) -> None:
+        """SIGTERM: the child saves a checkpoint and exits, so a rerun resumes it."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait()
+
+
 def train_stages(root: str, settings: DemoSettings) -> dict[str, dict]:
-    """Run (or skip) every stage in order; {stage: summary}."""
+    """Run (or skip) every stage in order; {stage: summary}. With `settings.parallel_reward_models`,
+    rule_rm trains in a second process while pref_rm trains in this one."""
     from sparrow_jax.rl.trainer import train_rl
     from sparrow_jax.train.loop import train_stage
-    summaries = {}
-    for stage in STAGES:
-        cfg = stage_config(root, stage, settings)
-        workdir = stage_dir(root, stage)
-        done = finished(workdir, cfg.train.steps)
-        if done:
-            log.info("%s: finished earlier (%s), skipped", stage, workdir)
-            summaries[stage] = done
-            continue
-        print(f"== {stage}: {cfg.train.steps} steps -> {workdir}", flush=True)
-        start = time.perf_counter()
-        train = train_rl if stage == "rl" else train_stage
-        summaries[stage] = train(cfg, workdir)
-        figures = " ".join(f"{k}={v:.4g}" for k, v in summaries[stage].get("eval", {}).items()
-                           if not k.startswith("auc/"))
-        print(f"== {stage} done in {time.perf_counter() - start:.0f} s: {figures}", flush=True)
+    summaries, child = {}, None
+    try:
+        for stage in STAGES:
+            cfg = stage_config(root, stage, settings)
+            workdir = stage_dir(root, stage)
+            if child is not None and stage == child.stage:
+                summaries[stage] = child.wait()
+                child = None
+                continue
+            done = finished(workdir, cfg.train.steps)
+            if done:
+                log.info("%s: finished earlier (%s), skipped", stage, workdir)
+                summaries[stage] = done
+                continue
+            if stage == "pref_rm" and settings.parallel_reward_models:
+                rule_steps = stage_config(root, "rule_rm", settings).train.steps
+                if not finished(stage_dir(root, "rule_rm"), rule_steps):
+                    child = _ChildStage(root, "rule_rm", settings, rule_steps)
+                    print(f"== rule_rm: {rule_steps} steps -> {child.workdir} (a second process "
+                          f"beside pref_rm; log: {child.log_path})", flush=True)
+            print(f"== {stage}: {cfg.train.steps} steps -> {workdir}", flush=True)
+            start = time.perf_counter()
+            train = train_rl if stage == "rl" else train_stage
+            summaries[stage] = train(cfg, workdir)
+            _print_done(stage, summaries[stage], time.perf_counter() - start)
+    finally:
+        if child is not None:
+            child.stop()
     return summaries
 
 

@@ -53,3 +53,10 @@ def test_wrong_type_is_named():
 def test_70b_config_validates():
     cfg = config_lib.load_experiment("experiments/sparrow_70b.py")
     assert cfg.model.n_layers == 80 and cfg.model.n_frozen_layers == 64
+
+
+def test_negative_rule_chunk_is_named():
+    cfg = config_lib.default_config()
+    cfg.rl.rule_chunk = -1
+    with pytest.raises(config_lib.ConfigError, match="rl.rule_chunk"):
+        config_lib.validate(cfg)

@@ -1,4 +1,4 @@
-"""`sparrow demo --workdir ROOT [--n-best 8] [--max-prompts N] [--config.a.b=v ...]`.
+"""`sparrow demo --workdir ROOT [--n-best 8] [--max-prompts N] [--serial] [--config.a.b=v ...]`.
 
 The whole recipe at toy scale on this machine (sparrow_jax/demo.py): toy world, lm, sft,
 pref_rm, rule_rm, rl, then sft / sft@N / rl / rl@N judged by the world's oracle on
@@ -22,6 +22,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--world-seed", type=int, default=0, help="toy world seed")
     parser.add_argument("--world-set", action="append", default=[], metavar="FIELD=VALUE",
                         help="toy world setting, e.g. --world-set n_dialogues=300 (repeatable)")
+    parser.add_argument("--serial", action="store_true",
+                        help="train rule_rm after pref_rm in this process (default: beside it, in a "
+                             "second process; its log is ROOT/rule_rm/train.log)")
 
 
 def run(args, overrides) -> int:
@@ -32,7 +35,8 @@ def run(args, overrides) -> int:
     from sparrow_jax.train.run_control import STOPPING_ERRORS, exit_code
     settings = demo.DemoSettings(experiment=args.config, overrides=tuple(overrides),
                                  world_seed=args.world_seed, world_settings=tuple(args.world_set),
-                                 n_best=args.n_best, max_prompts=args.max_prompts)
+                                 n_best=args.n_best, max_prompts=args.max_prompts,
+                                 parallel_reward_models=not args.serial)
     try:
         report = demo.run_demo(args.workdir, settings)
     except STOPPING_ERRORS as err:  # WorkdirError is a ValueError

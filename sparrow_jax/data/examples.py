@@ -27,9 +27,9 @@ EXAMPLE_SPECS: dict[str, dict[str, tuple[str, type]]] = {
         "valid": ("L", bool), "loss_mask": ("L", bool),
     },
     "sft": {
-        "tokens": ("L", np.int32), "positions": ("L", np.int32), "valid": ("L", bool),
-        "loss_mask": ("L", bool), "role_ids": ("L", np.int8), "truncated": ("", bool),
-        "record_index": ("", np.int32),
+        "tokens": ("L", np.int32), "positions": ("L", np.int32), "segment_ids": ("L", np.int32),
+        "valid": ("L", bool), "loss_mask": ("L", bool), "role_ids": ("L", np.int8),
+        "truncated": ("", bool), "record_index": ("", np.int32),
     },
     "pref_rm": {
         "tokens": ("KxL", np.int32), "positions": ("KxL", np.int32), "valid": ("KxL", bool),
@@ -52,6 +52,13 @@ EXAMPLE_SPECS: dict[str, dict[str, tuple[str, type]]] = {
     },
 }
 STAGES = tuple(EXAMPLE_SPECS)
+# Packed sft rows (`pipelines.make_pipeline("sft", pack=True)`): several dialogues per row,
+# positions restarting at each; a row's counts of dialogues and of left-cut dialogues.
+PACKED_SFT_SPEC: dict[str, tuple[str, type]] = {
+    "tokens": ("L", np.int32), "positions": ("L", np.int32), "segment_ids": ("L", np.int32),
+    "valid": ("L", bool), "loss_mask": ("L", bool), "role_ids": ("L", np.int8),
+    "num_segments": ("", np.int32), "num_truncated": ("", np.int32),
+}
 # Record kinds each stage reads. `lm` also reads plain strings (pipelines.read_text_documents).
 STAGE_KINDS = {"lm": ("corpus", "dialogues"), "sft": ("dialogues",), "pref_rm": ("preferences",),
                "rule_rm": ("rule_ratings",), "prompts": ("prompts",)}
@@ -99,12 +106,26 @@ def lm_tokens(record: str | schemas.CorpusDoc | schemas.DialogueRecord,
 
 
 def sft_example(record: schemas.DialogueRecord, tokenizer: Tokenizer, seq_len: int) -> dict:
+    """One dialogue per row, right-padded; segment_ids 1 on its tokens, 0 on padding."""
     rendered, cut = _render_fitting(record.turns, tokenizer, seq_len, record.id)
     example = _sequence(rendered, seq_len, tokenizer.pad_id)
+    example["segment_ids"] = example["valid"].astype(np.int32)
     example["loss_mask"] = _pad(rendered.loss_mask, seq_len, False)
     example["role_ids"] = _pad(rendered.role_ids, seq_len, -1).astype(np.int8)
     example["truncated"] = np.bool_(cut)
     return example
+
+
+def sft_segment(record: schemas.DialogueRecord, tokenizer: Tokenizer, seq_len: int) -> dict:
+    """One dialogue, unpadded, for packing several into a row (`pipelines.make_pipeline(pack=
+    True)`): tokens / loss_mask / role_ids [n] (n <= seq_len; role_ids shifted by +1 so
+    that the packer's 0 padding decodes to -1) and truncated [n] (the cut flag, per token)."""
+    rendered, cut = _render_fitting(record.turns, tokenizer, seq_len, record.id)
+    n = len(rendered)
+    return {"tokens": rendered.token_ids.astype(np.int32),
+            "loss_mask": rendered.loss_mask.astype(bool),
+            "role_ids_plus_one": (rendered.role_ids.astype(np.int32) + 1),
+            "truncated": np.full(n, cut, bool)}
 
 
 def pref_rm_example(record: schemas.PreferenceRecord, tokenizer: Tokenizer, seq_len: int,
@@ -197,6 +218,8 @@ def prompt_example(record: schemas.PromptRecord, tokenizer: Tokenizer, seq_len: 
 
 
 def batch_key(stage: str, key: str) -> str:
-    """`tokens` -> `tokens_BxL`: the name of an example key once batched."""
-    shape = EXAMPLE_SPECS[stage][key][0]
+    """`tokens` -> `tokens_BxL`: the name of an example key once batched ("sft_packed":
+    PACKED_SFT_SPEC)."""
+    spec = PACKED_SFT_SPEC if stage == "sft_packed" else EXAMPLE_SPECS[stage]
+    shape = spec[key][0]
     return f"{key}_B" + (f"x{shape}" if shape else "")

@@ -76,10 +76,15 @@ class BatchIterator:
 
     def __next__(self) -> dict[str, np.ndarray]:
         batch = next(self._iterator)
-        self.num_examples += next(iter(batch.values())).shape[0]
-        truncated = batch.get("truncated_B")
-        if truncated is not None and truncated.any():
-            self.num_truncated += int(truncated.sum())
+        if "num_segments_B" in batch:  # packed rows: several examples each
+            self.num_examples += int(batch["num_segments_B"].sum())
+            cuts = int(batch["num_truncated_B"].sum())
+        else:
+            self.num_examples += next(iter(batch.values())).shape[0]
+            truncated = batch.get("truncated_B")
+            cuts = 0 if truncated is None else int(truncated.sum())
+        if cuts:
+            self.num_truncated += cuts
             if self.num_truncated >= self._next_log:  # logs at 1, 2, 4, 8, ... cuts
                 log.warning("%s: %d of %d examples so far were longer than seq_len and cut from "
                             "the left", self.stage, self.num_truncated, self.num_examples)
@@ -145,11 +150,23 @@ def _packed_lm_row(row: dict) -> dict:
             "positions": positions, "valid": valid, "loss_mask": valid & (positions > 0)}
 
 
+def _packed_sft_row(row: dict) -> dict:
+    segment_ids = row["tokens_segment_ids"].astype(np.int32)
+    valid = segment_ids > 0
+    starts = valid & (row["tokens_positions"] == 0)
+    return {"tokens": row["tokens"].astype(np.int32),
+            "positions": row["tokens_positions"].astype(np.int32), "segment_ids": segment_ids,
+            "valid": valid, "loss_mask": row["loss_mask"].astype(bool) & valid,
+            "role_ids": (row["role_ids_plus_one"].astype(np.int32) - 1).astype(np.int8),
+            "num_segments": np.int32(starts.sum()),
+            "num_truncated": np.int32((starts & row["truncated"].astype(bool)).sum())}
+
+
 def make_pipeline(stage: str, source: Sequence, tokenizer: Tokenizer, *, global_batch_size: int,
                   seq_len: int, seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
                   shard: Shard | None = None, drop_remainder: bool = True, num_candidates: int = 4,
                   rule_len: int | None = None, rules: Mapping[str, str] | None = None,
-                  pad_prompts_left: bool = True, num_threads: int = 1,
+                  pad_prompts_left: bool = True, pack: bool = False, num_threads: int = 1,
                   prefetch_buffer_size: int = 8) -> BatchIterator:
     """Batches for one stage; see the module docstring and examples.EXAMPLE_SPECS.
 
@@ -164,6 +181,10 @@ def make_pipeline(stage: str, source: Sequence, tokenizer: Tokenizer, *, global_
       rule_len: rule_rm R, the padded length of the rule question suffix; None = the longest
         rule question rounded up to a multiple of 16 (a question longer than R is an error).
       rules: {rule_id: rule text}, in rule-index order; needed by rule_rm, used by prompts.
+      pack: sft only: whole dialogues packed first-fit into rows of seq_len (a dialogue is
+        never split; attention stays within its segment). Rows then carry segment_ids,
+        positions restarting per dialogue, num_segments_B and num_truncated_B instead of
+        record_index_B / truncated_B, and global_batch_size counts rows.
       num_threads / prefetch_buffer_size: grain ReadOptions for the per-record work.
     """
     if stage not in examples.STAGES:
@@ -190,6 +211,18 @@ def make_pipeline(stage: str, source: Sequence, tokenizer: Tokenizer, *, global_
             dataset.to_iter_dataset(read_options), length_struct={"tokens": seq_len})
         batched = packed.map(_packed_lm_row).batch(batch_size, drop_remainder=drop_remainder)
         return BatchIterator(batched.map(_rename(stage)), stage)
+    if pack:
+        if stage != "sft":
+            raise ValueError(f"pack=True is for the sft stage, not {stage!r}")
+        segments = dataset.map(lambda indexed: examples.sft_segment(indexed[1], tokenizer, seq_len))
+        lengths = {key: seq_len for key in ("tokens", "loss_mask", "role_ids_plus_one", "truncated")}
+        # One bin per row of the batch: each batch is one packing round, so the
+        # iterator state (and a resumed run) stays exact.
+        packed = grain.experimental.FirstFitPackIterDataset(
+            segments.to_iter_dataset(read_options), length_struct=lengths,
+            num_packing_bins=batch_size, seed=seed, shuffle_bins=False)
+        batched = packed.map(_packed_sft_row).batch(batch_size, drop_remainder=drop_remainder)
+        return BatchIterator(batched.map(_rename("sft_packed")), stage)
     example_fn = _example_fn(stage, tokenizer, seq_len, num_candidates=num_candidates,
                              rule_len=rule_len, rules=rules, pad_prompts_left=pad_prompts_left)
 

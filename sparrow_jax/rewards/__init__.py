@@ -6,8 +6,10 @@ normaliser. `reward`: the per-agent-turn RL reward and its components.
 """
 from sparrow_jax.rewards.pref_scoring import EloNormaliser, pref_elo
 from sparrow_jax.rewards.reward import aggregate_rules, turn_reward
-from sparrow_jax.rewards.rule_scoring import (prepare_rule_suffixes, rule_violation_probs,
+from sparrow_jax.rewards.rule_scoring import (group_rules_by_length, prepare_rule_suffixes,
+                                              rule_violation_probs,
                                               rule_violation_probs_unshared)
 
 __all__ = ["rule_violation_probs", "rule_violation_probs_unshared", "prepare_rule_suffixes",
+           "group_rules_by_length",
            "pref_elo", "EloNormaliser", "turn_reward", "aggregate_rules"]

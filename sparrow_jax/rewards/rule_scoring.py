@@ -32,7 +32,7 @@ from sparrow_jax.dialogue.tokenizer import Tokenizer
 from sparrow_jax.model import hydra
 
 __all__ = ["rule_violation_probs", "rule_violation_probs_unshared", "prepare_rule_suffixes",
-           "suffix_start", "YES_INDEX"]
+           "group_rules_by_length", "suffix_start", "YES_INDEX"]
 
 YES_INDEX = 1  # rule_rm yes_no logits: 0 = "No" (kept), 1 = "Yes" (broken)
 _ROLES = ("rule_rm",)
@@ -101,10 +101,49 @@ def _rows_spec(x):
     return P(*(("batch",) + (None,) * (x.ndim - 1)))
 
 
+def group_rules_by_length(rule_valid_RxQ, max_groups: int = 3,
+                          multiple: int = 8) -> tuple[tuple[tuple[int, ...], int], ...]:
+    """Static rule groups for `rule_violation_probs(rule_groups=...)`: ((rule indices, Q_g), ...).
+
+    Rules sorted by real suffix length are cut into at most `max_groups` runs so that the
+    padded slots, sum over groups of |g| * Q_g (Q_g = the group's longest suffix rounded up
+    to `multiple`, at most Q), are fewest. The 23 packaged rules with the toy tokenizer:
+    1840 slots at one Q of 80 -> 1248 in three groups (Q_g = 48, 56, 72).
+    """
+    valid = np.asarray(rule_valid_RxQ, bool)
+    n_rules, q_len = valid.shape
+    lengths = valid.sum(axis=1)
+    order = np.argsort(lengths, kind="stable")
+    sorted_len = lengths[order]
+
+    def width(i, j):  # slots of one group holding sorted rules i..j-1
+        return (j - i) * min(q_len, max(multiple, -(-int(sorted_len[j - 1]) // multiple) * multiple))
+
+    groups_max = max(1, min(max_groups, n_rules))
+    # cost[g][j]: fewest slots for the first j sorted rules in g groups; cut[g][j]: where the last begins.
+    inf = float("inf")
+    cost = [[inf] * (n_rules + 1) for _ in range(groups_max + 1)]
+    cut = [[0] * (n_rules + 1) for _ in range(groups_max + 1)]
+    cost[0][0] = 0
+    for g in range(1, groups_max + 1):
+        for j in range(1, n_rules + 1):
+            for i in range(g - 1, j):
+                c = cost[g - 1][i] + width(i, j)
+                if c < cost[g][j]:
+                    cost[g][j], cut[g][j] = c, i
+    best = min(range(1, groups_max + 1), key=lambda g: cost[g][n_rules])
+    bounds, j = [], n_rules
+    for g in range(best, 0, -1):
+        bounds.append((cut[g][j], j))
+        j = cut[g][j]
+    return tuple((tuple(int(r) for r in order[i:j]), width(i, j) // (j - i))
+                 for i, j in reversed(bounds))
+
+
 def rule_violation_probs(params, model_cfg, dialogue_tokens_BxL, dialogue_valid_BxL,
                          rule_tokens_RxQ, rule_valid_RxQ, dialogue_positions_BxL=None, *,
-                         rule_chunk: int | None = None, mesh: Mesh | None = None,
-                         rules: Any = None):
+                         rule_chunk: int | None = None, rule_groups=None,
+                         mesh: Mesh | None = None, rules: Any = None):
     """p_broken_BxR float32 in [0, 1], each dialogue encoded once and shared by all rules.
 
     Args:
@@ -116,19 +155,28 @@ def rule_violation_probs(params, model_cfg, dialogue_tokens_BxL, dialogue_valid_
         dialogue's last real position + 1, whatever the padding.
       rule_chunk: score this many rules per step (lax.map over chunks) to bound the
         broadcast cache at B * rule_chunk rows; None = all R at once.
+      rule_groups: static ((rule indices, Q_g), ...) covering every rule once
+        (`group_rules_by_length`): each group runs at its own suffix width Q_g, so short
+        rules do not pay for the longest one's padding. Q_g must hold the group's real
+        tokens. None = one group of all R at Q.
       mesh, rules: optional device mesh and logical-axis rules; the cache and the
         B * R rows are then sharded by the 'batch' rule. Model activations are
         constrained too when the call is traced inside `sharding.activation_sharding`.
-    Jittable (close over model_cfg, mesh and rules).
+    Jittable (close over model_cfg, rule_groups, mesh and rules).
     """
     if dialogue_positions_BxL is None:
         dialogue_positions_BxL = _default_positions(dialogue_tokens_BxL)
     dialogue_valid_BxL = dialogue_valid_BxL.astype(bool)
     batch, length = dialogue_tokens_BxL.shape
     n_rules, q_len = rule_tokens_RxQ.shape
+    groups = tuple(rule_groups) if rule_groups else ((tuple(range(n_rules)), q_len),)
+    covered = sorted(r for indices, _ in groups for r in indices)
+    if covered != list(range(n_rules)) or any(not 0 < q <= q_len for _, q in groups):
+        raise ValueError(f"rule_groups must cover rules 0..{n_rules - 1} once each at widths in "
+                         f"(0, {q_len}]; got {groups}")
     cache_axes = hydra.cache_logical_axes(model_cfg, tops=_ROLES)
 
-    cache = hydra.init_cache(model_cfg, batch, length + q_len, tops=_ROLES)
+    cache = hydra.init_cache(model_cfg, batch, length + max(q for _, q in groups), tops=_ROLES)
     cache = _constrain(cache, cache_axes, mesh, rules)
     _, cache = hydra.extend(params, model_cfg, dialogue_tokens_BxL, dialogue_positions_BxL,
                             dialogue_valid_BxL, cache, roles=_ROLES)
@@ -136,12 +184,12 @@ def rule_violation_probs(params, model_cfg, dialogue_tokens_BxL, dialogue_valid_
 
     def score_chunk(chunk):
         tokens_CxQ, valid_CxQ = chunk
-        c = tokens_CxQ.shape[0]
+        c, q = tokens_CxQ.shape
         # Row b * c + j is (dialogue b, rule j of the chunk), matching broadcast_cache.
         rows = {
             "tokens": jnp.tile(tokens_CxQ, (batch, 1)),
             "valid": jnp.tile(valid_CxQ.astype(bool), (batch, 1)),
-            "positions": jnp.repeat(start_B, c)[:, None] + jnp.arange(q_len, dtype=jnp.int32),
+            "positions": jnp.repeat(start_B, c)[:, None] + jnp.arange(q, dtype=jnp.int32),
         }
         rows = _constrain(rows, jax.tree.map(_rows_spec, rows), mesh, rules)
         wide = _constrain(hydra.broadcast_cache(cache, c), cache_axes, mesh, rules)
@@ -151,16 +199,27 @@ def rule_violation_probs(params, model_cfg, dialogue_tokens_BxL, dialogue_valid_
         logits_Nx2 = jnp.take_along_axis(out["rule_rm"], last_N[:, None, None], axis=1)[:, 0]
         return _p_broken(logits_Nx2).reshape(batch, c)
 
-    if rule_chunk is None or rule_chunk >= n_rules:
-        return score_chunk((rule_tokens_RxQ, rule_valid_RxQ))
-    n_chunks = -(-n_rules // rule_chunk)
-    pad = n_chunks * rule_chunk - n_rules  # padded rules are all-invalid rows, dropped below
-    tokens = jnp.pad(rule_tokens_RxQ, ((0, pad), (0, 0)))
-    valid = jnp.pad(rule_valid_RxQ.astype(bool), ((0, pad), (0, 0)))
-    chunks = (tokens.reshape(n_chunks, rule_chunk, q_len),
-              valid.reshape(n_chunks, rule_chunk, q_len))
-    p_KxBxC = jax.lax.map(score_chunk, chunks)
-    return jnp.moveaxis(p_KxBxC, 0, 1).reshape(batch, n_chunks * rule_chunk)[:, :n_rules]
+    def score_group(tokens_GxQ, valid_GxQ):
+        n = tokens_GxQ.shape[0]
+        if rule_chunk is None or rule_chunk >= n:
+            return score_chunk((tokens_GxQ, valid_GxQ))
+        n_chunks = -(-n // rule_chunk)
+        pad = n_chunks * rule_chunk - n  # padded rules are all-invalid rows, dropped below
+        q = tokens_GxQ.shape[1]
+        tokens = jnp.pad(tokens_GxQ, ((0, pad), (0, 0)))
+        valid = jnp.pad(valid_GxQ.astype(bool), ((0, pad), (0, 0)))
+        chunks = (tokens.reshape(n_chunks, rule_chunk, q), valid.reshape(n_chunks, rule_chunk, q))
+        p_KxBxC = jax.lax.map(score_chunk, chunks)
+        return jnp.moveaxis(p_KxBxC, 0, 1).reshape(batch, n_chunks * rule_chunk)[:, :n]
+
+    if len(groups) == 1 and groups[0][0] == tuple(range(n_rules)):
+        return score_group(rule_tokens_RxQ[:, :groups[0][1]], rule_valid_RxQ[:, :groups[0][1]])
+    pieces = []
+    for indices, q in groups:
+        index = np.asarray(indices, np.int32)
+        pieces.append(score_group(rule_tokens_RxQ[index, :q], rule_valid_RxQ[index, :q]))
+    rule_order = np.argsort(np.concatenate([np.asarray(i) for i, _ in groups]))
+    return jnp.concatenate(pieces, axis=1)[:, rule_order]
 
 
 def rule_violation_probs_unshared(params, model_cfg, dialogue_tokens_BxL, dialogue_valid_BxL,

@@ -35,7 +35,8 @@ from sparrow_jax.data import schemas
 from sparrow_jax.dialogue.turns import ROLE_INDEX, Role
 from sparrow_jax.rewards.pref_scoring import EloNormaliser, pref_elo
 from sparrow_jax.rewards.reward import aggregate_rules
-from sparrow_jax.rewards.rule_scoring import prepare_rule_suffixes, rule_violation_probs
+from sparrow_jax.rewards.rule_scoring import (group_rules_by_length, prepare_rule_suffixes,
+                                              rule_violation_probs)
 from sparrow_jax.rl.rollout import Environment, RolloutConfig, rollout
 from sparrow_jax.rl.selfplay import ContextBuffer, EpisodeSource, play
 from sparrow_jax.search import make_engine
@@ -98,8 +99,11 @@ class RewardScorer:
         self.rule_tokens_RxQ, self.rule_valid_RxQ = prepare_rule_suffixes(rule_texts, tokenizer)
         model_cfg = cfg.model
         self._elo = jax.jit(lambda p, t, v, i, s: pref_elo(p, model_cfg, t, v, i, s))
+        rule_chunk = int(cfg.rl.rule_chunk) or None
+        rule_groups = group_rules_by_length(self.rule_valid_RxQ)
         self._rules = jax.jit(lambda p, t, v, rt, rv: rule_violation_probs(
-            p, model_cfg, t, v, rt, rv, mesh=mesh, rules=rules))
+            p, model_cfg, t, v, rt, rv, rule_chunk=rule_chunk, rule_groups=rule_groups,
+            mesh=mesh, rules=rules))
 
     def elo_B(self, params, arrays) -> np.ndarray:
         rm = {k: params[k] for k in ("trunk", "pref_rm")}

@@ -108,7 +108,8 @@ def _pipeline(cfg, stage: str, kind: str, split: str, tokenizer, train: bool):
         global_batch_size=stage_batch_size(cfg, stage), seq_len=cfg.train.seq_len,
         seed=cfg.train.seed, shuffle=train, num_epochs=None if train else 1,
         drop_remainder=train, num_candidates=cfg.data.num_candidates,
-        rule_len=cfg.data.rule_len, rules=rules_by_id(cfg))
+        rule_len=cfg.data.rule_len, rules=rules_by_id(cfg),
+        pack=bool(cfg.data.pack_sft) and stage == "sft" and train)
 
 
 def train_iterator(cfg, stage: str, tokenizer):

@@ -46,7 +46,7 @@ RULE_LEN = 64  # default R: padded length of the rule question suffix
 # stage -> the batch keys its loss reads (everything else stays on the host)
 DEVICE_KEYS = {
     "lm": ("tokens_BxL", "positions_BxL", "segment_ids_BxL", "valid_BxL", "loss_mask_BxL"),
-    "sft": ("tokens_BxL", "positions_BxL", "valid_BxL", "loss_mask_BxL"),
+    "sft": ("tokens_BxL", "positions_BxL", "segment_ids_BxL", "valid_BxL", "loss_mask_BxL"),
     "pref_rm": ("tokens_BxKxL", "positions_BxKxL", "valid_BxKxL", "last_index_BxK",
                 "turn_start_BxK", "candidate_valid_BxK", "chosen_B", "supported_BxK", "supported_mask_BxK",
                 "plausible_BxK", "plausible_mask_BxK"),

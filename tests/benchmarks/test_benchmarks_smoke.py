@@ -23,7 +23,7 @@ FIGURES = ("matmul_peak_flops", "matmul_peak_flops_bf16", "train_tokens_per_seco
 CONFIG_STRINGS = ("train_compute_dtype", "train_model", "train_stage", "train_remat",
                   "hydra_remat")
 # Figures that may be 0 (a rate of something that need not happen in a toy run, a flag).
-MAY_BE_ZERO = ("rl_search_rate", "hydra_smeared_keys")
+MAY_BE_ZERO = ("rl_search_rate", "hydra_smeared_keys", "hydra_pref_rm_likelihood")
 
 
 def _load_runner():

@@ -36,15 +36,15 @@ def test_batch_keys_shapes_dtypes(stage, records, tokenizer):
     assert {k: (v.shape, v.dtype) for k, v in batch.items()} == spec
 
 
-@pytest.mark.parametrize("stage", examples.STAGES)
-def test_state_round_trip_resumes_identically(stage, records, tokenizer):
+@pytest.mark.parametrize("stage,pack", [(s, False) for s in examples.STAGES] + [("sft", True)])
+def test_state_round_trip_resumes_identically(stage, pack, records, tokenizer):
     # 24 records / batch 4 = 6 batches an epoch: taking 5 + 4 crosses into the reshuffled 2nd epoch.
-    it = _pipeline(stage, records, tokenizer)
+    it = _pipeline(stage, records, tokenizer, pack=pack)
     for _ in range(5):
         next(it)
     state = json.loads(json.dumps(it.get_state()))  # what a checkpoint stores
     after = [next(it) for _ in range(4)]
-    resumed = _pipeline(stage, records, tokenizer)
+    resumed = _pipeline(stage, records, tokenizer, pack=pack)
     resumed.set_state(state)
     _equal(after, [next(resumed) for _ in range(4)])
     assert resumed.get_state() == it.get_state()
@@ -171,6 +171,50 @@ def test_lm_packing(records, tokenizer):
     starts = pos == 0
     assert (starts == np.concatenate([np.ones((4, 1), bool), seg[:, 1:] != seg[:, :-1]], 1)).all()
     assert (batch["loss_mask_BxL"] == (valid & ~starts)).all()
+
+
+def _segments(batch):
+    """(tokens, loss_mask, role_ids) of every dialogue packed in a batch's rows."""
+    out = []
+    for row in range(batch["tokens_BxL"].shape[0]):
+        seg = batch["segment_ids_BxL"][row]
+        for s in range(1, seg.max() + 1):
+            at = seg == s
+            positions = batch["positions_BxL"][row][at]
+            np.testing.assert_array_equal(positions, np.arange(at.sum()))  # restart per dialogue
+            out.append(tuple(batch[k][row][at] for k in ("tokens_BxL", "loss_mask_BxL",
+                                                         "role_ids_BxL")))
+    return out
+
+
+def test_sft_packing_keeps_each_dialogue_whole_and_counts_them(records, tokenizer):
+    it = _pipeline("sft", records, tokenizer, pack=True, global_batch_size=2)
+    unpacked = {}
+    for record in records["dialogues"]:
+        rendered, _ = render_lib.truncate_left(render_lib.render(record.turns, tokenizer), SEQ_LEN)
+        unpacked[tuple(rendered.token_ids.tolist())] = rendered
+    seen, rows = 0, 0
+    for _ in range(6):
+        batch = next(it)
+        assert set(batch) == {examples.batch_key("sft_packed", k) for k in examples.PACKED_SFT_SPEC}
+        valid, seg = batch["valid_BxL"], batch["segment_ids_BxL"]
+        assert (valid == (seg > 0)).all() and not (batch["loss_mask_BxL"] & ~valid).any()
+        assert (batch["role_ids_BxL"][~valid] == -1).all()
+        segments = _segments(batch)
+        assert len(segments) == batch["num_segments_B"].sum()
+        for tokens, loss_mask, role_ids in segments:  # each one rendered dialogue, intact
+            rendered = unpacked[tuple(tokens.tolist())]
+            np.testing.assert_array_equal(loss_mask, rendered.loss_mask)
+            np.testing.assert_array_equal(role_ids, rendered.role_ids)
+        seen, rows = seen + len(segments), rows + 2
+    assert seen > rows  # rows of 48 hold more than one of these dialogues on average
+    assert it.num_examples == seen
+    assert it.num_truncated > 0  # some dialogues are longer than 48 and were cut
+
+
+def test_pack_is_only_for_sft(records, tokenizer):
+    with pytest.raises(ValueError, match="pack=True is for the sft stage"):
+        _pipeline("rule_rm", records, tokenizer, pack=True)
 
 
 def test_batch_size_must_divide_over_processes(records, tokenizer):

@@ -34,6 +34,10 @@ def test_demo_runs_every_stage_writes_the_report_and_skips_finished_stages(tmp_p
     out = _demo(root, capsys)
     for stage in ("lm", "sft", "pref_rm", "rule_rm", "rl"):
         assert f"== {stage} done" in out
+    # rule_rm trained in a second process beside pref_rm, its output in its own log
+    assert "a second process beside pref_rm" in out
+    with open(os.path.join(root, "rule_rm", "train.log")) as f:
+        assert "rule_rm finished at step 2" in f.read()
         with open(os.path.join(root, stage, "summary.json")) as f:
             assert json.load(f)["finished"]
     with open(os.path.join(root, "report.json")) as f:
@@ -50,3 +54,16 @@ def test_demo_runs_every_stage_writes_the_report_and_skips_finished_stages(tmp_p
     assert "== lm" not in rerun and "== rl" not in rerun  # finished stages are skipped
     assert {s: os.path.getmtime(os.path.join(root, s, "summary.json")) for s in summary_times} \
         == summary_times
+
+
+def test_a_failed_second_process_is_an_error_that_names_its_log(tmp_path):
+    import pytest
+    from sparrow_jax import demo
+    from sparrow_jax.train.run_control import TrainingError
+    settings = demo.DemoSettings(overrides=("--config.train.no_such_key=1",))
+    child = demo._ChildStage(str(tmp_path), "rule_rm", settings, steps=2)
+    with pytest.raises(TrainingError, match=r"rule_rm \(a second process\) stopped with exit code 2"
+                                            r".*rule_rm/train.log"):
+        child.wait()
+    with open(tmp_path / "rule_rm" / "train.log") as f:
+        assert "train.no_such_key" in f.read()  # the child's own error is kept in its log

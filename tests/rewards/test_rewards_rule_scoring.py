@@ -29,13 +29,16 @@ def _scorers(cfg, **kwargs):
     return shared, unshared
 
 
-@pytest.mark.parametrize("position,rule_chunk", [("relative", None), ("rotary", None),
-                                                 ("relative", 2)])
-def test_shared_prefix_equals_from_scratch(position, rule_chunk):
+@pytest.mark.parametrize("position,rule_chunk,grouped", [
+    ("relative", None, False), ("rotary", None, False), ("relative", 2, False),
+    ("relative", None, True), ("relative", 1, True)])
+def test_shared_prefix_equals_from_scratch(position, rule_chunk, grouped):
     cfg = tiny_model_cfg(position=position)
     params = random_params(cfg, ROLES)
     inputs = _inputs(cfg)
-    shared, unshared = _scorers(cfg, rule_chunk=rule_chunk)
+    groups = rule_scoring.group_rules_by_length(inputs[3], max_groups=3, multiple=2) if grouped \
+        else None
+    shared, unshared = _scorers(cfg, rule_chunk=rule_chunk, rule_groups=groups)
     got, want = np.asarray(shared(params, *inputs)), np.asarray(unshared(params, *inputs))
     assert got.shape == want.shape == (len(DIALOGUE_LENGTHS), len(RULE_LENGTHS))
     assert got.dtype == np.float32 and ((got >= 0) & (got <= 1)).all()
@@ -107,3 +110,20 @@ def test_prepare_rule_suffixes(tmp_path):
                                   render_lib.render_rule_question("Be kind.", tok, "Broken?"))
     with pytest.raises(ValueError, match="more than length"):
         rule_scoring.prepare_rule_suffixes(rules, tok, length=4)
+
+
+def test_rule_groups_cover_every_rule_at_the_fewest_padded_slots():
+    _, rule_valid = right_padded(RULE_LENGTHS, 6, 100, 0)  # lengths 6, 2, 4, 1, 5
+    groups = rule_scoring.group_rules_by_length(rule_valid, max_groups=3, multiple=2)
+    assert sorted(r for indices, _ in groups for r in indices) == [0, 1, 2, 3, 4]
+    for indices, width in groups:  # every group holds its rules' real tokens
+        assert all(RULE_LENGTHS[r] <= width <= 6 for r in indices)
+    # Sorted lengths 1 2 | 4 | 5 6 at widths 2, 4, 6: 4 + 4 + 12 = 20 slots; the best of
+    # every 3-way split of the sorted rules (one group would be 30).
+    assert sum(len(i) * w for i, w in groups) == 20
+    assert rule_scoring.group_rules_by_length(rule_valid, max_groups=1, multiple=2) == (
+        ((3, 1, 2, 4, 0), 6),)
+    with pytest.raises(ValueError, match="rule_groups must cover"):
+        params = random_params(tiny_model_cfg(), ROLES)
+        rule_scoring.rule_violation_probs(params, tiny_model_cfg(), *_inputs(tiny_model_cfg()),
+                                          rule_groups=(((0, 1), 6),))
