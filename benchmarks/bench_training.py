@@ -124,7 +124,7 @@ def _rl_batch_and_params(cfg, batch: int, length: int):
 def _a2c(out, batch):
     """The RL stage's A2C loss on forward outputs (policy, teacher, value)."""
     from sparrow_jax.losses.a2c import a2c_loss
-    from sparrow_jax.train.stages import next_token_targets as shift
+    from sparrow_jax.losses.sft import next_token_targets as shift
     return a2c_loss(out["policy"], out["teacher"], out["value"], shift(batch["tokens_BxL"]),
                     shift(batch["rewards_BxL"]), shift(batch["policy_mask_BxL"]))
 

@@ -43,6 +43,16 @@ def _take_last_axis_bwd(residuals, g_BxL):
 take_last_axis.defvjp(_take_last_axis_fwd, _take_last_axis_bwd)
 
 
+def next_token_targets(x_BxL):
+    """x shifted one left along L, the last column zero: row t holds x[:, t + 1]. Shape BxL.
+
+    Losses read full-length logits with these targets (and a mask shifted the same way,
+    so the last column counts for nothing) rather than logits[:, :-1]: slicing [B, L, V]
+    logits costs a [B, L, V] pad in the backward pass.
+    """
+    return jnp.concatenate([x_BxL[:, 1:], jnp.zeros_like(x_BxL[:, :1])], axis=1)
+
+
 def token_log_probs(logits_BxLxV, targets_BxL):
     """log p(target) under softmax(logits), float32. Shape BxL."""
     x_BxLxV = logits_BxLxV.astype(jnp.float32)

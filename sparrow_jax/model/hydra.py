@@ -24,7 +24,7 @@ import numpy as np
 
 from sparrow_jax.config import ROLES
 from sparrow_jax.model import cache as kv_cache
-from sparrow_jax.losses.sft import token_log_probs
+from sparrow_jax.losses.sft import next_token_targets, token_log_probs
 from sparrow_jax.model.cache import broadcast_cache, cache_logical_axes, init_cache, tops_for
 from sparrow_jax.model.heads import Embed, RoleHead, ValueHead
 from sparrow_jax.model.spec import ModelSpec
@@ -111,8 +111,7 @@ def _split_top(top_params):
 
 def _next_token_logp(logits_BxLxV, tokens_BxL):
     """log p(tokens[:, t + 1]) at row t; the last column is 0 (no next token). Shape BxL."""
-    next_BxL = jnp.concatenate([tokens_BxL[:, 1:], jnp.zeros_like(tokens_BxL[:, :1])], axis=1)
-    logp_BxL = token_log_probs(logits_BxLxV, next_BxL)
+    logp_BxL = token_log_probs(logits_BxLxV, next_token_targets(tokens_BxL))
     return logp_BxL.at[:, -1].set(0.0)
 
 

@@ -32,7 +32,7 @@ from sparrow_jax.config import STAGES
 from sparrow_jax.losses.a2c import a2c_loss
 from sparrow_jax.losses.preference import preference_loss
 from sparrow_jax.losses.rule import rule_loss
-from sparrow_jax.losses.sft import sft_loss
+from sparrow_jax.losses.sft import next_token_targets, sft_loss
 from sparrow_jax.model import hydra
 from sparrow_jax.rewards.pref_scoring import read_elo
 from sparrow_jax.train.optimizer import make_optimizer
@@ -58,16 +58,6 @@ DEVICE_KEYS = {
 def device_batch(stage: str, batch: dict) -> dict:
     """The subset of a pipeline batch that the stage's loss reads."""
     return {key: batch[key] for key in DEVICE_KEYS[stage]}
-
-
-def next_token_targets(x_BxL):
-    """x shifted one left along L, the last column zero: row t holds x[:, t + 1]. Shape BxL.
-
-    Losses read full-length logits with these targets (and a mask shifted the same way,
-    so the last column counts for nothing) rather than logits[:, :-1]: slicing [B, L, V]
-    logits costs a [B, L, V] pad in the backward pass.
-    """
-    return jnp.concatenate([x_BxL[:, 1:], jnp.zeros_like(x_BxL[:, :1])], axis=1)
 
 
 def _lm(model_cfg, **_):
