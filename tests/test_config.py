@@ -60,3 +60,10 @@ def test_negative_rule_chunk_is_named():
     cfg.rl.rule_chunk = -1
     with pytest.raises(config_lib.ConfigError, match="rl.rule_chunk"):
         config_lib.validate(cfg)
+
+
+def test_negative_causal_block_is_named():
+    cfg = config_lib.default_config()
+    cfg.model.causal_block = -64
+    with pytest.raises(config_lib.ConfigError, match="model.causal_block"):
+        config_lib.validate(cfg)

@@ -194,7 +194,8 @@ class Attention(nn.Module):
         else:
             r_MxHxK, q_content, q_position = None, q, None
         attended_BxTxHxK = attend(q_content, k_all, v_all, ctx, s.head_dim ** -0.5,
-                                  None if r_MxHxK is None else (q_position, r_MxHxK))
+                                  None if r_MxHxK is None else (q_position, r_MxHxK),
+                                  s.causal_block)
         y_BxTxD = project("bthk,hkd->btd", attended_BxTxHxK, w_o.astype(dt), s)
         return y_BxTxD, new_kv
 
@@ -210,31 +211,27 @@ def smear_keys(k_BxSxHxK: jax.Array, prev_slot_BxS: jax.Array, has_prev_BxS: jax
 
 
 
-# Queries per block of the block-causal attention (see `query_blocks`). On XLA:CPU, 64
-# beat 32 and 128 for the 44M step (L = 512) and the tiny hydra (L = 256).
-CAUSAL_BLOCK = 64
-
-
-def query_blocks(ctx: dict[str, Any], n_queries: int, n_keys: int):
+def query_blocks(ctx: dict[str, Any], n_queries: int, n_keys: int, causal_block: int):
     """Static (t0, t1, s1) blocks: queries [t0, t1) attend to key slots [0, s1).
 
     When ctx says the slots are causal (`"causal_slots"` present: query t and key t are
     the same slot 0..L-1, as in a forward without a cache), a query never attends to a
-    later slot, so the queries are split into blocks of CAUSAL_BLOCK and block i reads
-    only the keys up to its last query: most of the masked upper triangle of the scores
-    is never computed (at L = 512, 56% of the square is). Otherwise (a KV cache: the
-    queries sit at a traced fill index) one block over every key.
+    later slot, so the queries are split into blocks of `causal_block` (model.causal_block;
+    0 = off) and block i reads only the keys up to its last query: most of the masked
+    upper triangle of the scores is never computed (blocks of 64 at L = 512: 56% of the
+    square is). Otherwise (a KV cache: the queries sit at a traced fill index) one block
+    over every key.
     """
-    if "causal_slots" not in ctx or not CAUSAL_BLOCK or n_queries <= CAUSAL_BLOCK:
+    if "causal_slots" not in ctx or not causal_block or n_queries <= causal_block:
         return ((0, n_queries, n_keys),)
     if n_queries != n_keys:
         raise ValueError(f"causal_slots with {n_queries} queries and {n_keys} keys")
-    return tuple((t0, min(t0 + CAUSAL_BLOCK, n_queries), min(t0 + CAUSAL_BLOCK, n_queries))
-                 for t0 in range(0, n_queries, CAUSAL_BLOCK))
+    return tuple((t0, min(t0 + causal_block, n_queries), min(t0 + causal_block, n_queries))
+                 for t0 in range(0, n_queries, causal_block))
 
 
 def attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, ctx: dict[str, Any], scale: float,
-           position=None) -> jax.Array:
+           position=None, causal_block: int = 0) -> jax.Array:
     """softmax((q . k [+ position term]) * scale, masked by ctx) @ v: [B, T, H, K].
 
     `position`: (q_position_BxTxHxK, r_MxHxK) for Transformer-XL relative attention: the
@@ -254,7 +251,7 @@ def attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, ctx: dict[str, Any], scale: float,
     q, k, v = heads_first(q_BxTxHxK), heads_first(k_BxSxHxK), heads_first(v_BxSxHxK)
     q_position = None if position is None else heads_first(position[0])
     pieces = []
-    for t0, t1, s1 in query_blocks(ctx, q.shape[2], k.shape[2]):
+    for t0, t1, s1 in query_blocks(ctx, q.shape[2], k.shape[2], causal_block):
         scores = jnp.einsum("hbtk,hbsk->hbts", q[:, :, t0:t1], k[:, :, :s1])
         scores = scores.astype(jnp.float32)
         if q_position is not None:

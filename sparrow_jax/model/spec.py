@@ -44,6 +44,7 @@ class ModelSpec:
     value_layers: int
     smeared_keys: bool = False
     pref_rm_likelihood: bool = False
+    causal_block: int = 64
 
     @classmethod
     def of(cls, model_cfg: Any) -> "ModelSpec":

@@ -1,4 +1,6 @@
 """Attention against an independent NumPy reference; packing; shift invariance."""
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,7 +9,7 @@ import pytest
 
 from model_helpers import sharpen, tiny_model_cfg
 from sparrow_jax.config import ROLES
-from sparrow_jax.model import hydra, layers
+from sparrow_jax.model import hydra
 from sparrow_jax.model.layers import Attention
 from sparrow_jax.model.spec import ModelSpec
 from sparrow_jax.model.stack import attention_context
@@ -65,13 +67,12 @@ def _numpy_relative_attention(x, p, pos, valid, max_len):
 
 @pytest.mark.parametrize("smeared_keys", [False, True])
 @pytest.mark.parametrize("causal_block", [None, 4, 2], ids=["one_block", "blocks_of_4", "blocks_of_2"])
-def test_relative_attention_matches_numpy_reference(smeared_keys, causal_block, monkeypatch):
+def test_relative_attention_matches_numpy_reference(smeared_keys, causal_block):
     """causal_block: None = the cached path's single block over every key; else the
     block-causal path of a forward without a cache (causal_slots), blocks of that size
     (4: a ragged last block)."""
-    if causal_block is not None:
-        monkeypatch.setattr(layers, "CAUSAL_BLOCK", causal_block)
-    cfg = tiny_model_cfg(init_std=0.3, max_len=8, smeared_keys=smeared_keys)
+    cfg = tiny_model_cfg(init_std=0.3, max_len=8, smeared_keys=smeared_keys,
+                         causal_block=causal_block or 0)
     spec = ModelSpec.of(cfg)
     x = jax.random.normal(jax.random.PRNGKey(0), (3, 6, spec.d_model))
     # Offset and gapped positions, distances past max_len, padding (left, and a gap
@@ -136,7 +137,7 @@ def test_outputs_depend_only_on_relative_positions(position):
 
 
 @pytest.mark.parametrize("smeared_keys", [False, True])
-def test_block_causal_forward_and_gradients_equal_one_block(smeared_keys, monkeypatch):
+def test_block_causal_forward_and_gradients_equal_one_block(smeared_keys):
     """hydra.forward (causal slots: block-causal attention) against the same model with
     one block over every key: outputs and parameter gradients, with packed segments, a
     padding gap and offset positions."""
@@ -150,15 +151,16 @@ def test_block_causal_forward_and_gradients_equal_one_block(smeared_keys, monkey
     valid = jnp.ones((2, length), bool).at[1, 6:8].set(False)
     weights = jax.random.normal(jax.random.PRNGKey(3), (2, length, cfg.vocab_size))
 
-    def loss(p):
-        out = hydra.forward(p, cfg, tokens, positions, valid, segments, roles=ROLES)
+    def loss(p, block):
+        spec = dataclasses.replace(ModelSpec.of(cfg), causal_block=block)
+        out = hydra.forward(p, spec, tokens, positions, valid, segments, roles=ROLES)
         return (jnp.sum(out["policy"] * weights) + jnp.sum(out["value"])
                 + jnp.sum(out["pref_rm"]) + jnp.sum(out["rule_rm"])), out
 
     results = {}
     for block in (0, 4):
-        monkeypatch.setattr(layers, "CAUSAL_BLOCK", block)
-        results[block] = jax.jit(jax.grad(loss, has_aux=True))(params)
+        grad = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+        results[block] = grad(params, block)
     (grads_one, out_one), (grads_blocks, out_blocks) = results[0], results[4]
     for role in ROLES:
         np.testing.assert_allclose(out_blocks[role], out_one[role], rtol=1e-5, atol=1e-5)
