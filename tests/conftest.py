@@ -14,8 +14,26 @@ def pytest_addoption(parser):
                      help="also run tests marked slow")
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's tmpdir plugin has set up the base temp dir
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: slow test, run with --runslow")
+    _share_compilation_cache(config)
+
+
+def _share_compilation_cache(config):
+    """One JAX compilation cache per test run, in the run's pytest base temp directory.
+
+    Many tests compile the same steps in different processes: both xdist workers, and the
+    `sparrow train` subprocesses of the kill/resume and aot tests (which inherit this
+    environment). Without a shared cache each process compiles them again. Set before
+    any test module imports JAX; a directory the user set is kept. A fresh directory per
+    run, so no entry outlives the code that compiled it.
+    """
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    base = config._tmp_path_factory.getbasetemp()
+    run_dir = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(run_dir / "jax_compilation_cache")
 
 
 def pytest_collection_modifyitems(config, items):
