@@ -87,12 +87,16 @@ def a2c_loss(policy_logits_BxTxV, teacher_logits_BxTxV, values_BxT, actions_BxT,
     pg_loss = -masked_mean(advantage_BxT * logp_action_BxT, mask)
     value_loss = 0.5 * masked_mean(jnp.square(values_BxT - returns_BxT), mask)
     entropy = masked_mean(entropy_BxT, mask)
+    # The entropy is always reported, but enters the loss only when weighted: a constant
+    # 0 * entropy would still cost a backward pass over the B x T x V log-probs.
+    unweighted = isinstance(entropy_coef, (int, float)) and entropy_coef == 0
+    entropy_bonus = 0.0 if unweighted else entropy_coef * entropy
     kl = masked_mean(kl_BxT, mask)
     a2c = pg_loss + value_coef * value_loss
     if kl_mode == "loss":
-        loss = alpha * kl + (1.0 - alpha) * a2c - entropy_coef * entropy
+        loss = alpha * kl + (1.0 - alpha) * a2c - entropy_bonus
     else:
-        loss = a2c - entropy_coef * entropy
+        loss = a2c - entropy_bonus
     metrics = {
         "loss": loss,
         "pg_loss": pg_loss,

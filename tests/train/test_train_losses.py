@@ -130,6 +130,26 @@ def test_a2c_loss_matches_numpy_and_masks():
     assert np.any(np.asarray(grad)[mask == 1] != 0)
 
 
+def test_a2c_without_entropy_weight_matches_numpy_and_still_reports_entropy():
+    """entropy_coef=0 leaves the entropy out of the loss (no backward through it): loss and
+    gradient equal a traced zero weight's, and the entropy metric is still reported."""
+    rs = np.random.RandomState(8)
+    B, T, V = 2, 4, 6
+    p, q = rs.randn(B, T, V).astype(np.float32), rs.randn(B, T, V).astype(np.float32)
+    rest = (q, rs.randn(B, T).astype(np.float32), rs.randint(0, V, (B, T)),
+            rs.randn(B, T).astype(np.float32), np.ones((B, T), np.float32))
+    rest = tuple(map(jnp.asarray, rest))
+    expected = _a2c_numpy(p, *map(np.asarray, rest), 0.1, 1.0, 0.0)
+    loss, metrics = a2c_loss(jnp.asarray(p), *rest, entropy_coef=0.0)
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    logp = np_log_softmax(p)
+    np.testing.assert_allclose(metrics["entropy"], np.mean(-(np.exp(logp) * logp).sum(-1)),
+                               rtol=1e-5)
+    grads = [jax.grad(lambda x, c=coef: a2c_loss(x, *rest, entropy_coef=c)[0])(jnp.asarray(p))
+             for coef in (0.0, jnp.float32(0.0))]
+    np.testing.assert_allclose(grads[0], grads[1], rtol=1e-6, atol=1e-7)
+
+
 def test_a2c_reward_kl_form_and_returns():
     np.testing.assert_allclose(undiscounted_returns(jnp.array([[0., 1., 0., 2.]])),
                                [[3., 3., 2., 2.]])
