@@ -47,6 +47,12 @@ def part_params(model_cfg, roles: Sequence[str] = ROLES) -> dict[str, int]:
     return {k: count_params(v) for k, v in shapes.items()}
 
 
+# The tops each stage's jitted update runs. The RL update leaves the rule RM out: rules are
+# scored outside it (rewards/rule_scoring, the dialogue prefix shared by all rules), and its
+# params only ride along in the state so that an RL checkpoint is a whole agent.
+UPDATE_ROLES = {**STAGE_ROLES, "rl": tuple(r for r in STAGE_ROLES["rl"] if r != "rule_rm")}
+
+
 def analytic_flops(model_cfg, stage: str, batch: int, seq_len: int) -> float:
     """Model FLOPs of one update: 6 N T on the trained path, 2 N T forward-only elsewhere.
 
@@ -57,7 +63,7 @@ def analytic_flops(model_cfg, stage: str, batch: int, seq_len: int) -> float:
     """
     m = model_cfg
     tokens = batch * seq_len
-    parts = part_params(m, STAGE_ROLES[stage])
+    parts = part_params(m, UPDATE_ROLES[stage])
     vocab_dim = m.vocab_size * m.d_model
     parts["trunk"] -= vocab_dim  # embedding lookup
     if m.tied_embeddings:
