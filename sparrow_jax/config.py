@@ -192,6 +192,12 @@ def rl_defaults() -> ml_collections.ConfigDict:
     r.elo_weight = 1.0
     r.rule_aggregation = "mean_compliance"  # | mean_log_compliance
     r.rule_weight = 1.0
+    # Rules the reward scores [ours]: "rated" = those the rule RM's training data rated
+    # (data.dir/rule_ratings.train.jsonl; every rule if there is no such file), as evaluation
+    # scores them; "all" = every rule. An RM's probabilities for rules it never saw a rating
+    # of are noise: the toy world rates 8 of the 23, so "all" dilutes the rule term 23/8-fold
+    # and scores 3x the rules.
+    r.rule_scope = "rated"
     # Rules scored per step of the rule RM (lax.map over chunks): the shared dialogue cache is
     # copied to batch * rule_chunk rows. 1 was fastest on the 2-core CPU (tiny_cpu, 16 dialogues
     # x 23 rules: 3.1 s all at once, 2.1 s one at a time); 0 = all rules at once.
@@ -394,6 +400,7 @@ def validate(cfg: ml_collections.ConfigDict, source: str = "config") -> None:
 def _validate_rl(r) -> None:
     _choice(r.evidence, ("always", "never", "choose", "free"), "rl.evidence")
     _choice(r.rule_aggregation, ("mean_compliance", "mean_log_compliance"), "rl.rule_aggregation")
+    _choice(r.rule_scope, ("rated", "all"), "rl.rule_scope")
     _choice(r.kl_mode, ("loss", "reward"), "rl.kl_mode")
     for key in ("max_prompt_len", "max_new_tokens", "max_turns", "normaliser_batches"):
         if r[key] <= 0:

@@ -18,7 +18,6 @@ given (then the checkpoint must have that model's shape), with `overrides` appli
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Sequence
 
@@ -31,11 +30,11 @@ from sparrow_jax.dialogue.tokenizer import Tokenizer
 from sparrow_jax.evaluation.checkpoint_params import (StoredParams, WorkdirError, checkpoint_steps,
                                                       read_params, shape_differences)
 from sparrow_jax.train.init_from import trees_equal
+from sparrow_jax.train.stage_data import select_rules
 from sparrow_jax.model import hydra
 
 POLICY_STAGES = ("lm", "sft", "rl")
 RM_ROLES = ("pref_rm", "rule_rm")
-RULE_SCOPES = ("rated", "all")
 _KEEP = ("trunk", "policy")  # + the RMs: what inference needs; value / teacher are dropped
 
 
@@ -124,25 +123,6 @@ def _check_shapes(stored: StoredParams, model_cfg, what: str) -> None:
             f"{what} {stored.workdir}@{stored.step} holds a model of another shape than the config: "
             + "; ".join(differ) + ". Evaluate it with the config it was trained with (drop --config and "
             "model overrides), or retrain it with this config.")
-
-
-def rated_rule_ids(data_dir: str) -> set[str] | None:
-    """Rule ids with a rating in `<data_dir>/rule_ratings.train.jsonl` (what the rule RM learnt), or None
-    if there is no such file."""
-    path = os.path.join(data_dir or "", "rule_ratings.train.jsonl")
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return {json.loads(line).get("rule_id") for line in f if line.strip()}
-
-
-def select_rules(rules: Sequence[Rule], data_dir: str, scope: str) -> tuple[Rule, ...]:
-    """`scope` "all": every rule; "rated": those the rule RM saw ratings of (all if none is known)."""
-    if scope not in RULE_SCOPES:
-        raise ValueError(f"rule scope must be one of {RULE_SCOPES}, got {scope!r}")
-    rated = rated_rule_ids(data_dir) if scope == "rated" else None
-    chosen = tuple(r for r in rules if rated is None or r.id in rated)
-    return chosen or tuple(rules)
 
 
 def _tokenizer(stored: StoredParams, cfg) -> Tokenizer:

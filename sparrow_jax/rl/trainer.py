@@ -95,7 +95,9 @@ class RewardScorer:
 
     def __init__(self, cfg, tokenizer, mesh, rules):
         self.cfg = cfg
-        rule_texts = list(stage_data.rules_by_id(cfg).values())
+        scored = stage_data.rules_by_id(cfg, cfg.rl.rule_scope)
+        self.rule_ids = tuple(scored)
+        rule_texts = list(scored.values())
         self.rule_tokens_RxQ, self.rule_valid_RxQ = prepare_rule_suffixes(rule_texts, tokenizer)
         model_cfg = cfg.model
         self._elo = jax.jit(lambda p, t, v, i, s: pref_elo(p, model_cfg, t, v, i, s))
@@ -178,6 +180,8 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
                       mesh=mesh, rules=rules)
     length = sequence_length(cfg)
     scorer = RewardScorer(cfg, tokenizer, mesh, rules)
+    log.info("rl: the rule term scores %d rules (rl.rule_scope=%s): %s", len(scorer.rule_ids),
+             cfg.rl.rule_scope, ", ".join(scorer.rule_ids))
 
     setup = stages.build_stage(cfg, mesh, "rl", seq_len=length)
     ckpt = Checkpointer(init_from.checkpoint_dir(workdir), cfg.train.checkpoint_every,

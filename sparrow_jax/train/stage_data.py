@@ -6,6 +6,7 @@ first use) `tokenizer.model` trained from `lm.txt`.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -70,10 +71,35 @@ def load_tokenizer(cfg):
     return tokenizer
 
 
-def rules_by_id(cfg) -> dict[str, str]:
-    """{rule id: rule text} in the rules file's order (the rule index order)."""
+RULE_SCOPES = ("rated", "all")
+
+
+def rules_by_id(cfg, scope: str = "all") -> dict[str, str]:
+    """{rule id: rule text} in the rules file's order (the rule index order); `scope` as in
+    `select_rules`, with cfg.data.dir as the data directory."""
     from sparrow_jax.dialogue.rules import load_rules
-    return {rule.id: rule.text for rule in load_rules(cfg.data.rules or None)}
+    rules = select_rules(load_rules(cfg.data.rules or None), cfg.data.dir, scope)
+    return {rule.id: rule.text for rule in rules}
+
+
+def rated_rule_ids(directory: str) -> set[str] | None:
+    """Rule ids with a rating in `<directory>/rule_ratings.train.jsonl` (what the rule RM
+    learnt), or None if there is no such file."""
+    path = os.path.join(directory or "", "rule_ratings.train.jsonl")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return {json.loads(line).get("rule_id") for line in f if line.strip()}
+
+
+def select_rules(rules, directory: str, scope: str) -> tuple:
+    """`scope` "all": every rule; "rated": those the rule RM saw ratings of in `directory`
+    (every rule if that is not known). Order kept."""
+    if scope not in RULE_SCOPES:
+        raise ValueError(f"rule scope must be one of {RULE_SCOPES}, got {scope!r}")
+    rated = rated_rule_ids(directory) if scope == "rated" else None
+    chosen = tuple(r for r in rules if rated is None or r.id in rated)
+    return chosen or tuple(rules)
 
 
 def _source(cfg, kind: str, split: str):
