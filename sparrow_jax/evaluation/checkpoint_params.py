@@ -22,6 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import SingleDeviceSharding
 
+from sparrow_jax.train import storage
 from sparrow_jax.train.init_from import checkpoint_dir
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,7 @@ def read_params(workdir: str, step: int | None = None, device=None) -> StoredPar
     does; an explicit `step` must restore. Raises WorkdirError naming the directory and what to run.
     """
     device = device or jax.devices()[0]
+    storage.require_local(workdir, "workdir", WorkdirError)
     if not os.path.isdir(workdir):
         raise WorkdirError(f"workdir {workdir} does not exist")
     steps = checkpoint_steps(workdir)

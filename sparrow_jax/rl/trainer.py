@@ -40,7 +40,7 @@ from sparrow_jax.rewards.rule_scoring import (group_rules_by_length, prepare_rul
 from sparrow_jax.rl.rollout import Environment, RolloutConfig, rollout
 from sparrow_jax.rl.selfplay import ContextBuffer, EpisodeSource, play
 from sparrow_jax.search import make_engine
-from sparrow_jax.train import init_from, stage_data, stages
+from sparrow_jax.train import init_from, stage_data, stages, storage
 from sparrow_jax.train.checkpoints import Checkpointer
 from sparrow_jax.train.metrics import MetricsWriter, Progress, to_floats
 from sparrow_jax.train.run_control import NonfiniteGuard, Preempted, write_summary
@@ -169,7 +169,7 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
     if not cfg.train.init_from:
         raise ConfigError("train.init_from is empty: set it to the SFT workdir (the starting policy)")
     distributed.initialize(cfg.distributed)
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     mesh = shd.make_mesh(cfg.mesh)
     rules = shd.rules_from_config(cfg.mesh)
     tokenizer = stage_data.load_tokenizer(cfg)
@@ -215,7 +215,7 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
                                      "nonfinite_total": guard.total},
                   assets={"tokenizer.model": tokenizer.serialized_model}, force=True)
 
-    writer = MetricsWriter(os.path.join(workdir, "logs"))
+    writer = MetricsWriter(storage.join(workdir, "logs"))
     step, total = int(state.step), cfg.train.steps
     progress = Progress(total, initial=step, desc="rl", log_every=cfg.train.log_every)
     restore_sigterm = ckpt.install_sigterm_handler()

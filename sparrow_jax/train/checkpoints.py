@@ -17,13 +17,14 @@ import base64
 import dataclasses
 import json
 import logging
-import os
 import signal
 from typing import Any, Callable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from sparrow_jax.train import storage
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class Checkpointer:
 
     def __init__(self, directory: str, every_steps: int = 100, keep: int = 3,
                  async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = storage.run_path(directory)
         self.every_steps = every_steps
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
@@ -153,10 +154,8 @@ class Checkpointer:
 
     def read_meta(self, step: int) -> dict:
         """The JSON meta item of a step ({} if unreadable)."""
-        path = os.path.join(self.directory, str(step), "meta", "metadata")
         try:
-            with open(path) as f:
-                return json.load(f)
+            return json.loads((self.directory / str(step) / "meta" / "metadata").read_text())
         except (OSError, ValueError):
             return {}
 

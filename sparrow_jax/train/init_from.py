@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from functools import partial
 
 import jax
@@ -20,6 +19,7 @@ import numpy as np
 
 from sparrow_jax import sharding as shd
 from sparrow_jax.model import hydra
+from sparrow_jax.train import storage
 from sparrow_jax.train.checkpoints import Checkpointer, CheckpointError
 from sparrow_jax.train.optimizer import make_optimizer
 from sparrow_jax.train.state import sharded_state_factory
@@ -33,7 +33,7 @@ TOP_BODY = ("layers", "final_norm", "unembed")
 
 
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(workdir, "checkpoints")
+    return storage.join(workdir, "checkpoints")
 
 
 def load_params(source_workdir: str, cfg, mesh) -> tuple[dict, dict]:

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 
 from sparrow_jax import distributed
 from sparrow_jax import sharding as shd
-from sparrow_jax.train import init_from, stage_data, stages
+from sparrow_jax.train import init_from, stage_data, stages, storage
 from sparrow_jax.train.checkpoints import Checkpointer
 from sparrow_jax.train.metrics import MetricsWriter, Progress, to_floats
 from sparrow_jax.train.run_control import NonfiniteGuard, Preempted, write_summary
@@ -47,7 +46,7 @@ def train_stage(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
     if stage not in stages.DEVICE_KEYS:
         raise ValueError(f"train_stage runs lm, sft, pref_rm and rule_rm; {stage!r} has its own loop")
     distributed.initialize(cfg.distributed)
-    os.makedirs(workdir, exist_ok=True)
+    storage.makedirs(workdir)
     mesh = shd.make_mesh(cfg.mesh)
     rules = shd.rules_from_config(cfg.mesh)
     tokenizer = stage_data.load_tokenizer(cfg)
@@ -86,7 +85,7 @@ def train_stage(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
             return evaluator(state, stage_data.eval_batches(cfg, stage, tokenizer,
                                                            cfg.train.eval_batches))
 
-    writer = MetricsWriter(os.path.join(workdir, "logs"))
+    writer = MetricsWriter(storage.join(workdir, "logs"))
     step = int(state.step)
     total = cfg.train.steps
     progress = Progress(total, initial=step, desc=stage, log_every=cfg.train.log_every)

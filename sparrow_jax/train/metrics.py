@@ -1,6 +1,7 @@
 """Metrics to TensorBoard event files and JSON lines, and a console progress display.
 
-Only process 0 writes or prints; every process computes. On a terminal the
+Only process 0 writes or prints; every process computes. The log directory may be
+local or a gs:// URL (`storage`). On a terminal the
 progress display is a tqdm bar with rate and ETA; elsewhere (CI, log files) it
 prints one line per `log_every` steps with the same figures.
 """
@@ -8,12 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from typing import Mapping
 
 import numpy as np
+
+from sparrow_jax.train import storage
 
 
 def _is_main_process() -> bool:
@@ -37,8 +39,8 @@ class MetricsWriter:
         self._tb = None
         self._jsonl = None
         if self.enabled:
-            os.makedirs(logdir, exist_ok=True)
-            self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a")
+            storage.makedirs(logdir)
+            self._jsonl = storage.open_append(storage.join(logdir, "metrics.jsonl"))
 
     def write(self, step: int, metrics: Mapping[str, float], split: str = "train") -> None:
         if not self.enabled:
@@ -47,8 +49,7 @@ class MetricsWriter:
         self._jsonl.write(json.dumps({"step": int(step), "split": split, **clean}) + "\n")
         self._jsonl.flush()
         if self._tb is None:
-            from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(self.logdir)
+            self._tb = _event_writer(self.logdir)
         for name, value in clean.items():
             if math.isfinite(value):
                 self._tb.add_scalar(f"{split}/{name}", value, int(step))
@@ -60,13 +61,34 @@ class MetricsWriter:
             self._tb.close()
 
 
+class _UrlEventFiles:
+    """tensorboardX writer factory for gs:// log dirs, writing through `storage`.
+
+    Replaces tensorboardX's own, which needs google-cloud-storage; the event file is
+    rewritten whole when tensorboardX flushes it (every 120 s and on close).
+    """
+
+    def open(self, path: str):
+        return storage.open_append(path, binary=True)
+
+    def directory_check(self, path: str) -> None:
+        storage.makedirs(path)
+
+
+def _event_writer(logdir: str):
+    from tensorboardX import SummaryWriter, record_writer
+    if storage.is_url(logdir):
+        scheme = logdir.split(":", 1)[0]
+        record_writer.register_writer_factory(scheme, _UrlEventFiles())
+    return SummaryWriter(logdir)
+
+
 def read_metrics(logdir: str, split: str | None = None) -> list[dict]:
     """All records of metrics.jsonl (optionally one split), in write order."""
-    path = os.path.join(logdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    path = storage.run_path(logdir) / "metrics.jsonl"
+    if not path.exists():
         return []
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return [r for r in records if split is None or r.get("split") == split]
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 
 import jax
 
+from sparrow_jax.train import storage
 from sparrow_jax.train.checkpoints import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,7 @@ class NonfiniteGuard:
 
 def write_summary(workdir: str, summary: dict) -> None:
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        storage.write_text(storage.join(workdir, "summary.json"), json.dumps(summary, indent=2))
 
 
 # What a training command catches; ValueError covers bad data (schema errors name the file,
