@@ -57,6 +57,8 @@ def add_arguments(parser) -> None:
     tpu.add_argument("--remote-dir", default="sparrow_jax")
     tpu.add_argument("--venv", default="sparrow_venv")
     tpu.add_argument("--log-dir", default="tpu_logs", help="local copies of each member's output")
+    tpu.add_argument("--data", default="",
+                     help="gs:// data dir synced to every worker and passed as data.dir")
 
 
 def local_command(config: str, workdir: str, args: list[str]) -> list[str]:
@@ -76,9 +78,11 @@ class _TpuTarget:
         self.layout = remote.RemoteLayout(code_dir=args.remote_dir, venv_dir=args.venv)
         self.runner = runner
         self.log_dir = args.log_dir
+        self.data = args.data
 
     def job(self, config, member, common):
-        return self.remote.TrainJob(config, member.workdir, tuple(common) + tuple(member.args))
+        return self.remote.TrainJob(config, member.workdir, tuple(common) + tuple(member.args),
+                                    data=self.data)
 
     def command(self, config, member, common) -> list[str]:
         return self.actions.run_command(self.spec, self.job(config, member, common), self.layout)

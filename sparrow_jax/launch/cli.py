@@ -69,6 +69,9 @@ def _add_run(parser):
     parser.add_argument("--config", required=True, help="experiment file[:variant], repo-relative")
     parser.add_argument("--workdir", required=True,
                         help="run directory; a gs:// path on multi-host TPUs")
+    parser.add_argument("--data", default="",
+                        help="gs:// data dir synced to every worker before training and passed "
+                             "as data.dir (also after a babysat VM is recreated)")
     parser.add_argument("--log-file", default=None,
                         help="local copy of the streamed output (default: tpu_logs/NAME.log)")
     parser.add_argument("--allow-local-workdir", action="store_true",
@@ -157,7 +160,7 @@ def check_workdir(workdir: str, accelerator_type: str | None, allow_local: bool)
 
 def _job(args, overrides: Sequence[str]) -> remote.TrainJob:
     check_workdir(args.workdir, args.accelerator_type, args.allow_local_workdir)
-    return remote.TrainJob(args.config, args.workdir, tuple(overrides))
+    return remote.TrainJob(args.config, args.workdir, tuple(overrides), data=args.data)
 
 
 def dispatch(args, overrides: Sequence[str], runner: Runner) -> int:

@@ -26,9 +26,10 @@ class RemoteLayout:
     log_file: str = "sparrow_run.log"
     archive: str = "sparrow_jax-src.tar.gz"
     python: str = "python3.11"  # setup.py needs >= 3.11; installed with apt if missing
+    data_dir: str = "sparrow_data"  # a job's `data` URL is synced here
 
     def __post_init__(self):
-        for field in ("code_dir", "venv_dir", "log_file", "archive", "python"):
+        for field in ("code_dir", "venv_dir", "log_file", "archive", "python", "data_dir"):
             value = getattr(self, field)
             if not _SAFE_PATH_RE.match(value) or ".." in value.split("/"):
                 raise LaunchError(
@@ -41,11 +42,24 @@ class RemoteLayout:
 
 @dataclasses.dataclass(frozen=True)
 class TrainJob:
-    """One `sparrow train` invocation, identical on every worker."""
+    """One `sparrow train` invocation, identical on every worker.
+
+    `data`: a gs:// data dir (toy world, converted dataset, tokenizer) that every worker
+    syncs to its disk before training and passes as `data.dir`; a recreated VM syncs it
+    again, so babysat runs need nothing else.
+    """
 
     config: str
     workdir: str
     overrides: tuple[str, ...] = ()
+    data: str = ""
+
+    def __post_init__(self):
+        if self.data and not self.data.startswith("gs://"):
+            raise LaunchError(f"--data {self.data!r}: give a gs:// URL (upload a local data dir "
+                              f"with `gcloud storage rsync -r DIR gs://BUCKET/PATH`)")
+        if self.data and any(o.startswith("--config.data.dir=") for o in self.overrides):
+            raise LaunchError("--data sets data.dir on the workers: drop --config.data.dir")
 
     def argv(self) -> list[str]:
         return ["train", "--config", self.config, "--workdir", self.workdir, *self.overrides]
@@ -80,11 +94,18 @@ def setup_from_git(layout: RemoteLayout, repo: str, ref: str) -> str:
 def train_command(layout: RemoteLayout, job: TrainJob) -> str:
     """`sparrow train` from the code dir; output also appended to the remote log file.
 
-    The exit status is train's (pipefail), so a caller can tell failure from success.
+    With `job.data`, the data dir is synced first (`gcloud storage rsync` copies only what
+    changed). The exit status is train's (pipefail), so a caller can tell failure from
+    success; a failed sync stops the command with gcloud's status.
     """
     sparrow = f"{layout.home(layout.venv_dir)}/bin/sparrow"
     args = " ".join(shlex.quote(a) for a in job.argv())
-    return (f"cd {layout.home(layout.code_dir)} && set -o pipefail && "
+    sync = ""
+    if job.data:  # layout paths are safe unquoted, so $HOME expands
+        data = layout.home(layout.data_dir)
+        sync = f"mkdir -p {data} && gcloud storage rsync -r {shlex.quote(job.data)} {data} && "
+        args += f" --config.data.dir={data}"
+    return (f"cd {layout.home(layout.code_dir)} && set -o pipefail && {sync}"
             f"PYTHONUNBUFFERED=1 {sparrow} {args} 2>&1 | tee -a {layout.home(layout.log_file)}")
 
 

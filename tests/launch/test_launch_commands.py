@@ -93,6 +93,18 @@ def test_v5p_128_run_on_all_workers_with_overrides(dry):
                 "--config.train.learning_rate=1e-06"]) == [RUN_V5P]
 
 
+def test_v5p_128_run_syncs_the_data_dir_to_every_worker(dry):
+    assert dry(["run", *V5P, "--type", "v5p-128", "--config", "experiments/sparrow_70b.py:v5p_128",
+                "--workdir", "gs://example-bucket/sparrow/v5p",
+                "--data", "gs://example-bucket/sparrow/data"]) == [
+        "gcloud compute tpus tpu-vm ssh sparrow-v5p --zone=us-east5-a --project=example-project "
+        "--worker=all --command 'cd $HOME/sparrow_jax && set -o pipefail && mkdir -p "
+        "$HOME/sparrow_data && gcloud storage rsync -r gs://example-bucket/sparrow/data "
+        "$HOME/sparrow_data && PYTHONUNBUFFERED=1 $HOME/sparrow_venv/bin/sparrow train --config "
+        "experiments/sparrow_70b.py:v5p_128 --workdir gs://example-bucket/sparrow/v5p "
+        "--config.data.dir=$HOME/sparrow_data 2>&1 | tee -a $HOME/sparrow_run.log'"]
+
+
 def test_v4_256_run_quotes_odd_values(dry):
     [line] = dry(["run", *V4, "--type", "v4-256", "--config", "experiments/sparrow_70b.py:v4_256",
                   "--workdir", "gs://example-bucket/runs/it's", "--config.name=a b"])
