@@ -18,6 +18,7 @@ No JAX import here: expanding and checking a 70B sweep takes milliseconds.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import inspect
 import itertools
@@ -243,6 +244,18 @@ def _find(workdir: str, filename: str) -> str | None:
     return None
 
 
+def _newest_report(workdir: str) -> str | None:
+    """The most recently written report.json: in workdir, a subdir, or an eval/* dir.
+
+    `sparrow eval` writes WORKDIR/eval/step_N[_atK]/report.json by default; the
+    newest is the evaluation the user ran last.
+    """
+    patterns = ("report.json", "*/report.json", "eval/*/report.json")
+    found = {path for pattern in patterns
+             for path in glob.glob(os.path.join(glob.escape(workdir), pattern))}
+    return max(found, key=os.path.getmtime) if found else None
+
+
 def _flatten(tree: Any, prefix: str, out: dict) -> dict:
     if isinstance(tree, Mapping):
         for key, value in tree.items():
@@ -257,7 +270,7 @@ def read_results(workdir: str) -> dict:
 
     values: every key of the last metrics.jsonl record (`step`, `split`, metrics),
     `<split>/<key>` from the last record of each split, and `report.<dotted key>`
-    for the scalars of report.json.
+    for the scalars of the newest report.json.
     """
     if os.path.isfile(os.path.join(workdir, DONE_MARKER)):
         status = "done"
@@ -284,7 +297,7 @@ def read_results(workdir: str) -> dict:
                 if key not in ("split",):
                     values[f"{split}/{key}"] = value
         values.update(last)
-    report_path = _find(workdir, "report.json")
+    report_path = _newest_report(workdir)
     if report_path:
         try:
             with open(report_path) as f:

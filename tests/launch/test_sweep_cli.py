@@ -70,6 +70,21 @@ def test_tpu_dry_run_prints_gcloud_commands(capsys):
             "--config.train.learning_rate=1e-06 --config.model.n_frozen_layers=64 2>&1") in commands[0]
 
 
+def test_tpu_members_sync_the_data_dir(capsys):
+    code, out, _ = sparrow(
+        ["sweep", "--config", os.path.join(REPO, "experiments", "sparrow_70b.py") + ":v5p_128",
+         "--workdir", "gs://example-bucket/sweeps/70b", "--tpu", "sparrow-v5p", "--zone",
+         "us-east5-a", "--project", "example-project", "--type", "v5p-128",
+         "--data", "gs://example-bucket/data", "--dry-run"], capsys)
+    assert code == 0
+    commands = [line.split("command:   ", 1)[1] for line in out.splitlines() if "command:" in line]
+    assert len(commands) == 4
+    for command in commands:
+        assert "gcloud storage rsync -r gs://example-bucket/data $HOME/sparrow_data && " in command
+        assert command.endswith("--config.data.dir=$HOME/sparrow_data 2>&1 "
+                                "| tee -a $HOME/sparrow_run.log'")
+
+
 def test_bad_member_is_an_error_before_anything_runs(capsys, tmp_path):
     exp = tmp_path / "exp.py"
     exp.write_text(textwrap.dedent("""
@@ -162,6 +177,22 @@ def test_summarize_table(capsys, tmp_path):
     assert rows[2] == [NAMES[1], "0.001", "2", "started", "7", "3", "-", "-"]
     assert rows[3] == [NAMES[2], "0.0003", "1", "missing", "-", "-", "-", "-"]
     assert len(rows) == 5
+
+
+def test_summarize_reads_the_newest_report_sparrow_eval_wrote(capsys, tmp_path):
+    make_member_dirs(tmp_path)
+    (tmp_path / NAMES[0] / "report.json").unlink()
+    older = tmp_path / NAMES[0] / "eval" / "step_20"
+    newer = tmp_path / NAMES[0] / "eval" / "step_20_at8"  # `sparrow eval --n-best 8`, run later
+    for directory, rate in ((older, 0.25), (newer, 0.0625)):
+        directory.mkdir(parents=True)
+        (directory / "report.json").write_text(json.dumps({"oracle": {"violation_rate": rate}}))
+    os.utime(older / "report.json", (1_000_000, 1_000_000))
+    code, out, _ = sparrow(["sweep", "--config", TINY, "--workdir", str(tmp_path), "--summarize",
+                            "--metrics", "report.oracle.violation_rate"], capsys)
+    assert code == 0
+    rows = [line.split() for line in out.splitlines()]
+    assert rows[1][-1] == "0.0625" and rows[2][-1] == "-"
 
 
 def test_summarize_json_default_columns(capsys, tmp_path):
