@@ -18,7 +18,7 @@ def rule_prefix_cost(results: dict, quick: bool = False, repeats: int = 20) -> d
 
     Why L = 1024: the rule RM reads a whole dialogue, and a Sparrow dialogue with
     evidence is several turns plus ~500-character search results, several hundred to
-    about a thousand tokens, in a 2048-token context [ours, SPARROW.md section 2-3].
+    about a thousand tokens, in a 2048-token context [ours, docs/recipe.md section 2-3].
     The same ratio at L = 512 is reported too (`rule_prefix_cost_ratio_L512`), since
     the ratio falls as dialogues grow. Model: tiny_cpu (f32) with max_len 2048,
     Sparrow's context, so every distance has its own relative encoding. Rule suffixes:

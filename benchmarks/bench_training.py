@@ -19,7 +19,7 @@ def matmul_peak(results: dict, quick: bool = False, repeats: int = 3) -> dict:
 
 
 TRAIN_DTYPES = ("float32", "bfloat16")
-# Chinchilla 44M (SPARROW.md section 3): d_model 512, ffw 2048, 8 heads of 64, 8 layers,
+# Chinchilla 44M (docs/recipe.md section 3): d_model 512, ffw 2048, 8 heads of 64, 8 layers,
 # with Sparrow's 32k vocabulary and relative positions (tiny_cpu supplies the rest, but
 # not its smeared keys, a copying aid for the toy trunk that Chinchilla does not have).
 CHINCHILLA_44M = {"vocab_size": 32000, "d_model": 512, "d_ff": 2048, "n_heads": 8,

@@ -1,6 +1,6 @@
 """Sparrow recipe at Chinchilla 1.0B, for scaled-down runs on a small TPU slice.
 
-Shape: the "1.0B" row of SPARROW.md section 3 (Chinchilla's smaller shapes,
+Shape: the "1.0B" row of docs/recipe.md section 3 (Chinchilla's smaller shapes,
 d_model / ffw / head size / heads / layers = 1792 / 7168 / 128 / 14 / 23), with
 Sparrow's 32k vocab, context 2048 and Transformer-XL relative attention. The
 bottom 18 of 23 layers (0.8 as in Sparrow's 64 of 80, rounded) are the frozen

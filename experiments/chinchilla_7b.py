@@ -1,6 +1,6 @@
 """Sparrow recipe at a ~7B Chinchilla-family shape, for mid-sized runs on a TPU slice.
 
-Shape: our choice, not a published row. SPARROW.md section 3 lists no Chinchilla
+Shape: our choice, not a published row. docs/recipe.md section 3 lists no Chinchilla
 7B; this takes the 9.3B row's width (d_model 4096, FFW 16384 = 4 x d_model, 32
 heads of 128) at 32 layers instead of 42, keeping the family's conventions
 (head size 128, 4x FFW, RMSNorm pre-norm, Transformer-XL relative attention),

@@ -1,4 +1,4 @@
-"""Sparrow at Chinchilla 70B on a TPU pod (SPARROW.md section 3).
+"""Sparrow at Chinchilla 70B on a TPU pod (docs/recipe.md section 3).
 
 80 layers, d_model 8192, 64 heads of 128, FFW 32768, 32k vocab, context 2048,
 Transformer-XL relative attention; the bottom 64 layers are the frozen shared trunk.

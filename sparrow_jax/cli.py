@@ -1,7 +1,8 @@
 """The `sparrow` command (also `python -m sparrow_jax`).
 
-Each subcommand lives in its own module and is imported only when called, so
-that e.g. `sparrow aot` can set the simulated device count before JAX starts.
+Each subcommand lives in its own module, imported here for its flags; none imports
+JAX before its `run()`, so that e.g. `sparrow aot` can set the simulated device count
+before JAX starts.
 Config overrides are written `--config.a.b=value` after the other flags.
 """
 from __future__ import annotations

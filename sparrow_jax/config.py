@@ -169,7 +169,7 @@ def loss_defaults() -> ml_collections.ConfigDict:
 
 
 def rl_defaults() -> ml_collections.ConfigDict:
-    """The RL stage (SPARROW.md section 6). The policy starts from `train.init_from`
+    """The RL stage (docs/recipe.md section 6). The policy starts from `train.init_from`
     (the SFT workdir); the reward models come from their own workdirs."""
     r = ml_collections.ConfigDict()
     r.pref_rm_from = ""  # workdir of the pref_rm stage (required for rl)

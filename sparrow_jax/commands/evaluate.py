@@ -27,7 +27,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--evidence", default="free", choices=("free", "choose", "always", "never"),
                         help="evidence mode without reranking (free: the policy samples the speaker)")
     parser.add_argument("--formula", default="sparrow", choices=("sparrow", "elo_only", "rules_only"),
-                        help="rerank formula (SPARROW.md section 7)")
+                        help="rerank formula (docs/recipe.md section 7)")
     parser.add_argument("--judge", default="auto", choices=("auto", "oracle", "reward_models"),
                         help="auto: the toy world's oracle when the data dir has world.json")
     parser.add_argument("--batch-size", type=int, default=32, help="sampled rows per call")

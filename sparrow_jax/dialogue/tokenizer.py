@@ -2,7 +2,7 @@
 
 Control ids (pad, bos, eos, one per `Role`, `eot`, `rule`) are SentencePiece CONTROL pieces: the encoder
 never produces them from any text, so they can only enter a sequence when inserted by id. That is what makes
-roles unforgeable by user or search-result text (SPARROW.md section 2, security property).
+roles unforgeable by user or search-result text (docs/recipe.md section 2, security property).
 
 Layout of a model trained by `train_tokenizer`:
     0 <pad>  1 <s> (bos)  2 </s> (eos)  3 <unk>  4 <user>  5 <agent>  6 <search_query>

@@ -1,4 +1,4 @@
-"""Reranking @N on top of the RL environment's `rollout` (SPARROW.md sections 2 and 7).
+"""Reranking @N on top of the RL environment's `rollout` (docs/recipe.md sections 2 and 7).
 
 For each context, N candidate agent steps are sampled: candidates [0, N/2) with evidence mode "always"
 (a Search Query, its Search Result, then the Sparrow turn) and [N/2, N) with "never" (the Sparrow turn

@@ -5,7 +5,7 @@ last token of its final agent turn (its eot) by `read_elo`, which also adds the
 RM's scaled mean log-likelihood of that turn when the model has
 `pref_rm_likelihood` (one readout for training, RL and evaluation). For the RL reward the Elo is
 normalised against the starting policy: `EloNormaliser` holds the mean and
-standard deviation of the RM's Elo on that policy's samples (SPARROW.md
+standard deviation of the RM's Elo on that policy's samples (docs/recipe.md
 section 6), accumulated batch by batch, with a JSON-serialisable state.
 """
 from __future__ import annotations

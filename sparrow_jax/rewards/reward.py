@@ -1,4 +1,4 @@
-"""The per-agent-turn RL reward (SPARROW.md section 6) [ours, following the seed]:
+"""The per-agent-turn RL reward (docs/recipe.md section 6) [ours, following the seed]:
 
     reward = elo_weight * normalise(elo)
            + rule_weight * aggregate(p_broken over the N rules)

@@ -4,7 +4,7 @@ The rule RM reads `dialogue ++ [rule] rule text "\\n" question [eot]` and
 answers at the question's eot with ("No", "Yes") logits (index 1 = "Yes" =
 broken). Because the rule comes after the dialogue, each dialogue is encoded
 once into a KV cache (trunk + rule_rm top) and that cache is shared by all R
-rule suffixes (SPARROW.md section 5):
+rule suffixes (docs/recipe.md section 5):
 
     prefill:   B dialogues            [B, L]      -> cache of L + Q slots
     broadcast: every row R times      [B * R]     (row b * R + r = dialogue b, rule r)

@@ -1,6 +1,6 @@
 """Reranking @N: score N sampled candidates with both reward models, keep the best.
 
-Formulas (the `formula` knob; SPARROW.md section 7 [likely]):
+Formulas (the `formula` knob; docs/recipe.md section 7 [likely]):
   sparrow    sigmoid(elo - mean_elo) * (prod_i (1 - p_i)) ** (1/R)
   elo_only   sigmoid(elo - mean_elo)
   rules_only (prod_i (1 - p_i)) ** (1/R)

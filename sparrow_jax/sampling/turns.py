@@ -3,7 +3,7 @@
 A sampled row is the speaker's text followed by eot, then padding (`SampleOutput`). A turn is malformed
 when it is empty (no text, or only whitespace), over length (no eot within max_new_tokens: the text is cut),
 or holds a control id inside its text (the sampler masks them; only a custom `TokenIds` lets one through).
-RL gives malformed turns a format penalty (SPARROW.md section 6).
+RL gives malformed turns a format penalty (docs/recipe.md section 6).
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from sparrow_jax.evaluation.evaluator import make_environment
 
 
 def _formula(elo_N, p_NxR, mean_elo, formula):
-    """SPARROW.md section 7, directly in numpy (not in log space)."""
+    """docs/recipe.md section 7, directly in numpy (not in log space)."""
     sig = 1 / (1 + np.exp(-(elo_N - mean_elo)))
     rules = np.prod(1 - p_NxR, axis=-1) ** (1 / p_NxR.shape[-1])
     return {"sparrow": sig * rules, "elo_only": sig, "rules_only": rules}[formula]
