@@ -59,6 +59,8 @@ def add_arguments(parser) -> None:
     tpu.add_argument("--log-dir", default="tpu_logs", help="local copies of each member's output")
     tpu.add_argument("--data", default="",
                      help="gs:// data dir synced to every worker and passed as data.dir")
+    tpu.add_argument("--compilation-cache", default="", metavar="DIR",
+                     help="JAX persistent compilation cache shared by the members' runs")
 
 
 def local_command(config: str, workdir: str, args: list[str]) -> list[str]:
@@ -78,11 +80,11 @@ class _TpuTarget:
         self.layout = remote.RemoteLayout(code_dir=args.remote_dir, venv_dir=args.venv)
         self.runner = runner
         self.log_dir = args.log_dir
-        self.data = args.data
+        self.data, self.compilation_cache = args.data, args.compilation_cache
 
     def job(self, config, member, common):
         return self.remote.TrainJob(config, member.workdir, tuple(common) + tuple(member.args),
-                                    data=self.data)
+                                    data=self.data, compilation_cache=self.compilation_cache)
 
     def command(self, config, member, common) -> list[str]:
         return self.actions.run_command(self.spec, self.job(config, member, common), self.layout)

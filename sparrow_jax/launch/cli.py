@@ -72,6 +72,9 @@ def _add_run(parser):
     parser.add_argument("--data", default="",
                         help="gs:// data dir synced to every worker before training and passed "
                              "as data.dir (also after a babysat VM is recreated)")
+    parser.add_argument("--compilation-cache", default="", metavar="DIR",
+                        help="JAX persistent compilation cache for the workers, e.g. "
+                             "gs://BUCKET/jax_cache: relaunches load compiled steps")
     parser.add_argument("--log-file", default=None,
                         help="local copy of the streamed output (default: tpu_logs/NAME.log)")
     parser.add_argument("--allow-local-workdir", action="store_true",
@@ -160,7 +163,8 @@ def check_workdir(workdir: str, accelerator_type: str | None, allow_local: bool)
 
 def _job(args, overrides: Sequence[str]) -> remote.TrainJob:
     check_workdir(args.workdir, args.accelerator_type, args.allow_local_workdir)
-    return remote.TrainJob(args.config, args.workdir, tuple(overrides), data=args.data)
+    return remote.TrainJob(args.config, args.workdir, tuple(overrides), data=args.data,
+                           compilation_cache=args.compilation_cache)
 
 
 def dispatch(args, overrides: Sequence[str], runner: Runner) -> int:

@@ -46,13 +46,16 @@ class TrainJob:
 
     `data`: a gs:// data dir (toy world, converted dataset, tokenizer) that every worker
     syncs to its disk before training and passes as `data.dir`; a recreated VM syncs it
-    again, so babysat runs need nothing else.
+    again, so babysat runs need nothing else. `compilation_cache`: JAX's persistent
+    compilation cache directory (`JAX_COMPILATION_CACHE_DIR`), e.g. on GCS so a relaunch
+    after preemption loads the compiled steps instead of compiling them again.
     """
 
     config: str
     workdir: str
     overrides: tuple[str, ...] = ()
     data: str = ""
+    compilation_cache: str = ""
 
     def __post_init__(self):
         if self.data and not self.data.startswith("gs://"):
@@ -105,8 +108,11 @@ def train_command(layout: RemoteLayout, job: TrainJob) -> str:
         data = layout.home(layout.data_dir)
         sync = f"mkdir -p {data} && gcloud storage rsync -r {shlex.quote(job.data)} {data} && "
         args += f" --config.data.dir={data}"
+    env = "PYTHONUNBUFFERED=1"
+    if job.compilation_cache:
+        env += f" JAX_COMPILATION_CACHE_DIR={shlex.quote(job.compilation_cache)}"
     return (f"cd {layout.home(layout.code_dir)} && set -o pipefail && {sync}"
-            f"PYTHONUNBUFFERED=1 {sparrow} {args} 2>&1 | tee -a {layout.home(layout.log_file)}")
+            f"{env} {sparrow} {args} 2>&1 | tee -a {layout.home(layout.log_file)}")
 
 
 def tail_log(layout: RemoteLayout, lines: int = 100, follow: bool = False) -> str:

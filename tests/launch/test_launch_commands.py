@@ -105,6 +105,19 @@ def test_v5p_128_run_syncs_the_data_dir_to_every_worker(dry):
         "--config.data.dir=$HOME/sparrow_data 2>&1 | tee -a $HOME/sparrow_run.log'"]
 
 
+def test_babysit_gives_every_attempt_the_compilation_cache(dry):
+    lines = dry(["babysit", *V4, "--type", "v4-256", "--config", "experiments/sparrow_70b.py:v4_256",
+                 "--workdir", "gs://example-bucket/runs/rl",
+                 "--compilation-cache", "gs://example-bucket/jax cache"])
+    runs = [line for line in lines if "sparrow train" in line]
+    assert len(runs) == 2  # the first attempt and the rerun after a recovery
+    for line in runs:
+        remote_words = shlex.split(shlex.split(line)[-1])
+        assert "JAX_COMPILATION_CACHE_DIR=gs://example-bucket/jax cache" in remote_words
+        assert remote_words.index("JAX_COMPILATION_CACHE_DIR=gs://example-bucket/jax cache") < \
+            remote_words.index("$HOME/sparrow_venv/bin/sparrow")
+
+
 def test_v4_256_run_quotes_odd_values(dry):
     [line] = dry(["run", *V4, "--type", "v4-256", "--config", "experiments/sparrow_70b.py:v4_256",
                   "--workdir", "gs://example-bucket/runs/it's", "--config.name=a b"])

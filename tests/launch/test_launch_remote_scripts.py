@@ -20,7 +20,8 @@ pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash
     remote.setup_from_archive(LAYOUT),
     remote.setup_from_git(LAYOUT, "https://github.com/example/sparrow_jax.git", "v0.1"),
     remote.train_command(LAYOUT, JOB),
-    remote.train_command(LAYOUT, remote.TrainJob("c.py", "gs://b/run", data="gs://b/it's data")),
+    remote.train_command(LAYOUT, remote.TrainJob("c.py", "gs://b/run", data="gs://b/it's data",
+                                                 compilation_cache="gs://b/jax's cache")),
     remote.tail_log(LAYOUT, 10, follow=True),
 ])
 def test_scripts_are_valid_bash(script):
