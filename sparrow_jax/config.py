@@ -208,6 +208,11 @@ def rl_defaults() -> ml_collections.ConfigDict:
     r.alpha = 0.1  # [paper, GopherCite]
     r.kl_coef = 0.1  # kl_mode=reward
     r.value_coef = 1.0
+    # Step size of the value head over train.learning_rate [ours]. Adam moves a parameter
+    # by about the learning rate per step, so at a policy's rate a freshly initialised
+    # value head cannot reach the returns' scale within an RL run, and the advantage is
+    # then about the return itself (no baseline).
+    r.value_lr_scale = 1.0
     r.entropy_coef = 0.0
     return r
 
@@ -407,7 +412,7 @@ def _validate_rl(r) -> None:
             raise ConfigError(f"config key 'rl.{key}' must be positive, got {r[key]}")
     if r.max_prompt_len < 4:
         raise ConfigError(f"config key 'rl.max_prompt_len' must be >= 4, got {r.max_prompt_len}")
-    for key in ("temperature", "role_temperature"):
+    for key in ("temperature", "role_temperature", "value_lr_scale"):
         if r[key] <= 0:
             raise ConfigError(f"config key 'rl.{key}' must be positive, got {r[key]}")
     if r.rule_chunk < 0:

@@ -1,6 +1,9 @@
 """Optimizer and learning-rate schedule from `cfg.train`."""
 from __future__ import annotations
 
+from typing import Mapping
+
+import jax
 import optax
 
 
@@ -20,12 +23,27 @@ def make_schedule(train_cfg, total_steps: int) -> optax.Schedule:
     raise ValueError(f"train.schedule={train_cfg.schedule!r} is not cosine or constant")
 
 
-def make_optimizer(train_cfg, total_steps: int):
-    """(GradientTransformation, schedule): global-norm clipping, then AdamW or Adafactor.
+def scale_role_updates(scales: Mapping[str, float]) -> optax.GradientTransformation:
+    """Multiply the updates of some top-level roles (e.g. {'value': 10.0}): a per-role step size.
+
+    Adam and Adafactor steps are about `learning_rate` per parameter whatever the gradient's
+    size, so a role that must move far in few steps needs a larger rate, not a larger loss weight.
+    """
+    def update_fn(updates, state, params=None):
+        del params
+        return {role: jax.tree.map(lambda u, s=scales.get(role, 1.0): u * s, subtree)
+                for role, subtree in updates.items()}, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def make_optimizer(train_cfg, total_steps: int, role_lr_scales: Mapping[str, float] | None = None):
+    """(GradientTransformation, schedule): global-norm clipping, AdamW or Adafactor, role scales.
 
     Adafactor runs without momentum, without its own update clipping (the global
     norm clip replaces it) and without parameter-scale multiplication, so the
     configured learning rate is the step size (as in Sparrow's 2e-6).
+    `role_lr_scales` multiplies the step size of some roles (`scale_role_updates`).
     """
     schedule = make_schedule(train_cfg, total_steps)
     if train_cfg.optimizer == "adamw":
@@ -41,4 +59,7 @@ def make_optimizer(train_cfg, total_steps: int):
     if train_cfg.grad_clip_norm and train_cfg.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(float(train_cfg.grad_clip_norm)))
     parts.append(opt)
+    scaled = {role: float(s) for role, s in (role_lr_scales or {}).items() if float(s) != 1.0}
+    if scaled:
+        parts.append(scale_role_updates(scaled))
     return optax.chain(*parts), schedule

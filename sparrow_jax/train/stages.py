@@ -273,7 +273,8 @@ def build_stage(cfg, mesh, stage: str | None = None, total_steps: int | None = N
     stage = stage or cfg.train.stage
     rules = shd.rules_from_config(cfg.mesh)
     roles = STAGE_ROLES[stage]
-    optimizer, schedule = make_optimizer(cfg.train, total_steps or cfg.train.steps)
+    role_lr_scales = {"value": cfg.rl.value_lr_scale} if "value" in roles else None
+    optimizer, schedule = make_optimizer(cfg.train, total_steps or cfg.train.steps, role_lr_scales)
 
     def init_params(rng):
         return hydra.init_params(cfg.model, rng, roles=roles)
