@@ -31,8 +31,8 @@ def scale_role_updates(scales: Mapping[str, float]) -> optax.GradientTransformat
     """
     def update_fn(updates, state, params=None):
         del params
-        return {role: jax.tree.map(lambda u, s=scales.get(role, 1.0): u * s, subtree)
-                for role, subtree in updates.items()}, state
+        return {role: jax.tree.map(lambda u, s=scales[role]: u * s, subtree) if role in scales
+                else subtree for role, subtree in updates.items()}, state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
