@@ -7,14 +7,20 @@
 
 Order of operations (grain `MapDataset`, so every step is index-addressable and
 the iterator state is just a position): tag each record with its index in the
-source, shard by JAX process (equal-sized strided shards: each process reads a
-disjoint 1/process_count of the records), seeded shuffle, repeat (reshuffled
-every epoch), per-record transform (`examples.py`), batch. The `lm` stage then
-packs token streams into rows (`ConcatThenSplitIterDataset`) before batching.
+source, seeded shuffle, repeat (reshuffled every epoch), per-record transform
+(`examples.py`), batch of the GLOBAL batch size, then keep this process's rows
+(`rows`). The `lm` stage packs token streams into rows
+(`ConcatThenSplitIterDataset`) before batching; packed sft packs per batch.
+
+Every process builds the same global batches and keeps its rows, so a run's
+batches do not depend on how many processes share it (2 processes x 2 devices
+train exactly what 1 x 4 trains) and resume state is the same on every process.
+The price: each process tokenises the whole global batch, not its 1/P (host
+work, small next to a step of any model worth a pod).
 
 Batch keys carry their shapes (`tokens_BxL`); `examples.EXAMPLE_SPECS` lists
 them per stage, and docs/interfaces.md ("Data pipelines") documents them. B is
-the per-process batch = global_batch_size / process_count.
+this process's rows of the global batch (all of them by default).
 """
 from __future__ import annotations
 
@@ -29,32 +35,6 @@ from sparrow_jax.data import examples
 from sparrow_jax.dialogue.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class Shard:
-    """Which slice of the data this process reads."""
-    index: int = 0
-    count: int = 1
-
-    @classmethod
-    def from_jax(cls) -> "Shard":
-        """This JAX process's shard (jax.process_index() of jax.process_count())."""
-        options = grain.sharding.ShardByJaxProcess(drop_remainder=True)
-        return cls(options.shard_index, options.shard_count)
-
-
-def shard_records(dataset: grain.MapDataset, shard: Shard) -> grain.MapDataset:
-    """A strided 1/count of the records, the same length on every process.
-
-    The remainder (len % count records) is left out so that processes stay in lockstep
-    (a process with one more batch would hang a collective); at most count-1 records per
-    epoch, and a different set each epoch only if the source itself is reordered.
-    """
-    if not 0 <= shard.index < shard.count:
-        raise ValueError(f"shard index {shard.index} not in [0, {shard.count})")
-    usable = len(dataset) - len(dataset) % shard.count
-    return dataset[:usable][shard.index::shard.count]
 
 
 class BatchIterator:
@@ -103,11 +83,10 @@ class BatchIterator:
         self._next_log = int(state["next_log"])
 
 
-def per_process_batch_size(global_batch_size: int, shard: Shard) -> int:
-    if global_batch_size <= 0 or global_batch_size % shard.count:
-        raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of "
-                         f"the number of processes ({shard.count})")
-    return global_batch_size // shard.count
+def _keep_rows(rows: slice | None):
+    if rows is None:
+        return lambda batch: batch
+    return lambda batch: {key: value[rows] for key, value in batch.items()}
 
 
 def _example_fn(stage: str, tokenizer: Tokenizer, seq_len: int, *, num_candidates: int,
@@ -164,7 +143,7 @@ def _packed_sft_row(row: dict) -> dict:
 
 def make_pipeline(stage: str, source: Sequence, tokenizer: Tokenizer, *, global_batch_size: int,
                   seq_len: int, seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
-                  shard: Shard | None = None, drop_remainder: bool = True, num_candidates: int = 4,
+                  rows: slice | None = None, drop_remainder: bool = True, num_candidates: int = 4,
                   rule_len: int | None = None, rules: Mapping[str, str] | None = None,
                   pad_prompts_left: bool = True, pack: bool = False, num_threads: int = 1,
                   prefetch_buffer_size: int = 8) -> BatchIterator:
@@ -175,7 +154,8 @@ def make_pipeline(stage: str, source: Sequence, tokenizer: Tokenizer, *, global_
       source: random-access records (a tfds_builders.RecordSource or a list of records).
       global_batch_size: examples (or packed rows) per step across all processes.
       num_epochs: None repeats forever (training); 1 is one pass (evaluation).
-      shard: defaults to this JAX process (Shard.from_jax()).
+      rows: the rows of each global batch this process keeps (`distributed.
+        process_batch_slice`); None keeps all.
       drop_remainder: drop the last incomplete batch (with num_epochs set).
       num_candidates: pref_rm K; records with fewer candidates are padded (candidate_valid False).
       rule_len: rule_rm R, the padded length of the rule question suffix; None = the longest
@@ -189,16 +169,15 @@ def make_pipeline(stage: str, source: Sequence, tokenizer: Tokenizer, *, global_
     """
     if stage not in examples.STAGES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {examples.STAGES}")
-    shard = shard or Shard.from_jax()
-    batch_size = per_process_batch_size(global_batch_size, shard)
+    if global_batch_size <= 0:
+        raise ValueError(f"global_batch_size must be positive, got {global_batch_size}")
+    batch_size = global_batch_size
     dataset = grain.MapDataset.source(source)
     if stage != "lm":
         num_records = len(source)  # grain passes global indices (across epochs) to map_with_index
         dataset = dataset.map_with_index(lambda index, record: (index % num_records, record))
-    dataset = shard_records(dataset, shard)
     if len(dataset) == 0:
-        raise ValueError(f"{stage}: no records for shard {shard.index} of {shard.count} "
-                         f"(source has {len(source)})")
+        raise ValueError(f"{stage}: the source has no records")
     if shuffle:
         dataset = dataset.seed(seed).shuffle()
     if num_epochs != 1:
@@ -210,7 +189,7 @@ def make_pipeline(stage: str, source: Sequence, tokenizer: Tokenizer, *, global_
         packed = grain.experimental.ConcatThenSplitIterDataset(
             dataset.to_iter_dataset(read_options), length_struct={"tokens": seq_len})
         batched = packed.map(_packed_lm_row).batch(batch_size, drop_remainder=drop_remainder)
-        return BatchIterator(batched.map(_rename(stage)), stage)
+        return BatchIterator(batched.map(_keep_rows(rows)).map(_rename(stage)), stage)
     if pack:
         if stage != "sft":
             raise ValueError(f"pack=True is for the sft stage, not {stage!r}")
@@ -222,7 +201,7 @@ def make_pipeline(stage: str, source: Sequence, tokenizer: Tokenizer, *, global_
             segments.to_iter_dataset(read_options), length_struct=lengths,
             num_packing_bins=batch_size, seed=seed, shuffle_bins=False)
         batched = packed.map(_packed_sft_row).batch(batch_size, drop_remainder=drop_remainder)
-        return BatchIterator(batched.map(_rename("sft_packed")), stage)
+        return BatchIterator(batched.map(_keep_rows(rows)).map(_rename("sft_packed")), stage)
     example_fn = _example_fn(stage, tokenizer, seq_len, num_candidates=num_candidates,
                              rule_len=rule_len, rules=rules, pad_prompts_left=pad_prompts_left)
 
@@ -231,7 +210,8 @@ def make_pipeline(stage: str, source: Sequence, tokenizer: Tokenizer, *, global_
         return {**example_fn(record), "record_index": np.int32(index)}
 
     batched = dataset.map(to_example).batch(batch_size, drop_remainder=drop_remainder)
-    return BatchIterator(batched.map(_rename(stage)).to_iter_dataset(read_options), stage)
+    return BatchIterator(batched.map(_keep_rows(rows)).map(_rename(stage))
+                         .to_iter_dataset(read_options), stage)
 
 
 def read_text_documents(path) -> list[str]:

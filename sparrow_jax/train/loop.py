@@ -53,7 +53,9 @@ def train_stage(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
     rule_texts = stage_data.rules_by_id(cfg)
     setup = stages.build_stage(cfg, mesh, stage)
     in_batch_shardings = batch_shardings(setup.batch_shapes, mesh, rules)
-    train_batches = stage_data.train_iterator(cfg, stage, tokenizer)
+    key = next(iter(in_batch_shardings))  # every key has the same rows
+    rows = distributed.process_batch_slice(setup.batch_shapes[key].shape[0], in_batch_shardings[key])
+    train_batches = stage_data.train_iterator(cfg, stage, tokenizer, rows=rows)
 
     ckpt = Checkpointer(init_from.checkpoint_dir(workdir), cfg.train.checkpoint_every,
                         cfg.train.keep_checkpoints, cfg.train.async_checkpoint)
@@ -73,7 +75,8 @@ def train_stage(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
                                      "stage": stage, "nonfinite_total": guard.total},
                   assets={"tokenizer.model": tokenizer.serialized_model}, force=force)
 
-    evaluator = StageEvaluator(stage, cfg.model, list(rule_texts))
+    evaluator = StageEvaluator(stage, cfg.model, list(rule_texts), mesh=mesh,
+                               batch_shardings=in_batch_shardings)
 
     def evaluate() -> dict:
         # No save may be in flight while evaluation runs: its first read of the test split
@@ -97,11 +100,16 @@ def train_stage(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
             global_batch = distributed.host_local_to_global(batch, mesh, in_batch_shardings)
             state, metrics = setup.step(state, global_batch)
             step, steps_this_run = step + 1, steps_this_run + 1
-            metrics = to_floats(metrics)
-            guard.check(step, metrics)
-            if step % cfg.train.log_every == 0 or step == total:
-                writer.write(step, metrics)
-            progress.update(step, {"loss": metrics["loss"]})
+            guard.observe(metrics)  # no host sync: metrics are read at log intervals
+            logging_now = step % cfg.train.log_every == 0 or step == total
+            if logging_now or step % guard.check_every == 0 or ckpt.should_save(step):
+                counts = guard.check(step)
+            if logging_now:
+                host_metrics = {**to_floats(metrics), **counts}
+                writer.write(step, host_metrics)
+                progress.update(step, {"loss": host_metrics["loss"]})
+            else:
+                progress.update(step)
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total:
                 writer.write(step, evaluate(), split="eval")
             stopping = ckpt.preempted or (max_steps_this_run and steps_this_run >= max_steps_this_run)

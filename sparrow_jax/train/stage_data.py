@@ -127,26 +127,29 @@ def stage_batch_size(cfg, stage: str) -> int:
     return cfg.train.batch_size
 
 
-def _pipeline(cfg, stage: str, kind: str, split: str, tokenizer, train: bool):
+def _pipeline(cfg, stage: str, kind: str, split: str, tokenizer, train: bool,
+              rows: slice | None = None):
     from sparrow_jax.data.pipelines import make_pipeline
     return make_pipeline(
         stage, _source(cfg, kind, split), tokenizer,
         global_batch_size=stage_batch_size(cfg, stage), seq_len=cfg.train.seq_len,
         seed=cfg.train.seed, shuffle=train, num_epochs=None if train else 1,
-        drop_remainder=train, num_candidates=cfg.data.num_candidates,
+        drop_remainder=train, num_candidates=cfg.data.num_candidates, rows=rows,
         rule_len=cfg.data.rule_len, rules=rules_by_id(cfg),
         pack=bool(cfg.data.pack_sft) and stage == "sft" and train)
 
 
-def train_iterator(cfg, stage: str, tokenizer):
-    """Endless, shuffled, checkpointable batches of the stage's train split."""
+def train_iterator(cfg, stage: str, tokenizer, rows: slice | None = None):
+    """Endless, shuffled, checkpointable batches of the stage's train split: `rows` of
+    each global batch (this process's; None = all)."""
     kind = STAGE_DATA[stage][0]
     pipeline_stage = "lm" if stage == "lm" else stage
-    return _pipeline(cfg, pipeline_stage, kind, "train", tokenizer, train=True)
+    return _pipeline(cfg, pipeline_stage, kind, "train", tokenizer, train=True, rows=rows)
 
 
 def eval_batches(cfg, stage: str, tokenizer, max_batches: int = 0):
-    """One pass over the stage's test split: yields (batch, number of real rows).
+    """One pass over the stage's test split: yields (global batch, number of real rows),
+    the same on every process.
 
     The last batch is padded to the full batch size by repeating its first row,
     so the eval function compiles once; callers use only the first `n` rows.

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
+from sparrow_jax import distributed
 from sparrow_jax.model import hydra
 from sparrow_jax.train import stages
 from sparrow_jax.train.trainable import merge_params
@@ -51,22 +52,35 @@ def _rule_fn(model_cfg):
 
 
 class StageEvaluator:
-    """Jitted per-stage scoring plus host-side aggregation into metrics."""
+    """Jitted per-stage scoring plus host-side aggregation into metrics.
 
-    def __init__(self, stage: str, model_cfg, rule_ids: list[str] | None = None):
+    Batches are global and the same on every process; each process scores its own rows
+    (`batch_shardings`, on `mesh`) and the scores are gathered, so every process computes
+    the same metrics.
+    """
+
+    def __init__(self, stage: str, model_cfg, rule_ids: list[str] | None = None, *,
+                 mesh=None, batch_shardings=None):
         self.stage = stage
         self.rule_ids = list(rule_ids or [])
         eval_stage = "sft" if stage == "lm" else stage
         self.keys = stages.DEVICE_KEYS[eval_stage]
         make = {"sft": _nll_fn, "pref_rm": _pref_fn, "rule_rm": _rule_fn}[eval_stage]
         self._score = jax.jit(make(model_cfg))
+        self.mesh = mesh
+        self.shardings = batch_shardings
 
     def __call__(self, state, batches: Iterable[tuple[dict, int]]) -> dict[str, float]:
         params = merge_params(state.params, state.frozen)
         outputs, hosts = [], []
         for batch, rows in batches:
             device = {k: batch[k] for k in self.keys}
-            scored = jax.device_get(self._score(params, device))
+            if self.mesh is None:
+                scored = jax.device_get(self._score(params, device))
+            else:
+                shardings = {k: self.shardings[k] for k in self.keys}
+                scored = distributed.call_on_rows(lambda b: self._score(params, b), device,
+                                                  self.mesh, shardings)
             outputs.append(jax.tree.map(lambda x: np.asarray(x)[:rows], scored))
             hosts.append({k: v[:rows] for k, v in batch.items()})
         if not outputs:

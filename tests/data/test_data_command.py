@@ -36,11 +36,10 @@ def test_toyworld_generates_and_builds(tmp_path, capsys, tokenizer):
                         ("prompts", "prompts"), ("lm", "corpus")]:
         source = tfds_builders.load_source(os.path.join(out_dir, "tfds"), kind, "train")
         batch = next(pipelines.make_pipeline(stage, source, tokenizer, global_batch_size=2, seq_len=256,
-                                             shard=pipelines.Shard(), rules=rules))
+                                             rules=rules))
         assert all(isinstance(v, np.ndarray) for v in batch.values())
     texts = pipelines.read_text_documents(os.path.join(out_dir, "lm.txt"))
-    batch = next(pipelines.make_pipeline("lm", texts, tokenizer, global_batch_size=2, seq_len=64,
-                                         shard=pipelines.Shard()))
+    batch = next(pipelines.make_pipeline("lm", texts, tokenizer, global_batch_size=2, seq_len=64))
     assert batch["tokens_BxL"].shape == (2, 64) and batch["valid_BxL"].all()
 
 

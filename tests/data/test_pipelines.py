@@ -1,4 +1,4 @@
-"""grain pipelines: shapes, masks, truncation, process sharding and checkpointable state."""
+"""grain pipelines: shapes, masks, truncation, process rows and checkpointable state."""
 import json
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 
 from data_helpers import RULES
 from sparrow_jax.data import examples, pipelines
-from sparrow_jax.data.pipelines import Shard, make_pipeline
+from sparrow_jax.data.pipelines import make_pipeline
 from sparrow_jax.dialogue import render as render_lib
 from sparrow_jax.dialogue.turns import ROLE_INDEX, Role
 
@@ -16,7 +16,7 @@ SEQ_LEN = 48
 def _pipeline(stage, records, tokenizer, **kwargs):
     source = records["corpus"] + records["dialogues"] if stage == "lm" else records[
         examples.STAGE_KINDS[stage][0]]
-    kwargs = {"global_batch_size": 4, "seq_len": SEQ_LEN, "seed": 7, "shard": Shard(0, 1),
+    kwargs = {"global_batch_size": 4, "seq_len": SEQ_LEN, "seed": 7,
               "rules": RULES, "num_candidates": 3, "rule_len": 64, **kwargs}
     return make_pipeline(stage, source, tokenizer, **kwargs)
 
@@ -61,22 +61,30 @@ def test_seed_changes_order_and_epochs_reshuffle(records, tokenizer):
     assert list(order(7, 6)) == list(two_epochs[:24])
 
 
-def test_process_shards_are_disjoint_halves(records, tokenizer):
-    seen = []
-    for index in (0, 1):
-        it = _pipeline("sft", records, tokenizer, shard=Shard(index, 2), num_epochs=1)
-        batches = list(it)
-        assert all(b["tokens_BxL"].shape[0] == 2 for b in batches)  # global 4 over 2 processes
-        seen.append(set(np.concatenate([b["record_index_B"] for b in batches]).tolist()))
-    assert not seen[0] & seen[1]
-    assert seen[0] | seen[1] == set(range(24))
+@pytest.mark.parametrize("stage,pack", [("sft", False), ("sft", True), ("lm", False),
+                                        ("rule_rm", False)])
+def test_process_rows_split_the_same_global_batches(records, tokenizer, stage, pack):
+    """Two processes' rows of each batch, side by side, are the one-process batch: a run's
+    batches do not depend on how many processes share it."""
+    whole = list(_pipeline(stage, records, tokenizer, num_epochs=1, pack=pack))
+    halves = [list(_pipeline(stage, records, tokenizer, num_epochs=1, pack=pack,
+                             rows=slice(2 * i, 2 * i + 2))) for i in (0, 1)]
+    assert len(whole) == len(halves[0]) == len(halves[1]) > 0
+    for batch, first, second in zip(whole, *halves):
+        assert first["tokens_BxL"].shape[0] == 2
+        for key in batch:
+            np.testing.assert_array_equal(np.concatenate([first[key], second[key]]), batch[key],
+                                          err_msg=key)
 
 
-def test_odd_records_leave_equal_shards(records, tokenizer):
-    lengths = [len(list(_pipeline("sft", {"dialogues": records["dialogues"][:23]}, tokenizer,
-                                  shard=Shard(i, 2), num_epochs=1, global_batch_size=2)))
-               for i in (0, 1)]
-    assert lengths == [11, 11]
+def test_process_rows_resume_from_the_shared_state(records, tokenizer):
+    it = _pipeline("sft", records, tokenizer, rows=slice(2, 4))
+    next(it)
+    state = json.loads(json.dumps(it.get_state()))
+    expected = next(it)
+    resumed = _pipeline("sft", records, tokenizer, rows=slice(2, 4))
+    resumed.set_state(state)
+    _equal([next(resumed)], [expected])
 
 
 def test_sft_loss_mask_only_on_policy_turns(records, tokenizer):
@@ -217,13 +225,12 @@ def test_pack_is_only_for_sft(records, tokenizer):
         _pipeline("rule_rm", records, tokenizer, pack=True)
 
 
-def test_batch_size_must_divide_over_processes(records, tokenizer):
-    with pytest.raises(ValueError, match="multiple of the number of processes"):
-        _pipeline("sft", records, tokenizer, global_batch_size=3, shard=Shard(0, 2))
+def test_batch_size_must_be_positive(records, tokenizer):
+    with pytest.raises(ValueError, match="global_batch_size must be positive"):
+        _pipeline("sft", records, tokenizer, global_batch_size=0)
 
 
-def test_default_shard_is_this_jax_process(records, tokenizer):
-    assert Shard.from_jax() == Shard(0, 1)
+def test_default_rows_are_the_whole_batch(records, tokenizer):
     it = make_pipeline("sft", records["dialogues"], tokenizer, global_batch_size=24, seq_len=SEQ_LEN,
                        num_epochs=1)
     assert sorted(next(it)["record_index_B"].tolist()) == list(range(24))
