@@ -126,7 +126,8 @@ def _a2c(out, batch):
     from sparrow_jax.losses.a2c import a2c_loss
     from sparrow_jax.losses.sft import next_token_targets as shift
     return a2c_loss(out["policy"], out["teacher"], out["value"], shift(batch["tokens_BxL"]),
-                    shift(batch["rewards_BxL"]), shift(batch["policy_mask_BxL"]))
+                    shift(batch["rewards_BxL"]), shift(batch["policy_mask_BxL"]),
+                    shift(batch["sampled_mask_BxL"]))
 
 
 def _hydra_update(model_cfg):

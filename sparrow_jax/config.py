@@ -213,6 +213,11 @@ def rl_defaults() -> ml_collections.ConfigDict:
     # value head cannot reach the returns' scale within an RL run, and the advantage is
     # then about the return itself (no baseline).
     r.value_lr_scale = 1.0
+    # Whether value-loss gradients reach the policy top the value head reads [ours; the
+    # paper's value is an MLP on the policy's top]. True (the shared-torso actor-critic,
+    # and this code's behaviour before the key): the value head's input features learn to
+    # predict returns too. False: a stop_gradient on its input; only the head learns.
+    r.value_grad_to_policy = True
     r.entropy_coef = 0.0
     return r
 
@@ -348,8 +353,18 @@ def _parse_like(current: Any, raw: str, key: str) -> Any:
 # Validation
 # ----------------------------------------------------------------------------
 
-def validate(cfg: ml_collections.ConfigDict, source: str = "config") -> None:
-    """Check keys against the schema, value types, and shapes. Raises ConfigError."""
+def validate(cfg: ml_collections.ConfigDict, source: str = "config", *,
+             training: bool = False) -> None:
+    """Check keys against the schema, value types, and shapes. Raises ConfigError.
+
+    training=True adds the checks of a config about to TRAIN its `train.stage` (the rl
+    update step and the launcher ask for them; evaluation and chat, which read the same
+    keys from a checkpoint's config, do not): for rl, rollouts must sample from the
+    policy itself, since the A2C update takes the sampler's tokens as the policy's own
+    draws. Sampling at rl.temperature != 1, rl.top_p < 1 or rl.top_k > 0 (or, with
+    rl.evidence='free', rl.role_temperature != 1) draws from another distribution, and
+    the policy gradient would be biased (docs/recipe.md section 6).
+    """
     _check_keys(cfg, default_config(), prefix="", source=source)
     m = cfg.model
     _choice(m.position, POSITION_KINDS, "model.position")
@@ -394,6 +409,18 @@ def validate(cfg: ml_collections.ConfigDict, source: str = "config") -> None:
     _choice(cfg.train.schedule, ("cosine", "constant"), "train.schedule")
     _choice(cfg.train.stage, STAGES, "train.stage")
     _validate_rl(cfg.rl)
+    if training and cfg.train.stage == "rl":
+        r = cfg.rl
+        off_policy = [f"rl.{key}={r[key]!r} (must be {on})" for key, on in (
+            ("temperature", 1.0), ("top_p", 1.0), ("top_k", 0)) if r[key] != on]
+        if r.evidence == "free" and r.role_temperature != 1.0:
+            off_policy.append(f"rl.role_temperature={r.role_temperature!r} (must be 1.0 with "
+                              f"rl.evidence='free')")
+        if off_policy:
+            raise ConfigError(
+                f"{source}: train.stage='rl' trains on-policy A2C, but {', '.join(off_policy)} "
+                f"samples from another distribution than the policy's. Set them back to train; "
+                f"evaluation and chat may still use other values.")
     if cfg.train.batch_size <= 0 or cfg.train.grad_accum_steps <= 0:
         raise ConfigError("train.batch_size and train.grad_accum_steps must be positive")
     if cfg.train.batch_size % cfg.train.grad_accum_steps:

@@ -5,9 +5,20 @@
        - entropy_coef * entropy
 
 With kl_mode="reward" the KL instead enters the reward, r_t -= kl_coef * (log pi(a_t)
-- log teacher(a_t)), and there is no KL term (alpha is unused). Every term is averaged
-over policy tokens only (agent and search-query turns); user and search-result tokens
-carry no gradient. Returns are undiscounted: return_t = sum_{s >= t} r_s.
+- log teacher(a_t)), and there is no KL term (alpha is unused). Returns are undiscounted:
+return_t = sum_{s >= t} r_s.
+
+Two masks (docs/recipe.md section 6): the POLICY mask marks every token of the policy's
+new turns (agent and search-query; user and search-result tokens carry no gradient);
+the SAMPLED mask marks the subset the policy actually drew (`rl.sequence`). A token the
+environment forced (the role token in the `always` / `never` / `choose` evidence modes,
+the eot closing an over-length turn) is not an action of the policy, so:
+  - the policy gradient, and kl_mode="reward"'s per-token KL estimate (log pi(a) - log
+    teacher(a) estimates the KL only for a ~ pi), use the sampled mask;
+  - the KL, entropy and value terms, which depend on the state and not on the token
+    taken, average over the policy mask: the policy's distribution at a forced token
+    still shapes its behaviour (the `choose` mode's speaker is its argmax), and the
+    return from there is a valid target for the value.
 """
 from __future__ import annotations
 
@@ -44,30 +55,34 @@ def explained_variance(values_BxT, returns_BxT, mask_BxT):
 
 
 def a2c_loss(policy_logits_BxTxV, teacher_logits_BxTxV, values_BxT, actions_BxT, rewards_BxT,
-             policy_mask_BxT, *, alpha=0.1, value_coef=1.0, entropy_coef=0.0,
+             policy_mask_BxT, sampled_mask_BxT, *, alpha=0.1, value_coef=1.0, entropy_coef=0.0,
              kl_mode="loss", kl_coef=0.1):
-    """GopherCite A2C loss on policy tokens.
+    """GopherCite A2C loss; the policy gradient credits only sampled tokens (module docstring).
 
     Args:
       policy_logits_BxTxV: policy logits; row t gives the distribution of `actions_BxT[:, t]`.
       teacher_logits_BxTxV: frozen teacher logits, same alignment (no gradient flows).
       values_BxT: value head prediction of the return from position t (before action t).
-      actions_BxT: int sampled tokens.
+      actions_BxT: int tokens taken (sampled or forced).
       rewards_BxT: reward received at token t (usually nonzero only at a turn's last
         token); returns are their undiscounted reverse cumulative sum.
-      policy_mask_BxT: 1 on agent / search-query tokens, 0 elsewhere.
+      policy_mask_BxT: 1 on the tokens of new agent / search-query turns, 0 elsewhere.
+      sampled_mask_BxT: 1 where the policy drew the token itself (a subset of the policy
+        mask, which this function does not check: the product with it is used).
       alpha: KL-loss weight (kl_mode="loss"); 0.1 in GopherCite.
       value_coef: weight of 0.5 * (value - return)^2.
       entropy_coef: weight of the entropy bonus (subtracted).
       kl_mode: "loss" (KL term in the loss) or "reward" (KL penalty in the reward).
       kl_coef: per-token reward penalty weight for kl_mode="reward".
     Returns:
-      (loss, metrics) with 'loss', 'pg_loss', 'value_loss', 'kl', 'entropy', 'return',
-      'advantage', 'explained_variance'.
+      (loss, metrics) with 'loss', 'pg_loss' (mean over sampled tokens), 'value_loss', 'kl',
+      'entropy', 'return', 'advantage', 'explained_variance' (means over policy tokens),
+      'sampled_fraction' (sampled / policy tokens).
     """
     if kl_mode not in ("loss", "reward"):
         raise ValueError(f"kl_mode={kl_mode!r} is not 'loss' or 'reward'")
     mask = policy_mask_BxT.astype(jnp.float32)
+    sampled = sampled_mask_BxT.astype(jnp.float32) * mask
     teacher_logits_BxTxV = jax.lax.stop_gradient(teacher_logits_BxTxV)
     logp_BxTxV = jax.nn.log_softmax(policy_logits_BxTxV.astype(jnp.float32), axis=-1)
     logp_action_BxT = take_last_axis(logp_BxTxV, actions_BxT)
@@ -79,12 +94,12 @@ def a2c_loss(policy_logits_BxTxV, teacher_logits_BxTxV, values_BxT, actions_BxT,
         logq_action_BxT = take_last_axis(
             jax.nn.log_softmax(teacher_logits_BxTxV.astype(jnp.float32), axis=-1), actions_BxT)
         sample_kl_BxT = jax.lax.stop_gradient(logp_action_BxT - logq_action_BxT)
-        rewards_BxT = rewards_BxT - kl_coef * sample_kl_BxT * mask
+        rewards_BxT = rewards_BxT - kl_coef * sample_kl_BxT * sampled
     returns_BxT = undiscounted_returns(rewards_BxT)
     values_BxT = values_BxT.astype(jnp.float32)
     advantage_BxT = returns_BxT - jax.lax.stop_gradient(values_BxT)
 
-    pg_loss = -masked_mean(advantage_BxT * logp_action_BxT, mask)
+    pg_loss = -masked_mean(advantage_BxT * logp_action_BxT, sampled)
     value_loss = 0.5 * masked_mean(jnp.square(values_BxT - returns_BxT), mask)
     entropy = masked_mean(entropy_BxT, mask)
     # The entropy is always reported, but enters the loss only when weighted: a constant
@@ -106,5 +121,6 @@ def a2c_loss(policy_logits_BxTxV, teacher_logits_BxTxV, values_BxT, actions_BxT,
         "return": masked_mean(returns_BxT, mask),
         "advantage": masked_mean(advantage_BxT, mask),
         "explained_variance": explained_variance(values_BxT, returns_BxT, mask),
+        "sampled_fraction": jnp.sum(sampled) / jnp.maximum(jnp.sum(mask), 1.0),
     }
     return loss, metrics

@@ -116,8 +116,11 @@ def _next_token_logp(logits_BxLxV, tokens_BxL):
 
 
 def _run_head(params, spec: ModelSpec, top: str, x_BxLxD, roles, outputs: dict,
-              tokens_BxL=None):
+              tokens_BxL=None, value_grad_to_policy: bool = True):
     """Apply `top`'s head (and the value head on the policy) into outputs.
+
+    value_grad_to_policy=False: the value head reads the policy top's activations through
+    a stop_gradient, so value-loss gradients reach the value head only.
 
     An 'elo_lm' head (the preference RM with pref_rm_likelihood) gives `top` its Elo and,
     when the tokens are known (`forward`, not `extend`), `<top>_next_logp`: its likelihood
@@ -135,6 +138,8 @@ def _run_head(params, spec: ModelSpec, top: str, x_BxLxD, roles, outputs: dict,
         else:
             outputs[top] = out
     if top == "policy" and "value" in roles:
+        if not value_grad_to_policy:
+            h_BxLxD = jax.lax.stop_gradient(h_BxLxD)
         outputs["value"] = ValueHead(spec).apply({"params": params["value"]}, h_BxLxD)
 
 
@@ -147,7 +152,8 @@ def _check_params_have(params, tops, roles):
 
 
 def forward(params, model_cfg, tokens_BxL, positions_BxL=None, valid_BxL=None,
-            segment_ids_BxL=None, roles: Iterable[str] = ("policy", "value")):
+            segment_ids_BxL=None, roles: Iterable[str] = ("policy", "value"),
+            value_grad_to_policy: bool = True):
     """Run the trunk once and the tops of `roles`.
 
     Args:
@@ -155,6 +161,8 @@ def forward(params, model_cfg, tokens_BxL, positions_BxL=None, valid_BxL=None,
       positions_BxL: int positions (default arange(L) in every row).
       valid_BxL: bool, False for padding (default all True); padding is never attended to.
       segment_ids_BxL: int, attention stays within a segment (packing); default one segment.
+      value_grad_to_policy: False puts a stop_gradient between the policy top and the value
+        head (`rl.value_grad_to_policy`); the forward values are the same either way.
     Returns:
       {'policy'|'teacher': logits_BxLxV, 'value': value_BxL, 'pref_rm': elo_BxL,
        'rule_rm': yes_no_logits_BxLx2 (0 = "No", 1 = "Yes")}, float32, for the roles asked;
@@ -183,7 +191,7 @@ def forward(params, model_cfg, tokens_BxL, positions_BxL=None, valid_BxL=None,
     for top in tops:
         layers, _ = _split_top(params[top])
         top_x, _ = apply_stack(layers, spec, x, ctx)
-        _run_head(params, spec, top, top_x, roles, outputs, tokens_BxL)
+        _run_head(params, spec, top, top_x, roles, outputs, tokens_BxL, value_grad_to_policy)
     return outputs
 
 

@@ -231,6 +231,7 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
             rollout_seconds += time.perf_counter() - tick
             batch = {"tokens_BxL": arrays["tokens_BxL"], "valid_BxL": arrays["valid_BxL"],
                      "policy_mask_BxL": arrays["policy_mask_BxL"].astype(np.float32),
+                     "sampled_mask_BxL": arrays["sampled_mask_BxL"].astype(np.float32),
                      "rewards_BxL": rewards_BxL, "reward_index_B": arrays["reward_index_B"],
                      "turn_start_B": arrays["turn_start_B"]}
             state, metrics = step_fn(state, distributed.host_local_to_global(batch, mesh, in_shardings))

@@ -11,6 +11,7 @@ masks bool:
   rule_rm   tokens/positions/valid _BxL (dialogue) and rule_tokens/rule_positions/
             rule_valid _BxR (the rule question suffix), rule_last_index_B, broken_B
   rl        tokens_BxL, valid_BxL, policy_mask_BxL (agent and search-query tokens),
+            sampled_mask_BxL (those the policy drew itself: the policy gradient's tokens),
             rewards_BxL (reward parts known on the host, received at token t: rule term
             minus format penalty), reward_index_B (the final agent eot, where the
             preference RM's normalised Elo is added inside the step), turn_start_B
@@ -28,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparrow_jax import sharding as shd
-from sparrow_jax.config import STAGES
+from sparrow_jax.config import STAGES, validate
 from sparrow_jax.losses.a2c import a2c_loss
 from sparrow_jax.losses.preference import preference_loss
 from sparrow_jax.losses.rule import rule_loss
@@ -124,16 +125,18 @@ def _rule_rm(model_cfg, **_):
 
 
 def _rl(model_cfg, alpha=0.1, value_coef=1.0, entropy_coef=0.0, kl_mode="loss", kl_coef=0.1,
-        elo_weight=1.0, elo_mean=0.0, elo_std=1.0, **_):
+        elo_weight=1.0, elo_mean=0.0, elo_std=1.0, value_grad_to_policy=True, **_):
     """A2C on rollouts. One trunk pass feeds policy, value, teacher and the preference RM:
     the RM's Elo at each row's `reward_index_B` (the final agent eot), normalised by
     (elo_mean, elo_std) of the starting policy, is added to the host-computed reward
-    parts (`rewards_BxL`: rule term minus format penalty) at that token."""
+    parts (`rewards_BxL`: rule term minus format penalty) at that token. The policy
+    gradient credits `sampled_mask_BxL` only (`a2c_loss`); value_grad_to_policy=False
+    keeps the value loss out of the policy top (`hydra.forward`)."""
     def loss_fn(params, batch, rng):
         del rng
         roles = ("policy", "value", "teacher") + (("pref_rm",) if elo_weight else ())
         out = hydra.forward(params, model_cfg, batch["tokens_BxL"], valid_BxL=batch["valid_BxL"],
-                            roles=roles)
+                            roles=roles, value_grad_to_policy=value_grad_to_policy)
         rewards_BxL = batch["rewards_BxL"].astype(jnp.float32)
         extra = {}
         if elo_weight:
@@ -147,7 +150,8 @@ def _rl(model_cfg, alpha=0.1, value_coef=1.0, entropy_coef=0.0, kl_mode="loss", 
         shift = next_token_targets
         loss, metrics = a2c_loss(out["policy"], out["teacher"], out["value"],
                                  shift(batch["tokens_BxL"]), shift(rewards_BxL),
-                                 shift(batch["policy_mask_BxL"]), alpha=alpha,
+                                 shift(batch["policy_mask_BxL"]), shift(batch["sampled_mask_BxL"]),
+                                 alpha=alpha,
                                  value_coef=value_coef, entropy_coef=entropy_coef,
                                  kl_mode=kl_mode, kl_coef=kl_coef)
         return loss, {**metrics, **extra, "reward": jnp.mean(jnp.sum(rewards_BxL, axis=1))}
@@ -161,7 +165,8 @@ def loss_fn_for_stage(stage: str, model_cfg, **loss_kwargs) -> Callable:
     """(params, batch, rng) -> (loss, metrics) for a stage, via hydra.forward.
 
     loss_kwargs are the loss knobs: pref_rm aux_weight / centring_coef; rl alpha,
-    value_coef, entropy_coef, kl_mode, kl_coef, elo_weight, elo_mean, elo_std.
+    value_coef, entropy_coef, kl_mode, kl_coef, elo_weight, elo_mean, elo_std,
+    value_grad_to_policy.
     """
     if stage not in _LOSSES:
         raise ValueError(f"unknown stage {stage!r}; one of {STAGES}")
@@ -174,7 +179,8 @@ def loss_kwargs_from_config(cfg, stage: str) -> dict:
     if stage == "rl":
         r = cfg.rl
         return {"alpha": r.alpha, "value_coef": r.value_coef, "entropy_coef": r.entropy_coef,
-                "kl_mode": r.kl_mode, "kl_coef": r.kl_coef, "elo_weight": r.elo_weight}
+                "kl_mode": r.kl_mode, "kl_coef": r.kl_coef, "elo_weight": r.elo_weight,
+                "value_grad_to_policy": r.value_grad_to_policy}
     return {}
 
 
@@ -195,6 +201,7 @@ def batch_shapes(stage: str, batch_size: int, seq_len: int, num_candidates: int 
         return {"tokens_BxL": S((batch_size, seq_len), jnp.int32),
                 "valid_BxL": S((batch_size, seq_len), jnp.bool_),
                 "policy_mask_BxL": S((batch_size, seq_len), jnp.float32),
+                "sampled_mask_BxL": S((batch_size, seq_len), jnp.float32),
                 "rewards_BxL": S((batch_size, seq_len), jnp.float32),
                 "reward_index_B": S((batch_size,), jnp.int32),
                 "turn_start_B": S((batch_size,), jnp.int32)}
@@ -225,6 +232,9 @@ def example_batch(stage: str, batch_size: int, seq_len: int, vocab_size: int, se
             out[name] = np.ones(s.shape, bool)
         elif name in ("loss_mask_BxL", "policy_mask_BxL"):
             out[name] = (rs.rand(*s.shape) < 0.5).astype(s.dtype)
+        elif name == "sampled_mask_BxL":  # no draw: the first token of each policy run is forced
+            policy = out["policy_mask_BxL"]
+            out[name] = policy * np.pad(policy[:, :-1], ((0, 0), (1, 0)))
         elif name == "rewards_BxL":
             rewards = np.zeros(s.shape, np.float32)
             rewards[:, -1] = rs.randn(s.shape[0])
@@ -269,8 +279,13 @@ class StageSetup:
 def build_stage(cfg, mesh, stage: str | None = None, total_steps: int | None = None,
                 batch_size: int | None = None, seq_len: int | None = None,
                 log_unsharded: bool = True, **loss_kwargs) -> StageSetup:
-    """Optimizer, sharded state factory and jitted step for `stage` (default cfg.train.stage)."""
+    """Optimizer, sharded state factory and jitted step for `stage` (default cfg.train.stage).
+
+    Raises ConfigError for an rl config that its A2C update cannot train (`validate`'s
+    training checks: the rollouts must sample from the policy itself)."""
     stage = stage or cfg.train.stage
+    if stage == "rl":
+        validate(cfg, source=f"rl stage of {cfg.name}", training=True)
     rules = shd.rules_from_config(cfg.mesh)
     roles = STAGE_ROLES[stage]
     role_lr_scales = {"value": cfg.rl.value_lr_scale} if "value" in roles else None

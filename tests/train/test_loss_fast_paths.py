@@ -106,7 +106,8 @@ def test_rl_stage_gradient_equals_the_sliced_logits_formulation():
         shift = lambda x: x[:, 1:]  # noqa: E731
         return a2c_loss(out["policy"][:, :-1], out["teacher"][:, :-1], out["value"][:, :-1],
                         shift(batch["tokens_BxL"]), shift(batch["rewards_BxL"]),
-                        shift(batch["policy_mask_BxL"]), entropy_coef=0.01)
+                        shift(batch["policy_mask_BxL"]), shift(batch["sampled_mask_BxL"]),
+                        entropy_coef=0.01)
 
     loss_fn = stages.loss_fn_for_stage("rl", cfg, elo_weight=0.0, entropy_coef=0.01)
     (loss, metrics), grads = jax.value_and_grad(

@@ -33,7 +33,8 @@ def test_rl_loss_adds_the_normalised_elo_at_the_reward_index(likelihood):
     shift = lambda x: jnp.asarray(x)[:, 1:]  # noqa: E731
     ref_loss, ref_metrics = a2c_loss(out["policy"][:, :-1], out["teacher"][:, :-1],
                                      out["value"][:, :-1], shift(batch["tokens_BxL"]),
-                                     shift(rewards_BxL), shift(batch["policy_mask_BxL"]))
+                                     shift(rewards_BxL), shift(batch["policy_mask_BxL"]),
+                                     shift(batch["sampled_mask_BxL"]))
     np.testing.assert_allclose(float(metrics["elo"]), elo_B.mean(), rtol=1e-5)
     np.testing.assert_allclose(float(metrics["reward"]), rewards_BxL.sum(axis=1).mean(), rtol=1e-5)
     np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-5)

@@ -120,12 +120,12 @@ def test_a2c_loss_matches_numpy_and_masks():
     rewards[:, -1] = [1.0, -0.5]
     mask = np.array([[0, 1, 1, 0, 1], [1, 1, 0, 0, 1]], np.float32)
     expected = _a2c_numpy(p, q, values, actions, rewards, mask, 0.1, 0.5, 0.01)
-    loss, m = a2c_loss(*map(jnp.asarray, (p, q, values, actions, rewards, mask)),
+    loss, m = a2c_loss(*map(jnp.asarray, (p, q, values, actions, rewards, mask, mask)),
                        alpha=0.1, value_coef=0.5, entropy_coef=0.01)
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
     # User / search-result tokens (mask 0) get no gradient through the policy logits.
-    grad = jax.grad(lambda x: a2c_loss(x, *map(jnp.asarray, (q, values, actions, rewards, mask)))[0])(
-        jnp.asarray(p))
+    rest = tuple(map(jnp.asarray, (q, values, actions, rewards, mask, mask)))
+    grad = jax.grad(lambda x: a2c_loss(x, *rest)[0])(jnp.asarray(p))
     assert np.all(np.asarray(grad)[mask == 0] == 0)
     assert np.any(np.asarray(grad)[mask == 1] != 0)
 
@@ -138,8 +138,8 @@ def test_a2c_without_entropy_weight_matches_numpy_and_still_reports_entropy():
     p, q = rs.randn(B, T, V).astype(np.float32), rs.randn(B, T, V).astype(np.float32)
     rest = (q, rs.randn(B, T).astype(np.float32), rs.randint(0, V, (B, T)),
             rs.randn(B, T).astype(np.float32), np.ones((B, T), np.float32))
-    rest = tuple(map(jnp.asarray, rest))
-    expected = _a2c_numpy(p, *map(np.asarray, rest), 0.1, 1.0, 0.0)
+    rest = tuple(map(jnp.asarray, rest + rest[-1:]))  # every policy token sampled
+    expected = _a2c_numpy(p, *map(np.asarray, rest[:-1]), 0.1, 1.0, 0.0)
     loss, metrics = a2c_loss(jnp.asarray(p), *rest, entropy_coef=0.0)
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
     logp = np_log_softmax(p)
@@ -164,8 +164,8 @@ def test_a2c_reward_kl_form_and_returns():
     returns = np.flip(np.cumsum(np.flip(shaped, -1), -1), -1)
     logp_a = np.take_along_axis(logp, actions[..., None], -1)[..., 0]
     expected = -np.mean(returns * logp_a) + 0.5 * np.mean(returns ** 2)
-    loss, _ = a2c_loss(*map(jnp.asarray, (p, q, values, actions, rewards, mask)),
+    loss, _ = a2c_loss(*map(jnp.asarray, (p, q, values, actions, rewards, mask, mask)),
                        kl_mode="reward", kl_coef=0.2)
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
     with pytest.raises(ValueError):
-        a2c_loss(*map(jnp.asarray, (p, q, values, actions, rewards, mask)), kl_mode="nope")
+        a2c_loss(*map(jnp.asarray, (p, q, values, actions, rewards, mask, mask)), kl_mode="nope")
