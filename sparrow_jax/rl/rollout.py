@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from sparrow_jax import distributed
 from sparrow_jax.dialogue.tokenizer import Tokenizer
 from sparrow_jax.dialogue.turns import Dialogue, Role, Turn
 from sparrow_jax.rl import sequence as seq_lib
@@ -254,8 +255,9 @@ def rollout(env: Environment, params, contexts: Sequence[Sequence[Turn]], rng: j
     search_B, role_logprobs, role_lp_B, cut_B = _choose_speakers(env, params, rows, rng)
     malformed: list[str | None] = [None] * len(rows)
     new_turns: list[list[Turn]] = [[] for _ in rows]
-    if search_B.any():
+    if distributed.any_process(search_B.any()):
         # Every row samples a query (one compiled shape); only the searching rows keep theirs.
+        # The decision is every process's alike: the sampler is one program over all of them.
         q_blocks, q_turns, q_cut = _sample_blocks(env, params, rows, Role.SEARCH_QUERY,
                                                   jax.random.fold_in(rng, 1), cfg.query_config)
         for row in np.flatnonzero(search_B):

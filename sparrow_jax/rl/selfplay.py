@@ -18,6 +18,7 @@ from typing import Mapping, Sequence
 import jax
 import numpy as np
 
+from sparrow_jax import distributed
 from sparrow_jax.data.schemas import PROMPT_SOURCES, PromptRecord
 from sparrow_jax.dialogue.turns import Dialogue, Role, Turn
 from sparrow_jax.rl.rollout import Environment, RolloutBatch, rollout, sample_turns
@@ -167,6 +168,11 @@ class EpisodeSource:
         """`batch_size` episodes, each continued from the buffer or fresh (the buffer's draw first)."""
         return [self.buffer.take() or self.fresh() for _ in range(batch_size)]
 
+    def put_back(self, row: int, episode: Episode) -> bool:
+        """Offer row `row`'s extended episode to the buffer; True if kept."""
+        del row
+        return self.buffer.add(episode)
+
     def get_state(self) -> dict:
         """JSON-serialisable: this source's RNG and counter plus the buffer's state."""
         return {"rng": _rng_state(self._rng), "num_started": self.num_started,
@@ -176,6 +182,62 @@ class EpisodeSource:
         _set_rng_state(self._rng, state["rng"])
         self.num_started = int(state["num_started"])
         self.buffer.set_state(state["buffer"])
+
+
+class ShardedSource:
+    """The self-play of one process in a run of several: one `EpisodeSource` (with its own
+    buffer and RNG) per batch shard this process holds.
+
+    A run's global batch of episodes is cut into `num_shards` equal row blocks, the batch
+    shards of the mesh; shard s always plays the same rows, draws from its own seeded
+    source and continues only its own dialogues. Which process plays a shard does not
+    change what it plays, so a run gives the same episodes on 1 process x 4 devices and
+    2 x 2, and a checkpoint (every shard's state) resumes on any process count.
+
+    make_shard(s) -> the EpisodeSource of shard s.  shard_ids: this process's shards, in
+    row order.  rows_per_shard: global batch / num_shards.
+    """
+
+    def __init__(self, make_shard, shard_ids: Sequence[int], rows_per_shard: int):
+        self.shard_ids = tuple(shard_ids)
+        self.shards = {s: make_shard(s) for s in self.shard_ids}
+        self.rows_per_shard = rows_per_shard
+
+    def next_batch(self, batch_size: int) -> list[Episode]:
+        if batch_size != self.rows_per_shard * len(self.shard_ids):
+            raise ValueError(f"this process plays {len(self.shard_ids)} shards of "
+                             f"{self.rows_per_shard} rows, not {batch_size} rows")
+        return [e for s in self.shard_ids for e in self.shards[s].next_batch(self.rows_per_shard)]
+
+    def put_back(self, row: int, episode: Episode) -> bool:
+        return self.shards[self.shard_ids[row // self.rows_per_shard]].buffer.add(episode)
+
+    @property
+    def buffered(self) -> int:
+        """Dialogues waiting in this process's buffers."""
+        return sum(len(source.buffer) for source in self.shards.values())
+
+    def get_state(self) -> dict[str, dict]:
+        """{str(shard id): that shard's state} for EVERY shard of the run, gathered from all
+        processes (a collective: every process calls it, as every process saves)."""
+        merged: dict[str, dict] = {}
+        for part in distributed.allgather_objects(
+                {str(s): source.get_state() for s, source in self.shards.items()}):
+            merged.update(part)
+        return merged
+
+    def set_state(self, state: Mapping[str, Mapping]) -> None:
+        """From `get_state()`'s dict (this process takes its shards), or the one-source state
+        of a run saved before shards, when this run has one shard."""
+        if "rng" in state and self.shard_ids == (0,):
+            state = {"0": state}
+        missing = [s for s in self.shard_ids if str(s) not in state]
+        if missing:
+            raise ValueError(f"the checkpoint's self-play state has shards {sorted(state)}, not "
+                             f"{missing}: it was saved with another batch layout (train.batch_size "
+                             f"or the mesh's batch axes changed)")
+        for s in self.shard_ids:
+            self.shards[s].set_state(state[str(s)])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,13 +255,17 @@ class PlayStep:
     finished: tuple[bool, ...]
 
 
-def play(env: Environment, params, source: EpisodeSource, batch_size: int, rng: jax.Array,
-         keep_malformed: bool = False) -> PlayStep:
+def play(env: Environment, params, source: EpisodeSource | ShardedSource, batch_size: int,
+         rng: jax.Array, keep_malformed: bool = False) -> PlayStep:
     """Draw episodes, let the LM write the User turn of continued ones (fold_in(rng, 0)), run the agent
-    step (fold_in(rng, 1)), and put the extended dialogues back in `source.buffer`."""
+    step (fold_in(rng, 1)), and put the extended dialogues back (`source.put_back`).
+
+    In a run of several processes each plays its own rows (`batch_size` of them) and the sampler
+    assembles the global batch; the decisions that launch a device program are taken alike on
+    every process."""
     episodes = source.next_batch(batch_size)
     user_flags: list[str | None] = [None] * len(episodes)
-    if any(e.continued for e in episodes):
+    if distributed.any_process(any(e.continued for e in episodes)):
         # All rows sample (one compiled shape); fresh rows keep their dataset User turn.
         users, _ = sample_turns(env, params, [e.turns for e in episodes], Role.USER,
                                 jax.random.fold_in(rng, 0))
@@ -209,8 +275,8 @@ def play(env: Environment, params, source: EpisodeSource, batch_size: int, rng: 
                 user_flags[i] = users[i].malformed
     batch = rollout(env, params, [e.turns for e in episodes], jax.random.fold_in(rng, 1))
     finished = []
-    for e, r in zip(episodes, batch.rollouts):
+    for row, (e, r) in enumerate(zip(episodes, batch.rollouts)):
         extended = dataclasses.replace(e, turns=r.dialogue, agent_turns=e.agent_turns + 1)
         keep = keep_malformed or r.malformed is None
-        finished.append(not (keep and source.buffer.add(extended)))
+        finished.append(not (keep and source.put_back(row, extended)))
     return PlayStep(tuple(episodes), tuple(user_flags), batch, tuple(finished))

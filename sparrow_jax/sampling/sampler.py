@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from sparrow_jax import distributed
 from sparrow_jax import sharding as shd
 from sparrow_jax.model import hydra
 from sparrow_jax.model.spec import ModelSpec
@@ -303,22 +304,35 @@ def _check_prompt(tokens_BxP, valid_BxP):
 
 
 def _call(fn, params, model_cfg, tokens_BxP, valid_BxP, *extra, mesh=None, rules=None, **static):
-    """Run a jitted sampler, on `mesh` with the batch sharded by `rules` when given."""
+    """Run a jitted sampler; on `mesh` (batch sharded by `rules`) the prompts are THIS
+    PROCESS's rows of the global batch and so are the outputs, as host numpy (one process:
+    all rows). Every process must call it alike (same shapes and static arguments)."""
     spec = ModelSpec.of(model_cfg)
-    tokens_BxP = jnp.asarray(tokens_BxP, jnp.int32)
-    valid_BxP = jnp.asarray(valid_BxP, bool)
-    _check_prompt(tokens_BxP, valid_BxP)
     if mesh is None:
+        tokens_BxP = jnp.asarray(tokens_BxP, jnp.int32)
+        valid_BxP = jnp.asarray(valid_BxP, bool)
+        _check_prompt(tokens_BxP, valid_BxP)
         return fn(params, tokens_BxP, valid_BxP, *extra, spec=spec, sharding_key=None, **static)
     if rules is None:
         raise ValueError("a mesh needs its logical axis rules")
     rules = tuple((name, tuple(t) if isinstance(t, list) else t) for name, t in rules)
-    batch_axes = {"tokens": P("batch", None), "valid": P("batch", None)}
-    arrays = {"tokens": tokens_BxP, "valid": valid_BxP}
-    arrays = jax.device_put(arrays, shd.shardings_for(batch_axes, mesh, rules, arrays))
+    arrays = {"tokens": np.asarray(tokens_BxP, np.int32), "valid": np.asarray(valid_BxP, bool)}
+    _check_prompt(arrays["tokens"], arrays["valid"])
+    sharding = batch_sharding(mesh, rules, arrays["tokens"].shape)
+    arrays = distributed.host_local_to_global(arrays, mesh, sharding)
+    rows = distributed.process_batch_slice(arrays["tokens"].shape[0], sharding)
     with shd.activation_sharding(mesh, rules):
-        return fn(params, arrays["tokens"], arrays["valid"], *extra, spec=spec,
-                  sharding_key=(mesh, rules), **static)
+        out = fn(params, arrays["tokens"], arrays["valid"], *extra, spec=spec,
+                 sharding_key=(mesh, rules), **static)
+    return distributed.tree_host_rows(out, rows)
+
+
+def batch_sharding(mesh, rules, local_shape: tuple[int, int]):
+    """The sampler's batch layout on `mesh` for prompts of `local_shape` per process: rows
+    by the 'batch' rule (replicated if the batch axes do not divide the global rows)."""
+    global_shape = (local_shape[0] * jax.process_count(),) + tuple(local_shape[1:])
+    return shd.shardings_for(P("batch", None), mesh, rules,
+                             jax.ShapeDtypeStruct(global_shape, jnp.int32))
 
 
 def sample(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, rng: jax.Array,

@@ -11,12 +11,18 @@ import math
 import os
 from typing import Sequence
 
-import bm25s
 import numpy as np
 
 from sparrow_jax.search.base import SearchResult, register_engine
 from sparrow_jax.search.corpus import Document, load_corpus, tokenize, write_corpus
 from sparrow_jax.search.fragments import best_fragment
+
+
+def _bm25s():
+    # Imported on first use: bm25s imports jax when it is installed and runs a computation,
+    # which would start the XLA backend before `jax.distributed.initialize` in a pod run.
+    import bm25s
+    return bm25s
 
 DOCS_FILE = "docs.jsonl"
 META_FILE = "engine.json"
@@ -33,7 +39,7 @@ class BM25Engine:
         k1: float = 1.5,
         b: float = 0.75,
         index_dir: str | None = None,
-        _retriever: bm25s.BM25 | None = None,
+        _retriever=None,
     ):
         if not docs:
             raise ValueError("BM25Engine needs at least one document")
@@ -49,7 +55,7 @@ class BM25Engine:
         self._idf = {t: math.log(1.0 + n / df) for t, df in self.doc_freq.items()}
         if _retriever is None:
             vocab = {t: i for i, t in enumerate(sorted(self.doc_freq))}
-            _retriever = bm25s.BM25(k1=k1, b=b)
+            _retriever = _bm25s().BM25(k1=k1, b=b)
             _retriever.index(
                 ([[vocab[t] for t in toks] for toks in doc_tokens], vocab),
                 create_empty_token=False,
@@ -95,7 +101,7 @@ class BM25Engine:
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{meta_path}: unsupported format_version {meta.get('format_version')}")
         docs = load_corpus(os.path.join(index_dir, DOCS_FILE))
-        retriever = bm25s.BM25.load(index_dir, show_progress=False)
+        retriever = _bm25s().BM25.load(index_dir, show_progress=False)
         if retriever.scores["num_docs"] != len(docs):
             raise ValueError(f"{index_dir}: index has {retriever.scores['num_docs']} docs, "
                              f"{DOCS_FILE} has {len(docs)}")

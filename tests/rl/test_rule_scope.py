@@ -8,7 +8,8 @@ from sparrow_jax import sharding as shd
 from sparrow_jax.config import ConfigError, default_config, validate
 from sparrow_jax.dialogue.rules import load_rules
 from sparrow_jax.rl.trainer import RewardScorer
-from sparrow_jax.train import stage_data
+from sparrow_jax.train import stage_data, stages
+from sparrow_jax.train.step import batch_shardings
 from tiny_models import tiny_model_config
 
 
@@ -27,10 +28,12 @@ def test_rated_scope_scores_the_rules_the_rule_rm_saw_in_file_order(world, tok):
     assert 0 < len(rated) < len(every)
     mesh = shd.make_mesh(default_config().mesh)
     rules = shd.rules_from_config(default_config().mesh)
-    scorer = RewardScorer(_cfg(world, "rated"), tok, mesh, rules)
+    cfg = _cfg(world, "rated")
+    shardings = batch_shardings(stages.batch_shapes("rl", cfg.train.batch_size, 64), mesh, rules)
+    scorer = RewardScorer(cfg, tok, mesh, rules, shardings)
     assert scorer.rule_ids == tuple(r for r in every if r in rated)
     assert scorer.rule_tokens_RxQ.shape[0] == len(rated)
-    assert RewardScorer(_cfg(world, "all"), tok, mesh, rules).rule_ids == tuple(every)
+    assert RewardScorer(_cfg(world, "all"), tok, mesh, rules, shardings).rule_ids == tuple(every)
 
 
 def test_rated_scope_without_ratings_file_scores_every_rule(tmp_path):
