@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Cloud TPU VM launcher: `python launch/tpu.py <create|setup|run|logs|delete|babysit> ...`.
 
-Needs only the Python standard library and `gcloud` (nothing is installed locally);
+Needs the Python standard library, `gcloud`, and ml_collections for `run` / `babysit`,
+which validate the config here first (the repo itself is not installed locally);
 the logic lives in sparrow_jax/launch/. See launch/README.md and `--help`.
 """
 import os

@@ -10,7 +10,8 @@
 Every action takes --dry-run: print the command lines (one per line, shell-quoted)
 instead of running them. --project defaults to $CLOUDSDK_CORE_PROJECT or
 $GOOGLE_CLOUD_PROJECT (else gcloud's configured project); --zone to
-$CLOUDSDK_COMPUTE_ZONE.
+$CLOUDSDK_COMPUTE_ZONE. run and babysit first load and validate the config here
+(`preflight`; needs ml_collections): a bad key or value exits 2 before any command.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import os
 import sys
 from typing import Sequence
 
-from sparrow_jax.launch import actions, babysit, gcloud, remote
+from sparrow_jax.launch import actions, babysit, gcloud, preflight, remote
 from sparrow_jax.launch.gcloud import LaunchError, TpuSpec
 from sparrow_jax.launch.runner import DryRunRunner, Runner, SubprocessRunner
 
@@ -162,9 +163,12 @@ def check_workdir(workdir: str, accelerator_type: str | None, allow_local: bool)
 
 
 def _job(args, overrides: Sequence[str]) -> remote.TrainJob:
+    """The job of `run` / `babysit`, its workdir and config checked here before any command."""
     check_workdir(args.workdir, args.accelerator_type, args.allow_local_workdir)
-    return remote.TrainJob(args.config, args.workdir, tuple(overrides), data=args.data,
-                           compilation_cache=args.compilation_cache)
+    job = remote.TrainJob(args.config, args.workdir, tuple(overrides), data=args.data,
+                          compilation_cache=args.compilation_cache)
+    preflight.check_train_config(job, REPO_ROOT)
+    return job
 
 
 def dispatch(args, overrides: Sequence[str], runner: Runner) -> int:

@@ -15,6 +15,10 @@ from sparrow_jax.launch.runner import DryRunRunner
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 V5P = ["--name", "sparrow-v5p", "--zone", "us-east5-a", "--project", "example-project"]
 V4 = ["--name", "sparrow-v4", "--zone", "us-central2-b", "--project", "example-project"]
+# The pod configs train the rl stage, whose config check needs its three sources.
+SOURCES = ["--config.train.init_from=gs://example-bucket/sparrow/sft",
+           "--config.rl.pref_rm_from=gs://example-bucket/sparrow/pref_rm",
+           "--config.rl.rule_rm_from=gs://example-bucket/sparrow/rule_rm"]
 
 SETUP_TAIL = (
     "command -v python3.11 >/dev/null || (sudo apt-get update -qq && sudo apt-get install -y -qq "
@@ -83,32 +87,33 @@ def test_setup_copies_this_checkout_to_all_workers(dry):
 RUN_V5P = ("gcloud compute tpus tpu-vm ssh sparrow-v5p --zone=us-east5-a --project=example-project "
            "--worker=all --command 'cd $HOME/sparrow_jax && set -o pipefail && PYTHONUNBUFFERED=1 "
            "$HOME/sparrow_venv/bin/sparrow train --config experiments/sparrow_70b.py:v5p_128 "
-           "--workdir gs://example-bucket/sparrow/v5p --config.train.learning_rate=1e-06 2>&1 "
-           "| tee -a $HOME/sparrow_run.log'")
+           "--workdir gs://example-bucket/sparrow/v5p --config.train.learning_rate=1e-06 "
+           + " ".join(SOURCES) + " 2>&1 | tee -a $HOME/sparrow_run.log'")
 
 
 def test_v5p_128_run_on_all_workers_with_overrides(dry):
     assert dry(["run", *V5P, "--type", "v5p-128", "--config", "experiments/sparrow_70b.py:v5p_128",
                 "--workdir", "gs://example-bucket/sparrow/v5p",
-                "--config.train.learning_rate=1e-06"]) == [RUN_V5P]
+                "--config.train.learning_rate=1e-06", *SOURCES]) == [RUN_V5P]
 
 
 def test_v5p_128_run_syncs_the_data_dir_to_every_worker(dry):
     assert dry(["run", *V5P, "--type", "v5p-128", "--config", "experiments/sparrow_70b.py:v5p_128",
                 "--workdir", "gs://example-bucket/sparrow/v5p",
-                "--data", "gs://example-bucket/sparrow/data"]) == [
+                "--data", "gs://example-bucket/sparrow/data", *SOURCES]) == [
         "gcloud compute tpus tpu-vm ssh sparrow-v5p --zone=us-east5-a --project=example-project "
         "--worker=all --command 'cd $HOME/sparrow_jax && set -o pipefail && mkdir -p "
         "$HOME/sparrow_data && gcloud storage rsync -r gs://example-bucket/sparrow/data "
         "$HOME/sparrow_data && PYTHONUNBUFFERED=1 $HOME/sparrow_venv/bin/sparrow train --config "
         "experiments/sparrow_70b.py:v5p_128 --workdir gs://example-bucket/sparrow/v5p "
-        "--config.data.dir=$HOME/sparrow_data 2>&1 | tee -a $HOME/sparrow_run.log'"]
+        + " ".join(SOURCES) + " --config.data.dir=$HOME/sparrow_data 2>&1 | tee -a "
+        "$HOME/sparrow_run.log'"]
 
 
 def test_babysit_gives_every_attempt_the_compilation_cache(dry):
     lines = dry(["babysit", *V4, "--type", "v4-256", "--config", "experiments/sparrow_70b.py:v4_256",
                  "--workdir", "gs://example-bucket/runs/rl",
-                 "--compilation-cache", "gs://example-bucket/jax cache"])
+                 "--compilation-cache", "gs://example-bucket/jax cache", *SOURCES])
     runs = [line for line in lines if "sparrow train" in line]
     assert len(runs) == 2  # the first attempt and the rerun after a recovery
     for line in runs:
@@ -120,7 +125,7 @@ def test_babysit_gives_every_attempt_the_compilation_cache(dry):
 
 def test_v4_256_run_quotes_odd_values(dry):
     [line] = dry(["run", *V4, "--type", "v4-256", "--config", "experiments/sparrow_70b.py:v4_256",
-                  "--workdir", "gs://example-bucket/runs/it's", "--config.name=a b"])
+                  "--workdir", "gs://example-bucket/runs/it's", "--config.name=a b", *SOURCES])
     argv = shlex.split(line)
     assert argv[:9] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "sparrow-v4",
                         "--zone=us-central2-b", "--project=example-project", "--worker=all"]
@@ -157,7 +162,7 @@ def test_babysit_dry_run_prints_the_recovery_plan(dry):
                  "--repo", "https://github.com/example/sparrow_jax.git",
                  "--config", "experiments/sparrow_70b.py:v5p_128",
                  "--workdir", "gs://example-bucket/sparrow/v5p",
-                 "--config.train.learning_rate=1e-06"])
+                 "--config.train.learning_rate=1e-06", *SOURCES])
     commands = [line for line in lines if not line.startswith("#")]
     assert commands[0].startswith("gcloud compute tpus queued-resources describe sparrow-v5p-qr ")
     assert commands[1] == RUN_V5P and commands[-1] == RUN_V5P
