@@ -137,7 +137,8 @@ def _grads(params, batch, loss_fn):
 
 
 def _max_abs_diff(a, b):
-    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    return max(float(jnp.max(jnp.abs(x - y))) for x, y in pairs)
 
 
 def test_value_grad_to_policy_decides_whether_the_value_loss_reaches_the_policy_top():
