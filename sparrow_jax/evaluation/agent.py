@@ -1,17 +1,19 @@
 """An agent to evaluate or chat with: a policy and its two reward models, loaded from workdirs.
 
     agent = load_agent("runs/sft")                      # RMs from runs/pref_rm and runs/rule_rm if present
-    agent = load_agent("runs/rl", step=200)             # RMs from inside the rl checkpoint
+    agent = load_agent("runs/rl", step=200)             # RMs the rl checkpoint names (its sources)
     agent = load_agent("runs/sft", pref_rm="a", rule_rm="b")
 
 Where each reward model comes from, first match wins:
   1. the explicit `pref_rm` / `rule_rm` workdir;
-  2. the policy checkpoint itself (an `rl` checkpoint holds both RMs in its frozen subtree);
+  2. the policy checkpoint itself: an `rl` checkpoint names the RM workdirs and steps it was trained with
+     (with fingerprints, checked on load; an older one holds both RMs in its frozen subtree);
   3. the policy config's `rl.pref_rm_from` / `rl.rule_rm_from` (an `rl` run's sources);
   4. the sibling workdir `<workdir>/../pref_rm` / `<workdir>/../rule_rm` when it has checkpoints.
 A missing RM is None: what needs it (reranking, the reward-model judge, win rates) says so.
 
-Every model shares one frozen trunk (the hydra): an RM whose trunk differs from the policy's is an error.
+Every model shares one frozen trunk (the hydra): an RM whose trunk differs from the policy's (compared by
+fingerprint) is an error.
 The config (model shape, data dir, sampling knobs) is the policy checkpoint's own, or `config` when
 given (then the checkpoint must have that model's shape), with `overrides` applied.
 """
@@ -27,9 +29,10 @@ import ml_collections
 from sparrow_jax.config import apply_overrides, default_config, validate
 from sparrow_jax.dialogue.rules import Rule, load_rules
 from sparrow_jax.dialogue.tokenizer import Tokenizer
-from sparrow_jax.evaluation.checkpoint_params import (StoredParams, WorkdirError, checkpoint_steps,
-                                                      read_params, shape_differences)
-from sparrow_jax.train.init_from import trees_equal
+from sparrow_jax.evaluation.checkpoint_params import (FrozenSourceError, StoredParams, WorkdirError,
+                                                      checkpoint_steps, read_config, read_params,
+                                                      shape_differences)
+from sparrow_jax.train.fingerprint import fingerprint
 from sparrow_jax.train.stage_data import select_rules
 from sparrow_jax.model import hydra
 
@@ -143,25 +146,30 @@ def _rm_candidates(role: str, explicit: str | None, stored: StoredParams, cfg) -
 @dataclasses.dataclass(frozen=True)
 class _RewardModel:
     params: dict
-    source: str       # "<workdir>@<step>", or "... (rl checkpoint)" when inside the policy's
+    source: str       # "<workdir>@<step>", + " (rl.pref_rm_from of <rl workdir>@<step>)" when the policy's
+                      # rl checkpoint names it; "<rl workdir>@<step> (rl checkpoint)" when stored inside
     cfg: ml_collections.ConfigDict  # the run that trained it (its seq_len, data dir, rules file)
 
 
 def _load_rm(role: str, explicit: str | None, policy: StoredParams, cfg, device) -> _RewardModel | None:
     """The `role` reward model by the module docstring's order of sources, checked against the policy."""
     if not explicit and role in policy.params:
-        source = f"{policy.workdir}@{policy.step} ({policy.stage} checkpoint)"
-        return _RewardModel(policy.params[role], source, cfg)
+        named, policy_label = policy.sources.get(role), f"{policy.workdir}@{policy.step}"
+        if named is None:  # an older rl checkpoint, holding its reward models
+            return _RewardModel(policy.params[role], f"{policy_label} ({policy.stage} checkpoint)", cfg)
+        rm_cfg = read_config(named.workdir, named.step)
+        rm_cfg = ml_collections.ConfigDict(_fill(default_config().to_dict(), rm_cfg)) if rm_cfg else cfg
+        return _RewardModel(policy.params[role], f"{named.label} ({named.via} of {policy_label})", rm_cfg)
     for workdir in _rm_candidates(role, explicit, policy, cfg):
         try:
-            stored = read_params(workdir, device=device)
+            stored = read_params(workdir, device=device, roles=("trunk", role))
         except WorkdirError as err:
             raise WorkdirError(f"{err}: run {train_hint(role, workdir)} first") from None
         if role not in stored.params:
             raise WorkdirError(f"{workdir} is a {stored.stage} workdir with no {role}: pass a workdir "
                                f"of the {role} stage (made by {train_hint(role, workdir)})")
         _check_shapes(stored, cfg.model, f"the {role} checkpoint")
-        if not trees_equal(stored.params["trunk"], policy.params["trunk"]):
+        if fingerprint(stored.params["trunk"]) != fingerprint(policy.params["trunk"]):
             raise WorkdirError(
                 f"the {role} in {workdir}@{stored.step} has another trunk than the policy in "
                 f"{policy.workdir}@{policy.step}: the hydra shares one frozen trunk, so train the reward "
@@ -188,8 +196,13 @@ def load_agent(workdir: str, *, step: int | None = None, pref_rm: str | None = N
     config or override.
     """
     device = device or jax.devices()[0]
+    # The value head and teacher are never read; an explicit RM replaces the checkpoint's own.
+    roles = _KEEP + tuple(role for role, explicit in (("pref_rm", pref_rm), ("rule_rm", rule_rm))
+                          if not explicit)
     try:
-        policy = read_params(workdir, step, device=device)
+        policy = read_params(workdir, step, device=device, roles=roles)
+    except FrozenSourceError:
+        raise
     except WorkdirError as err:
         raise WorkdirError(f"{err}: run {train_hint('sft', workdir)} first") from None
     if policy.stage not in POLICY_STAGES or "policy" not in policy.params:

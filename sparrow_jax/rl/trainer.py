@@ -13,13 +13,15 @@ starting policy's rollouts. Then each step:
      `rule_scoring`), aggregated; minus the format penalty for malformed turns;
   3. the jitted update (`stages._rl`): one trunk pass feeds policy, value, teacher and the
      preference RM, whose normalised Elo completes the reward at the final agent eot.
-A rerun resumes from the newest checkpoint: the TrainState (trained policy + value; frozen
-trunk, teacher and both RMs, so an RL checkpoint is a whole agent), and in its meta the
-self-play state (prompt draws, buffer), the Elo normaliser and the config. Rollout RNG is
-fold_in(seed, step), so a resumed run repeats the uninterrupted one.
+A rerun resumes from the newest checkpoint: what RL trains (policy + value, optimizer state;
+the frozen trunk, teacher and both RMs are re-read from their sources, named with their
+fingerprints in the meta: rl/checkpoint.py), and in its meta the self-play state (prompt
+draws, buffer), the Elo normaliser and the config. Rollout RNG is fold_in(seed, step), so a
+resumed run repeats the uninterrupted one.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -37,11 +39,13 @@ from sparrow_jax.rewards.pref_scoring import EloNormaliser, pref_elo
 from sparrow_jax.rewards.reward import aggregate_rules
 from sparrow_jax.rewards.rule_scoring import (group_rules_by_length, prepare_rule_suffixes,
                                               rule_violation_probs)
+from sparrow_jax.rl import checkpoint as rl_checkpoint
 from sparrow_jax.rl.rollout import Environment, RolloutConfig, rollout
 from sparrow_jax.rl.selfplay import ContextBuffer, EpisodeSource, play
 from sparrow_jax.search import make_engine
 from sparrow_jax.train import init_from, stage_data, stages, storage
 from sparrow_jax.train.checkpoints import Checkpointer
+from sparrow_jax.train.fingerprint import fingerprint
 from sparrow_jax.train.metrics import MetricsWriter, Progress, to_floats
 from sparrow_jax.train.run_control import NonfiniteGuard, Preempted, write_summary
 from sparrow_jax.train.step import batch_shardings
@@ -64,30 +68,33 @@ def sequence_length(cfg) -> int:
     return length
 
 
-def load_reward_models(cfg, mesh, policy_trunk) -> dict:
-    """{'pref_rm': top, 'rule_rm': top} from `rl.pref_rm_from` / `rl.rule_rm_from`.
+def load_reward_models(cfg, mesh, policy_trunk) -> dict[str, init_from.Source]:
+    """{'pref_rm': Source, 'rule_rm': Source} from `rl.pref_rm_from` / `rl.rule_rm_from`: each
+    the workdir, the step read and params {role: its top} (the RM's own trunk is dropped).
 
     Raises ConfigError if a workdir is not set or holds another stage, or if its trunk is
     not the policy's (the hydra shares one frozen trunk: train the reward models with
-    `train.init_from` pointing at the same SFT workdir as this run).
+    `train.init_from` pointing at the same SFT workdir as this run). Trunks are compared by
+    fingerprint, computed on their devices.
     """
-    tops = {}
+    policy_fingerprint = fingerprint(policy_trunk)
+    sources = {}
     for role in REWARD_MODEL_ROLES:
-        source = cfg.rl[f"{role}_from"]
-        if not source:
+        workdir = cfg.rl[f"{role}_from"]
+        if not workdir:
             raise ConfigError(f"rl.{role}_from is empty: set it to the workdir of the {role} "
                               f"stage (`sparrow train --config ...:{role}`)")
-        params, source_cfg = init_from.load_params(source, cfg, mesh)
-        if source_cfg["train"]["stage"] != role:
-            raise ConfigError(f"rl.{role}_from={source!r} holds a {source_cfg['train']['stage']!r} "
-                              f"checkpoint, not {role!r}")
-        if not init_from.trees_equal(params["trunk"], policy_trunk):
+        source = init_from.load_source(workdir, cfg, mesh, via=f"rl.{role}_from")
+        stage = source.config["train"]["stage"]
+        if stage != role:
+            raise ConfigError(f"rl.{role}_from={workdir!r} holds a {stage!r} checkpoint, not {role!r}")
+        if fingerprint(source.params["trunk"]) != policy_fingerprint:
             raise ConfigError(
-                f"rl.{role}_from={source!r}: its trunk differs from the policy's "
+                f"rl.{role}_from={workdir!r}: its trunk differs from the policy's "
                 f"(train.init_from={cfg.train.init_from!r}); the reward models must be trained "
                 f"with train.init_from set to the same SFT workdir")
-        tops[role] = params[role]
-    return tops
+        sources[role] = dataclasses.replace(source, params={role: source.params[role]})
+    return sources
 
 
 class RewardScorer:
@@ -186,22 +193,26 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
     setup = stages.build_stage(cfg, mesh, "rl", seq_len=length)
     ckpt = Checkpointer(init_from.checkpoint_dir(workdir), cfg.train.checkpoint_every,
                         cfg.train.keep_checkpoints, cfg.train.async_checkpoint)
-    restored = ckpt.restore_latest(setup.abstract_state, config_json=json.dumps(cfg.to_dict()))
+    restored = rl_checkpoint.restore(ckpt, setup.abstract_state, json.dumps(cfg.to_dict()), cfg)
     guard = NonfiniteGuard(cfg.train.max_nonfinite_in_row, ckpt.directory)
     source = EpisodeSource(prompts, dict(cfg.rl.prompt_mix),
                            ContextBuffer(cfg.rl.buffer_size, cfg.rl.max_turns, cfg.rl.continue_prob,
                                          seed=cfg.train.seed),
                            seed=cfg.train.seed)
     if restored is not None:
+        restored, frozen_references = restored
         state = restored.state
         source.set_state(restored.meta["selfplay"])
         normaliser = EloNormaliser.from_state(restored.meta["normaliser"])
         guard.total = int(restored.meta.get("nonfinite_total", 0))
         log.info("resuming rl from step %d", restored.step)
     else:
-        state = init_from.initial_state(cfg, setup, mesh)
-        state = state.replace(frozen={**state.frozen,
-                                      **load_reward_models(cfg, mesh, state.frozen["trunk"])})
+        sft = init_from.load_source(cfg.train.init_from, cfg, mesh)
+        state = init_from.grafted_state(cfg, setup, sft)
+        reward_models = load_reward_models(cfg, mesh, state.frozen["trunk"])
+        tops = {role: rm.params[role] for role, rm in reward_models.items()}
+        state = state.replace(frozen={**state.frozen, **tops})
+        frozen_references = rl_checkpoint.frozen_references(state.frozen, sft, reward_models)
         normaliser = fit_normaliser(cfg, env, merge_params(state.params, state.frozen), prompts,
                                     scorer, length)
     # The update step closes over the normaliser (fixed for the run).
@@ -210,10 +221,11 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
     in_shardings = batch_shardings(setup.batch_shapes, mesh, rules)
 
     def save(step: int) -> None:
-        ckpt.save(step, state, meta={"selfplay": source.get_state(), "normaliser": normaliser.state(),
-                                     "config": cfg.to_dict(), "stage": "rl",
-                                     "nonfinite_total": guard.total},
-                  assets={"tokenizer.model": tokenizer.serialized_model}, force=True)
+        # What rl trains; the frozen parts by reference to their sources (rl/checkpoint.py).
+        rl_checkpoint.save(ckpt, step, state, frozen_references,
+                           meta={"selfplay": source.get_state(), "normaliser": normaliser.state(),
+                                 "config": cfg.to_dict(), "stage": "rl", "nonfinite_total": guard.total},
+                           assets={"tokenizer.model": tokenizer.serialized_model})
 
     writer = MetricsWriter(storage.join(workdir, "logs"))
     step, total = int(state.step), cfg.train.steps

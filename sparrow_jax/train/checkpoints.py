@@ -1,7 +1,9 @@
 """Checkpoints: orbax, async, keep-last-K, resumable, restorable onto another mesh.
 
 A checkpoint at step N holds three items:
-  `state`  the train state pytree (params, optimizer state, step, RNG), sharded;
+  `state`  the train state pytree (params, optimizer state, step, RNG), sharded; an rl
+           checkpoint leaves out the frozen parts and names their sources in `meta`
+           (`train/frozen_sources.py`);
   `meta`   JSON: the data iterator's position, run-specific host state (e.g. RL
            buffers), the config the run was made with (`config`), and anything
            else JSON-serialisable;
@@ -10,6 +12,8 @@ A checkpoint at step N holds three items:
 Restoring asks for an abstract target pytree whose leaves carry NamedSharding,
 so a checkpoint written on one mesh restores onto another. A latest checkpoint
 that fails to restore (truncated, corrupt) is reported and the one before used.
+`restore_partial` reads some subtrees of a step's state (e.g. another workdir's
+trunk) without its optimizer state.
 """
 from __future__ import annotations
 
@@ -33,6 +37,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used; the message says what differs or is missing."""
 
 
+def checkpoint_dir(workdir: str) -> str:
+    """Where a workdir's step folders are."""
+    return storage.join(workdir, "checkpoints")
+
+
 @dataclasses.dataclass
 class Restored:
     step: int
@@ -49,14 +58,15 @@ class Checkpointer:
       every_steps: save period in steps; `save(..., force=True)` ignores it.
       keep: how many of the most recent checkpoints to keep.
       async_save: write in a background thread while training goes on.
+      create: make `directory` if missing (False to only read another run's checkpoints).
     """
 
     def __init__(self, directory: str, every_steps: int = 100, keep: int = 3,
-                 async_save: bool = True):
+                 async_save: bool = True, create: bool = True):
         self.directory = storage.run_path(directory)
         self.every_steps = every_steps
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+            max_to_keep=keep, enable_async_checkpointing=async_save, create=create)
         # Handlers are named up front so a fresh process can read item metadata
         # (stored shapes) before it restores anything.
         self._manager = ocp.CheckpointManager(
@@ -126,31 +136,67 @@ class Checkpointer:
         steps = self.steps()
         if not steps:
             return None
-        mismatch = None
         for step in reversed(steps):
-            stored_meta = self.read_meta(step)
-            problem = describe_mismatch(self._stored_shapes(step), abstract_state,
-                                        stored_meta, config_json)
-            if problem is not None:
-                mismatch = f"checkpoint {self.directory}/{step}: {problem}"
-                break
             try:
-                restored = self._manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state),
-                    meta=ocp.args.JsonRestore(),
-                    assets=ocp.args.JsonRestore()))
-            except Exception as err:  # orbax/tensorstore raise many kinds on bad bytes
-                log.warning("checkpoint %s/%d is incomplete or corrupt (%s: %s); "
-                            "falling back to the previous one", self.directory, step,
-                            type(err).__name__, str(err).splitlines()[0][:200])
-                continue
-            assets = {name: base64.b64decode(data)
-                      for name, data in (restored.assets or {}).items()}
-            return Restored(step, restored.state, dict(restored.meta or {}), assets)
-        if mismatch:
-            raise CheckpointError(mismatch)
+                return self._restore(step, abstract_state, config_json)
+            except _Unreadable as err:
+                log.warning("checkpoint %s/%d is incomplete or corrupt (%s); "
+                            "falling back to the previous one", self.directory, step, err)
         raise CheckpointError(f"no usable checkpoint in {self.directory} (steps {steps}); "
                               "every one failed to restore, see the warnings above")
+
+    def restore(self, step: int, abstract_state: Any, config_json: str | None = None) -> Restored:
+        """Restore exactly `step`; CheckpointError if it is missing, unreadable or another shape."""
+        if step not in self.steps():
+            raise CheckpointError(f"no checkpoint {self.directory}/{step} (steps {self.steps()})")
+        try:
+            return self._restore(step, abstract_state, config_json)
+        except _Unreadable as err:
+            raise CheckpointError(f"checkpoint {self.directory}/{step} cannot be read: {err}") from None
+
+    def _restore(self, step: int, abstract_state: Any, config_json: str | None) -> Restored:
+        problem = describe_mismatch(self._stored_shapes(step), abstract_state,
+                                    self.read_meta(step), config_json)
+        if problem is not None:
+            raise CheckpointError(f"checkpoint {self.directory}/{step}: {problem}")
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                meta=ocp.args.JsonRestore(),
+                assets=ocp.args.JsonRestore()))
+        except Exception as err:  # orbax/tensorstore raise many kinds on bad bytes
+            raise _Unreadable(f"{type(err).__name__}: {str(err).splitlines()[0][:200]}") from None
+        assets = {name: base64.b64decode(data) for name, data in (restored.assets or {}).items()}
+        return Restored(step, restored.state, dict(restored.meta or {}), assets)
+
+    def restore_partial(self, step: int, target: Any) -> Any:
+        """Some subtrees of the state at `step`, e.g. {"frozen": {"trunk": abstract}}.
+
+        `target` mirrors the stored state's nesting (dicts; TrainState fields are keys) and
+        its leaves are ShapeDtypeStructs carrying the sharding to restore onto (dtypes are
+        cast as stored -> wanted). Only those arrays are read; every process reads its own
+        shards. Raises CheckpointError naming the directory if they cannot be read.
+        """
+        restore_args = jax.tree.map(
+            lambda x: ocp.ArrayRestoreArgs(sharding=x.sharding, global_shape=x.shape, dtype=x.dtype),
+            target)
+        try:
+            with ocp.PyTreeCheckpointer() as reader:
+                return reader.restore(self.directory / str(step) / "state", args=ocp.args.PyTreeRestore(
+                    target, restore_args=restore_args, partial_restore=True))
+        except Exception as err:  # orbax/tensorstore raise many kinds on bad bytes
+            raise CheckpointError(
+                f"checkpoint {self.directory}/{step} cannot be read: "
+                f"{type(err).__name__}: {str(err).splitlines()[0][:200]}") from None
+
+    def stored_tree(self, step: int) -> dict | None:
+        """The stored state's structure at `step` (leaves: metadata with .shape and .dtype), or None."""
+        try:
+            tree = self._manager.item_metadata(step)["state"]
+            tree = getattr(tree, "tree", tree)  # orbax wraps the pytree in TreeMetadata
+            return tree if isinstance(tree, dict) else None
+        except Exception:  # unreadable metadata: the caller says what it needed
+            return None
 
     def read_meta(self, step: int) -> dict:
         """The JSON meta item of a step ({} if unreadable)."""
@@ -160,18 +206,16 @@ class Checkpointer:
             return {}
 
     def _stored_shapes(self, step: int) -> dict[str, tuple] | None:
-        try:
-            metadata = self._manager.item_metadata(step)
-            tree = metadata["state"]
-            tree = getattr(tree, "tree", tree)  # orbax wraps the pytree in TreeMetadata
-            if tree is None:
-                return None
-            leaves = jax.tree_util.tree_flatten_with_path(
-                tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
-            return {_path_name(path): tuple(leaf.shape) for path, leaf in leaves
-                    if hasattr(leaf, "shape")}
-        except Exception:  # unreadable metadata: let restore decide and fall back
-            return None
+        tree = self.stored_tree(step)
+        if tree is None:
+            return None  # unreadable metadata: let restore decide and fall back
+        leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))[0]
+        return {_path_name(path): tuple(leaf.shape) for path, leaf in leaves
+                if hasattr(leaf, "shape")}
+
+
+class _Unreadable(Exception):
+    """A checkpoint whose bytes fail to restore (message: the underlying error, one line)."""
 
 
 def describe_mismatch(stored_shapes: dict[str, tuple] | None, abstract_state: Any,

@@ -8,6 +8,7 @@ The teacher is a copy of the source's policy (the KL anchor at RL start).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from functools import partial
@@ -15,62 +16,84 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from sparrow_jax import sharding as shd
 from sparrow_jax.model import hydra
-from sparrow_jax.train import storage
-from sparrow_jax.train.checkpoints import Checkpointer, CheckpointError
+from sparrow_jax.train import frozen_sources
+from sparrow_jax.train.checkpoints import Checkpointer, CheckpointError, checkpoint_dir
 from sparrow_jax.train.optimizer import make_optimizer
-from sparrow_jax.train.state import sharded_state_factory
+from sparrow_jax.train.state import sharded_state_factory, without_frozen
 from sparrow_jax.train.trainable import STAGE_ROLES, merge_params, split_params
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Source", "checkpoint_dir", "graft", "grafted_state", "initial_state", "load_params",
+           "load_source"]
 
 # Params of a top other than its head: what a new role copies from the policy (and its
 # LM head, 'unembed', when the new role has one: the preference RM with pref_rm_likelihood).
 TOP_BODY = ("layers", "final_norm", "unembed")
 
 
-def checkpoint_dir(workdir: str) -> str:
-    return storage.join(workdir, "checkpoints")
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A workdir's checkpoint read as full hydra params {trunk, <roles>} (sharded like this run's)."""
+    workdir: str
+    step: int
+    params: dict
+    config: dict   # the config dict the source run was made with
+
+
+def load_source(source_workdir: str, cfg, mesh, step: int | None = None,
+                via: str = "train.init_from") -> Source:
+    """The hydra params of a workdir's checkpoint at `step` (default: the newest usable one).
+
+    An rl checkpoint's frozen parts are re-read from the sources its meta names (and their
+    fingerprints checked). Raises CheckpointError naming the directory if there is no
+    checkpoint, or saying what differs if the source model's shape is not this config's;
+    `via` (the config key naming the workdir) goes in the messages.
+    """
+    ckpt = Checkpointer(checkpoint_dir(source_workdir), create=False)
+    try:
+        steps = ckpt.steps()
+        if not steps:
+            raise CheckpointError(
+                f"{via}={source_workdir!r} has no checkpoint under "
+                f"{checkpoint_dir(source_workdir)}: train that stage first")
+        probe = steps[-1] if step is None else step
+        meta = ckpt.read_meta(probe)
+        source_cfg_dict = meta.get("config")
+        if not source_cfg_dict:
+            raise CheckpointError(f"{checkpoint_dir(source_workdir)}/{probe} stores no config")
+        source_cfg = ml_collections.ConfigDict(source_cfg_dict)
+        source_stage = source_cfg.train.stage
+        roles = STAGE_ROLES[source_stage]
+        rules = shd.rules_from_config(cfg.mesh)
+        optimizer, _ = make_optimizer(source_cfg.train, source_cfg.train.steps)
+        _, abstract, _ = sharded_state_factory(
+            partial(hydra.init_params, cfg.model, roles=roles),
+            hydra.param_logical_axes(cfg.model, roles=roles), source_stage, optimizer, mesh, rules)
+        by_reference = bool(frozen_sources.from_meta(meta))
+        target = without_frozen(abstract) if by_reference else abstract
+        config_json = json.dumps(cfg.to_dict())
+        restored = (ckpt.restore_latest(target, config_json=config_json) if step is None
+                    else ckpt.restore(step, target, config_json=config_json))
+    finally:
+        ckpt.close()
+    if by_reference:
+        frozen = frozen_sources.read_parts(
+            frozen_sources.from_meta(restored.meta),
+            user=f"{checkpoint_dir(source_workdir)}/{restored.step}", targets=abstract.frozen)
+        return Source(source_workdir, restored.step, merge_params(restored.state["params"], frozen),
+                      source_cfg_dict)
+    return Source(source_workdir, restored.step,
+                  merge_params(restored.state.params, restored.state.frozen), source_cfg_dict)
 
 
 def load_params(source_workdir: str, cfg, mesh) -> tuple[dict, dict]:
-    """(full hydra params, source config dict) from the latest checkpoint of a workdir.
-
-    Raises CheckpointError naming the directory if there is no checkpoint, or
-    saying what differs if the source model's shape is not this config's.
-    """
-    ckpt = Checkpointer(checkpoint_dir(source_workdir))
-    steps = ckpt.steps()
-    if not steps:
-        raise CheckpointError(
-            f"train.init_from={source_workdir!r} has no checkpoint under "
-            f"{checkpoint_dir(source_workdir)}: train that stage first")
-    source_cfg_dict = ckpt.read_meta(steps[-1]).get("config")
-    if not source_cfg_dict:
-        raise CheckpointError(f"{checkpoint_dir(source_workdir)}/{steps[-1]} stores no config")
-    source_cfg = ml_collections.ConfigDict(source_cfg_dict)
-    source_stage = source_cfg.train.stage
-    roles = STAGE_ROLES[source_stage]
-    rules = shd.rules_from_config(cfg.mesh)
-    optimizer, _ = make_optimizer(source_cfg.train, source_cfg.train.steps)
-    _, abstract, _ = sharded_state_factory(
-        partial(hydra.init_params, cfg.model, roles=roles),
-        hydra.param_logical_axes(cfg.model, roles=roles), source_stage, optimizer, mesh, rules)
-    restored = ckpt.restore_latest(abstract, config_json=json.dumps(cfg.to_dict()))
-    ckpt.close()
-    return merge_params(restored.state.params, restored.state.frozen), source_cfg_dict
-
-
-def trees_equal(a, b) -> bool:
-    """Same structure, shapes and values (e.g. two workdirs' shared trunks)."""
-    leaves_a, tree_a = jax.tree.flatten(a)
-    leaves_b, tree_b = jax.tree.flatten(b)
-    return tree_a == tree_b and all(
-        np.shape(x) == np.shape(y) and np.array_equal(np.asarray(x), np.asarray(y))
-        for x, y in zip(leaves_a, leaves_b))
+    """(full hydra params, source config dict) from the latest checkpoint of a workdir (`load_source`)."""
+    source = load_source(source_workdir, cfg, mesh)
+    return source.params, source.config
 
 
 def graft(target: dict, source: dict) -> dict:
@@ -94,14 +117,18 @@ def graft(target: dict, source: dict) -> dict:
     return jax.tree.map(lambda t, s: s.astype(t.dtype), target, out)
 
 
-def initial_state(cfg, setup, mesh):
-    """A fresh sharded TrainState for `setup`'s stage, grafted from `train.init_from` if set."""
+def grafted_state(cfg, setup, source: Source):
+    """A fresh sharded TrainState for `setup`'s stage with `graft`'s parts taken from `source`."""
     state = setup.init_fn(jax.random.PRNGKey(cfg.train.seed))
-    if not cfg.train.init_from:
-        return state
-    source_params, source_cfg = load_params(cfg.train.init_from, cfg, mesh)
-    log.info("initialising %s from %s (stage %s)", cfg.train.stage, cfg.train.init_from,
-             source_cfg["train"]["stage"])
-    grafted = graft(merge_params(state.params, state.frozen), source_params)
+    log.info("initialising %s from %s@%d (stage %s)", cfg.train.stage, source.workdir, source.step,
+             source.config["train"]["stage"])
+    grafted = graft(merge_params(state.params, state.frozen), source.params)
     trainable, frozen = split_params(grafted, cfg.train.stage)
     return state.replace(params=trainable, frozen=frozen)
+
+
+def initial_state(cfg, setup, mesh):
+    """A fresh sharded TrainState for `setup`'s stage, grafted from `train.init_from` if set."""
+    if not cfg.train.init_from:
+        return setup.init_fn(jax.random.PRNGKey(cfg.train.seed))
+    return grafted_state(cfg, setup, load_source(cfg.train.init_from, cfg, mesh))

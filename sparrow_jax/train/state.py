@@ -33,6 +33,18 @@ def init_state(params: dict, stage: str, optimizer, rng: jax.Array) -> TrainStat
                       opt_state=optimizer.init(trainable), rng=rng)
 
 
+def without_frozen(state: TrainState) -> dict:
+    """What a checkpoint stores of a state whose frozen parts are kept by reference
+    (`train/frozen_sources.py`): step, params, opt_state, rng. Works on abstract states."""
+    return {"step": state.step, "params": state.params, "opt_state": state.opt_state, "rng": state.rng}
+
+
+def with_frozen(stored: dict, frozen: Any) -> TrainState:
+    """The TrainState back from `without_frozen(...)` and its frozen parts."""
+    return TrainState(step=stored["step"], params=stored["params"], frozen=frozen,
+                      opt_state=stored["opt_state"], rng=stored["rng"])
+
+
 def _key_path(path) -> tuple:
     return tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in path)
 

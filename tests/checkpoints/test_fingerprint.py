@@ -1,5 +1,11 @@
 """Fingerprints of param trees: equal trees agree, a one-ulp change anywhere does not, the
-sharding does not matter."""
+sharding (one device, a mesh, two processes) does not matter."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +13,8 @@ import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from sparrow_jax.train.fingerprint import fingerprint, leaf_lanes
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "multiprocess_frozen_sources.py")
 
 
 def _tree(seed=0):
@@ -77,3 +85,52 @@ def test_sharded_arrays_reduce_on_their_devices_to_the_host_value():
         assert len(sharded["embedding"].sharding.device_set) == 8
         assert not sharded["embedding"].sharding.is_fully_replicated
         assert fingerprint(sharded) == expected
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _last_json(out: str) -> dict:
+    return json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+
+
+def test_two_processes_fingerprint_save_and_reread_frozen_parts_like_one(tmp_path):
+    """Global arrays spanning two processes: fingerprints, an rl checkpoint without its frozen parts,
+    and a restore that re-reads them from the source (each process its own shards) agree with one
+    process holding all 8 devices."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    single = subprocess.run([sys.executable, SCRIPT, "--root", str(tmp_path / "one"), "--local-devices", "8"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, SCRIPT, "--root", str(tmp_path / "two"), "--local-devices", "4",
+                               "--num-processes", "2", "--process-id", str(i), "--port", str(port)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = []
+    for p in procs:
+        try:
+            out, err = p.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+        assert p.returncode == 0, err[-3000:]
+        outs.append(_last_json(out))
+    ref = _last_json(single.stdout)
+    assert set(ref["fingerprints"]) == {"trunk", "teacher", "pref_rm", "rule_rm"}
+    assert ref["restored"]["frozen"] == ref["fingerprints"]
+    assert ref["restored"]["params"] == ref["restored"]["params_before"]
+    for o in outs:
+        assert o["devices"] == 8
+        assert o["fingerprints"] == ref["fingerprints"]
+        assert o["restored"] == ref["restored"]
+        assert o["restored"]["same_shardings"] and o["restored"]["refs_equal"] and o["restored"]["step"] == 5
+    # The rl checkpoint stores no frozen part.
+    for root in ("one", "two"):
+        with open(tmp_path / root / "rl" / "checkpoints" / "5" / "state" / "_METADATA") as f:
+            stored = f.read()
+        assert "frozen" not in stored and "policy" in stored
