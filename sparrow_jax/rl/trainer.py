@@ -39,6 +39,7 @@ from sparrow_jax.rewards.pref_scoring import EloNormaliser, pref_elo
 from sparrow_jax.rewards.reward import aggregate_rules
 from sparrow_jax.rewards.rule_scoring import (group_rules_by_length, prepare_rule_suffixes,
                                               rule_violation_probs)
+from sparrow_jax.rl.lengths import sequence_length
 from sparrow_jax.rl import checkpoint as rl_checkpoint
 from sparrow_jax.rl.rollout import Environment, RolloutConfig, rollout
 from sparrow_jax.rl.selfplay import ContextBuffer, EpisodeSource, play
@@ -55,17 +56,6 @@ log = logging.getLogger(__name__)
 
 REWARD_MODEL_ROLES = ("pref_rm", "rule_rm")
 _NORMALISER_SEED_OFFSET = 1000  # the normaliser's prompt draws are not the training draws
-
-
-def sequence_length(cfg) -> int:
-    """L of an RL training batch: the longest rollout sequence, rounded up to 8."""
-    longest = RolloutConfig.from_rl_config(cfg.rl).max_seq_len
-    length = -(-longest // 8) * 8
-    if length > cfg.model.max_len:
-        raise ConfigError(
-            f"rl.max_prompt_len + rl.max_new_tokens + 1 = {longest} "
-            f"(padded to {length}) exceeds model.max_len={cfg.model.max_len}")
-    return length
 
 
 def load_reward_models(cfg, mesh, policy_trunk) -> dict[str, init_from.Source]:
