@@ -13,8 +13,15 @@ untied embedding [V, D] and unembedding [D, V].
 Variants are named after the TPU type, whose number counts TensorCores; JAX sees
 one device per chip, so v5p-32 and v4-32 are 16 devices and v5p-64 is 32. Meshes
 are fsdp x tensor=TENSOR_PARALLEL, so the batch splits over devices / 4 shards.
-The global batch is 256 sequences of 2048 tokens, accumulated over microbatches
-of MICROBATCH_PER_SHARD sequences per batch shard. Default: `v5p_32`.
+Default: `v5p_32`.
+
+The stage is rl: train.batch_size = EPISODES_PER_STEP, sampled and rule-scored at
+once, so it is what the sampler fits on v4-32 (`sparrow aot`: 256 episodes need 50 GiB
+per chip); the update takes at most MICROBATCH_PER_SHARD sequences per batch shard per
+pass. Prompts of 1536 tokens, agent turns of 128 (`pod_config`); the sampler decodes
+model-parallel. The earlier stages (`--config.train.stage=sft`, ...) may raise
+`--config.train.batch_size` (256 sequences of 2048 tokens: 4 microbatches with
+`--config.train.grad_accum_steps=4` on 16 chips).
 """
 from sparrow_jax.config import pod_config
 
@@ -27,7 +34,7 @@ MESHES = {
 TENSOR_PARALLEL = 4
 N_LAYERS = 32
 N_FROZEN_LAYERS = round(0.8 * N_LAYERS)  # 26
-BATCH_SIZE = 256  # sequences per update
+EPISODES_PER_STEP = 64  # RL episodes per update
 MICROBATCH_PER_SHARD = 16  # sequences per batch shard (TENSOR_PARALLEL chips) per pass
 
 
@@ -38,7 +45,7 @@ def get_config(variant: str = "v5p_32"):
     return pod_config(f"chinchilla_7b_{variant}", d_model=4096, n_heads=32, d_ff=16384,
                       n_layers=N_LAYERS, n_frozen_layers=N_FROZEN_LAYERS, devices=devices, hbm=hbm,
                       tensor=TENSOR_PARALLEL, microbatch=MICROBATCH_PER_SHARD, learning_rate=5e-6,
-                      batch_size=BATCH_SIZE)
+                      batch_size=EPISODES_PER_STEP)
 
 
 def get_sweep(variant: str = "v5p_32"):

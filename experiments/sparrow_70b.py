@@ -5,6 +5,12 @@ Transformer-XL relative attention; the bottom 64 layers are the frozen shared tr
 Variants are named after the TPU type, whose number counts TensorCores; JAX sees
 one device per chip, so v5p-512 is 256 devices, v5p-256 128, v5p-128 64 and
 v4-256 128. Default: `v5p_512` (256 chips).
+
+The stage is rl: train.batch_size = EPISODES_PER_STEP, sampled and rule-scored at once,
+so it is what the sampler fits on v4-256 (`sparrow aot`: 256 episodes need 40 GiB per
+chip there). Prompts of 1536 tokens, agent turns of 128 (`pod_config`); the sampler
+decodes model-parallel. The earlier stages (`--config.train.stage=sft`, ...) may raise
+`--config.train.batch_size`.
 """
 from sparrow_jax.config import pod_config
 
@@ -16,6 +22,7 @@ MESHES = {
     "v4_256": (128, "v4"),
 }
 TENSOR_PARALLEL = 4
+EPISODES_PER_STEP = 128
 
 
 def get_config(variant: str = "v5p_512"):
@@ -24,7 +31,7 @@ def get_config(variant: str = "v5p_512"):
     devices, hbm = MESHES[variant]
     return pod_config(f"sparrow_70b_{variant}", d_model=8192, n_heads=64, d_ff=32768, n_layers=80,
                       n_frozen_layers=64, devices=devices, hbm=hbm, tensor=TENSOR_PARALLEL,
-                      value_hidden=2048, learning_rate=2e-6, batch_size=256)
+                      value_hidden=2048, learning_rate=2e-6, batch_size=EPISODES_PER_STEP)
 
 
 def get_sweep(variant: str = "v5p_512"):

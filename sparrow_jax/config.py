@@ -97,6 +97,10 @@ def mesh_defaults() -> ml_collections.ConfigDict:
     # Axis sizes; -1 (at most one) takes whatever the device count leaves.
     mesh.shape = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     mesh.logical_axis_rules = default_logical_axis_rules()
+    # The sampler's rules, for its params and activations (sampling/layout.py); empty = the
+    # training rules. Decoding in the training (FSDP) layout gathers the weights for every
+    # generated token; the pod configs set model_parallel_decode_rules().
+    mesh.decode_logical_axis_rules = []
     # `sparrow aot` simulates this many devices; 0 means use the real ones.
     mesh.aot_num_devices = 0
     mesh.hbm = "v5p"  # named HBM budget for `sparrow aot` (HBM_BUDGET_GIB)
@@ -236,18 +240,62 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
+# The pod configs' RL context [ours], in tokens of a 32k SentencePiece vocabulary (about 4
+# characters of English each, `rl.lengths.estimate_tokens`). The prompt of the agent's
+# last turn (POD_RL_TURNS) holds the rendered DPC prompt (316 tokens by that estimate; 690
+# with the toy world's 512-piece tokenizer), the earlier exchanges with evidence and the
+# last one's user turn, search query and result: 1361 tokens with rl.lengths' per-turn
+# budgets, in POD_PROMPT_TOKENS (tests/aot/test_rl_lengths.py; BUILD_NOTES, "RL lengths
+# and decoding at pod size"). An agent turn is at most POD_AGENT_TURN_TOKENS, eot included.
+POD_RL_TURNS = 3
+POD_PROMPT_TOKENS = 1536
+POD_AGENT_TURN_TOKENS = 128
+
+
+def model_parallel_decode_rules() -> list[tuple[str, Any]]:
+    """Decode layout: each weight split over fsdp by its model dimension (heads, MLP,
+    vocabulary; embed replicated), the batch over data x tensor. No weight moves per
+    generated token; each layer all-reduces [B / (data x tensor), D] over fsdp instead."""
+    return [
+        ("batch", ("data", "tensor")),
+        ("length", None),
+        ("embed", None),
+        ("mlp", "fsdp"),
+        ("heads", "fsdp"),
+        ("kv", None),
+        ("vocab", "fsdp"),
+        ("layers", None),
+        ("classes", None),
+        ("value_hidden", "fsdp"),
+        ("rel_pos", None),
+    ]
+
+
+def data_parallel_decode_rules() -> list[tuple[str, Any]]:
+    """Decode layout: every weight replicated, the batch over every mesh axis."""
+    return [(logical, ("data", "fsdp", "tensor") if logical == "batch" else None)
+            for logical, _ in default_logical_axis_rules()]
+
+
+DECODE_LAYOUTS = {"model_parallel": model_parallel_decode_rules,
+                  "data_parallel": data_parallel_decode_rules}
+
+
 def pod_config(name: str, *, d_model: int, n_heads: int, d_ff: int, n_layers: int,
                n_frozen_layers: int, devices: int, hbm: str, tensor: int = 1,
                microbatch: int = 0, value_hidden: int = 2048, learning_rate: float = 2e-6,
-               batch_size: int = 256) -> ml_collections.ConfigDict:
+               batch_size: int = 256, decode: str = "model_parallel") -> ml_collections.ConfigDict:
     """A Chinchilla-family model on a TPU slice, as the pod experiment files share it.
 
     32k vocab, head size 128, context 2048, f32 params with bf16 compute and full remat,
     block-causal attention in blocks of 512 queries;
     mesh data 1 x fsdp (the rest of `devices` chips) x `tensor`; Adafactor with global-norm
-    clip 1.0; stage rl. `microbatch` > 0 = sequences per batch shard (devices // tensor
-    chips) per pass: the global batch is accumulated over batch_size // (microbatch *
-    shards) passes.
+    clip 1.0; stage rl. `microbatch` > 0 = at most this many sequences per batch shard
+    (devices // tensor chips) per pass: the global batch is accumulated over
+    max(1, batch_size // (microbatch * shards)) passes. RL: `batch_size` episodes per step
+    (the sampler and the rule scorer take them at once), prompts of POD_PROMPT_TOKENS,
+    agent turns of POD_AGENT_TURN_TOKENS, POD_RL_TURNS agent turns per dialogue; the
+    sampler decodes in the `decode` layout (DECODE_LAYOUTS).
     """
     cfg = default_config()
     cfg.name = name
@@ -263,7 +311,13 @@ def pod_config(name: str, *, d_model: int, n_heads: int, d_ff: int, n_layers: in
     t.batch_size, t.seq_len, t.stage = batch_size, 2048, "rl"
     t.optimizer, t.learning_rate, t.grad_clip_norm = "adafactor", learning_rate, 1.0
     if microbatch:
-        t.grad_accum_steps = batch_size // (microbatch * (devices // tensor))
+        t.grad_accum_steps = max(1, batch_size // (microbatch * (devices // tensor)))
+    r = cfg.rl
+    r.max_prompt_len, r.max_new_tokens = POD_PROMPT_TOKENS, POD_AGENT_TURN_TOKENS
+    r.max_turns = POD_RL_TURNS
+    if decode not in DECODE_LAYOUTS:
+        raise ValueError(f"decode={decode!r} is not one of {sorted(DECODE_LAYOUTS)}")
+    cfg.mesh.decode_logical_axis_rules = DECODE_LAYOUTS[decode]()
     return cfg
 
 
@@ -396,14 +450,8 @@ def validate(cfg: ml_collections.ConfigDict, source: str = "config", *,
             raise ConfigError(f"mesh.shape.{axis} must be positive or -1, got {size}")
     if cfg.mesh.hbm not in HBM_BUDGET_GIB:
         raise ConfigError(f"mesh.hbm={cfg.mesh.hbm!r} is not one of {sorted(HBM_BUDGET_GIB)}")
-    for rule in cfg.mesh.logical_axis_rules:
-        if len(rule) != 2:
-            raise ConfigError(f"mesh.logical_axis_rules: entry {rule!r} is not (logical, mesh_axes)")
-        targets = rule[1] if isinstance(rule[1], (tuple, list)) else (rule[1],)
-        for target in targets:
-            if target is not None and target not in MESH_AXES:
-                raise ConfigError(
-                    f"mesh.logical_axis_rules: {rule[0]!r} maps to unknown mesh axis {target!r}")
+    _check_axis_rules(cfg.mesh.logical_axis_rules, "mesh.logical_axis_rules")
+    _check_axis_rules(cfg.mesh.decode_logical_axis_rules, "mesh.decode_logical_axis_rules")
     _choice(cfg.distributed.mode, ("auto", "explicit", "off"), "distributed.mode")
     _choice(cfg.train.optimizer, ("adamw", "adafactor"), "train.optimizer")
     _choice(cfg.train.schedule, ("cosine", "constant"), "train.schedule")
@@ -427,6 +475,16 @@ def validate(cfg: ml_collections.ConfigDict, source: str = "config", *,
         raise ConfigError(
             f"train.grad_accum_steps={cfg.train.grad_accum_steps} does not divide "
             f"train.batch_size={cfg.train.batch_size}")
+
+
+def _check_axis_rules(rules, key: str) -> None:
+    for rule in rules:
+        if not isinstance(rule, (tuple, list)) or len(rule) != 2:
+            raise ConfigError(f"{key}: entry {rule!r} is not (logical, mesh_axes)")
+        targets = rule[1] if isinstance(rule[1], (tuple, list)) else (rule[1],)
+        for target in targets:
+            if target is not None and target not in MESH_AXES:
+                raise ConfigError(f"{key}: {rule[0]!r} maps to unknown mesh axis {target!r}")
 
 
 def _validate_rl(r) -> None:
