@@ -1,5 +1,9 @@
 """Ahead-of-time compilation of the update steps for a large mesh, without weights.
 
+Steps: the update of each stage (sft, pref_rm, rule_rm, rl; rl at `rl_sequence_length`,
+the L the RL trainer compiles at) and the RL step's other two programs, `sample` and
+`rule_score` (aot_rl.py).
+
 Everything is abstract: the train state and batch are ShapeDtypeStructs carrying
 NamedShardings (from jax.eval_shape of the sharded init), so `.lower().compile()`
 allocates nothing. Memory numbers come from `compiled.memory_analysis()` of the
@@ -14,15 +18,19 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 
+from sparrow_jax import aot_rl
 from sparrow_jax import sharding as shd
-from sparrow_jax.config import HBM_BUDGET_GIB, ROLES, validate
+from sparrow_jax.config import ROLES, validate
 from sparrow_jax.model import hydra
+from sparrow_jax.rl.lengths import sequence_length
 from sparrow_jax.train import stages
 from sparrow_jax.train.state import count_params
 from sparrow_jax.train.step import batch_shardings
 from sparrow_jax.train.trainable import STAGE_ROLES, TRAINABLE_KEYS
 
-AOT_STEPS = ("sft", "pref_rm", "rule_rm", "rl")
+UPDATE_STEPS = ("sft", "pref_rm", "rule_rm", "rl")
+AOT_STEPS = UPDATE_STEPS + ("sample", "rule_score")
+RL_STEPS = ("rl", "sample", "rule_score")  # these need the RL train state
 TEMPORARIES_NOTE = ("temporaries are from the XLA CPU compiler's buffer assignment; the TPU "
                     "compiler fuses and schedules differently, so treat them as an estimate")
 
@@ -81,30 +89,29 @@ def analytic_flops(model_cfg, stage: str, batch: int, seq_len: int) -> float:
     return total
 
 
-def compile_step(cfg, mesh, stage: str) -> dict[str, Any]:
-    """Lower and compile one stage's update step on abstract inputs; report its numbers."""
+def stage_setup(cfg, mesh, stage: str):
+    """The stage's StageSetup at the length it trains at: rl at `sequence_length(cfg)`
+    (as rl/trainer.py builds it), the others at train.seq_len."""
+    seq_len = sequence_length(cfg) if stage == "rl" else cfg.train.seq_len
+    return stages.build_stage(cfg, mesh, stage, seq_len=seq_len, log_unsharded=False)
+
+
+def compile_step(cfg, mesh, stage: str, setup=None) -> dict[str, Any]:
+    """Lower and compile one stage's update step on abstract inputs; report its numbers.
+    `setup`: the stage's `stage_setup`, if already built."""
     t0 = time.time()
-    setup = stages.build_stage(cfg, mesh, stage, log_unsharded=False)
+    setup = setup or stage_setup(cfg, mesh, stage)
     rules = shd.rules_from_config(cfg.mesh)
     batch = shd.abstract_with_shardings(setup.batch_shapes,
                                         batch_shardings(setup.batch_shapes, mesh, rules))
     compiled = setup.step.lower(setup.abstract_state, batch).compile()
-    mem = compiled.memory_analysis()
-    args, temps = int(mem.argument_size_in_bytes), int(mem.temp_size_in_bytes)
-    outs, alias = int(mem.output_size_in_bytes), int(mem.alias_size_in_bytes)
-    total = args + temps + outs - alias  # donated state: outputs alias the arguments
-    budget = HBM_BUDGET_GIB[cfg.mesh.hbm] * 2**30
     abstract = setup.abstract_state
+    seq_len = setup.batch_shapes["tokens_BxL"].shape[1] if stage == "rl" else cfg.train.seq_len
     return {
         "trainable_params": count_params(abstract.params),
         "frozen_params": count_params(abstract.frozen),
-        "per_device_bytes": {"arguments": args, "temporaries": temps, "outputs": outs,
-                             "aliased": alias, "total": total},
-        "hbm": cfg.mesh.hbm,
-        "hbm_budget_bytes": budget,
-        "fits": total <= budget,
-        "flops_per_step": analytic_flops(cfg.model, stage, cfg.train.batch_size,
-                                         cfg.train.seq_len),
+        **aot_rl.memory_report(compiled, cfg.mesh.hbm),
+        "flops_per_step": analytic_flops(cfg.model, stage, cfg.train.batch_size, seq_len),
         "batch": {k: list(v.shape) for k, v in setup.batch_shapes.items()},
         "compile_seconds": round(time.time() - t0, 1),
     }
@@ -136,33 +143,54 @@ def run_aot(cfg, steps: Sequence[str] = AOT_STEPS, layers: int | None = None,
         "params_by_part": parts,
         "batch_size": cfg.train.batch_size,
         "seq_len": cfg.train.seq_len,
+        "rl_sequence_length": sequence_length(cfg),
         "note": TEMPORARIES_NOTE,
         "steps": {},
     }
+    unknown = [s for s in steps if s not in AOT_STEPS]
+    if unknown:
+        raise ValueError(f"unknown step {unknown[0]!r}; choose from {AOT_STEPS}")
+    rl_setup = stage_setup(cfg, mesh, "rl") if set(steps) & set(RL_STEPS) else None
     for stage in steps:
-        if stage not in AOT_STEPS:
-            raise ValueError(f"unknown step {stage!r}; choose from {AOT_STEPS}")
-        report["steps"][stage] = compile_step(cfg, mesh, stage)
+        if stage == "sample":
+            report["steps"][stage] = aot_rl.compile_sample(cfg, mesh, rl_setup.abstract_state)
+        elif stage == "rule_score":
+            report["steps"][stage] = aot_rl.compile_rule_score(cfg, mesh, rl_setup.abstract_state)
+        else:
+            report["steps"][stage] = compile_step(cfg, mesh, stage,
+                                                  rl_setup if stage == "rl" else None)
     report["seconds"] = round(time.time() - t0, 1)
     return report
 
 
 def format_report(report: dict[str, Any]) -> str:
+    """The report as a table, one row per step, then the sampler's collective traffic."""
     gib = 2.0**30
     lines = [
         f"{report['config']}: {report['num_devices']} {report['platform']} devices, mesh "
         f"{report['mesh_shape']}, {report['n_layers']} layers ({report['n_frozen_layers']} frozen)",
         f"params: LM (trunk+policy) {report['total_params'] / 1e9:.2f}B, hydra "
-        f"{report['hydra_params'] / 1e9:.2f}B; batch {report['batch_size']} x {report['seq_len']}",
-        f"{'step':8s} {'trainable':>10s} {'args GiB':>9s} {'temps GiB':>10s} {'total GiB':>10s} "
-        f"{'budget':>8s} {'fits':>5s} {'TFLOP/step':>11s} {'compile s':>9s}",
+        f"{report['hydra_params'] / 1e9:.2f}B; batch {report['batch_size']} x {report['seq_len']}; "
+        f"RL at L = {report['rl_sequence_length']}",
+        f"{'step':10s} {'trainable':>10s} {'args GiB':>9s} {'temps GiB':>10s} {'resident':>9s} "
+        f"{'total GiB':>10s} {'budget':>8s} {'fits':>5s} {'TFLOP/step':>11s} {'compile s':>9s}",
     ]
     for name, s in report["steps"].items():
         b = s["per_device_bytes"]
         lines.append(
-            f"{name:8s} {s['trainable_params'] / 1e9:9.2f}B {b['arguments'] / gib:9.2f} "
-            f"{b['temporaries'] / gib:10.2f} {b['total'] / gib:10.2f} "
-            f"{s['hbm_budget_bytes'] / gib:6.0f}Gi {str(s['fits']):>5s} "
+            f"{name:10s} {s['trainable_params'] / 1e9:9.2f}B {b['arguments'] / gib:9.2f} "
+            f"{b['temporaries'] / gib:10.2f} {b.get('resident', 0) / gib:9.2f} "
+            f"{b['total'] / gib:10.2f} {s['hbm_budget_bytes'] / gib:6.0f}Gi {str(s['fits']):>5s} "
             f"{s['flops_per_step'] / 1e12:11.1f} {s['compile_seconds']:9.1f}")
-    lines.append(f"per-device bytes; {report['note']}. total {report['seconds']}s")
+    sample = report["steps"].get("sample")
+    if sample:
+        for label, part in ((f"{sample['layout']} layout", sample),
+                            ("training layout", sample["training_layout"])):
+            c = part["collectives"]
+            lines.append(
+                f"sample, {label}: collectives {c['bytes_per_decode_step'] / 2**20:.1f} MiB per "
+                f"device per decode step, {c['bytes_outside_loop'] / 2**20:.1f} MiB outside the "
+                f"loop; total {part['per_device_bytes']['total'] / gib:.2f} GiB")
+    lines.append(f"per-device bytes; resident = the RL state held beside the program; "
+                 f"{report['note']}. total {report['seconds']}s")
     return "\n".join(lines)

@@ -1,9 +1,10 @@
 """`sparrow aot --config experiments/sparrow_70b.py [--json] [--steps sft,rl] [--layers N]`.
 
-Compiles the update steps for the config's mesh on simulated CPU devices and
-reports per-device memory and FLOPs. JAX is imported only inside `run`, after the
-simulated device count is set; if JAX was already initialised with another device
-count, the command re-runs itself in a subprocess.
+Compiles the update steps, the RL sampler and the rule scorer for the config's mesh on
+simulated CPU devices and reports per-device memory, FLOPs and the sampler's collective
+traffic. JAX is imported only inside `run`, after the simulated device count is set; if
+JAX was already initialised with another device count, the command re-runs itself in a
+subprocess.
 """
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ import sys
 def add_arguments(parser) -> None:
     parser.add_argument("--config", required=True, help="experiment file[:variant]")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--steps", default="sft,pref_rm,rule_rm,rl",
-                        help="comma-separated update steps to compile")
+    parser.add_argument("--steps", default="sft,pref_rm,rule_rm,rl,sample,rule_score",
+                        help="comma-separated steps to compile: the updates sft, pref_rm, "
+                             "rule_rm, rl; sample (the RL sampler) and rule_score (the rule "
+                             "RM over every rule)")
     parser.add_argument("--layers", type=int, default=None,
                         help="override model depth (keeps the frozen fraction) for quick checks")
     parser.add_argument("--devices", type=int, default=None,

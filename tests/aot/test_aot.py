@@ -1,4 +1,4 @@
-"""`sparrow aot`: JSON report keys, analytic FLOPs, bad meshes, and the 70B run (slow)."""
+"""`sparrow aot`: JSON report keys, analytic FLOPs, bad meshes, and the 70B runs (slow)."""
 import json
 import os
 import subprocess
@@ -9,6 +9,7 @@ import pytest
 
 from sparrow_jax import aot, cli
 from sparrow_jax.config import ConfigError, load_experiment
+from sparrow_jax.rl.lengths import sequence_length
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_70B = os.path.join(ROOT, "experiments", "sparrow_70b.py")
@@ -25,34 +26,75 @@ def run_cli(*argv, timeout=600):
     return json.loads(proc.stdout.strip().splitlines()[-1]), time.time() - start
 
 
-def check_report(report, steps):
-    assert report["num_devices"] == 256
-    assert report["mesh_shape"] == {"data": 1, "fsdp": 64, "tensor": 4}
+def check_report(report, steps, devices=256, hbm_gib=95):
+    assert report["num_devices"] == devices
+    assert report["mesh_shape"] == {"data": 1, "fsdp": devices // 4, "tensor": 4}
     assert report["hydra_params"] > report["total_params"] > 0
     assert set(report["steps"]) == set(steps)
     for name, step in report["steps"].items():
         assert STEP_KEYS <= set(step), name
-        assert {"arguments", "temporaries", "total"} <= set(step["per_device_bytes"])
+        assert {"arguments", "temporaries", "resident", "total"} <= set(step["per_device_bytes"])
         assert step["per_device_bytes"]["total"] > 0
-        assert step["hbm_budget_bytes"] == 95 * 2**30
-        assert step["flops_per_step"] > 0 and 0 < step["trainable_params"] < report["hydra_params"]
+        assert step["hbm_budget_bytes"] == hbm_gib * 2**30
+        assert step["flops_per_step"] > 0
+        if name in aot.UPDATE_STEPS:
+            assert 0 < step["trainable_params"] < report["hydra_params"], name
+        else:  # the sampler and the rule scorer train nothing
+            assert step["trainable_params"] == 0, name
     assert "CPU compiler" in report["note"]
+    check_rl_lengths(report)
+
+
+def check_rl_lengths(report):
+    """The rl step, rule scorer and sampler run at the lengths the RL trainer uses."""
+    length = report["rl_sequence_length"]
+    assert length == sequence_length(load_experiment(CONFIG_70B))
+    episodes = report["batch_size"]
+    if "rl" in report["steps"]:
+        assert report["steps"]["rl"]["batch"]["tokens_BxL"] == [episodes, length]
+    if "rule_score" in report["steps"]:
+        assert report["steps"]["rule_score"]["batch"]["tokens_BxL"] == [episodes, length]
+    if "sample" in report["steps"]:
+        prompt, new = report["steps"]["sample"]["batch"]["tokens_BxP"][1], \
+            report["steps"]["sample"]["batch"]["new_tokens"]
+        assert length == 8 * -(-(prompt + new + 1) // 8)
 
 
 def test_aot_70b_shape_two_layers_json():
-    steps = ("sft", "pref_rm", "rule_rm", "rl")
     report, _ = run_cli("--config", CONFIG_70B, "--layers", "2", "--json")
-    check_report(report, steps)
+    check_report(report, aot.AOT_STEPS)  # the default --steps: every step
     assert report["n_layers"] == 2 and report["n_frozen_layers"] == 1
+    for name in ("sample", "rule_score"):
+        assert report["steps"][name]["fits"], name
+    sample = report["steps"]["sample"]
+    assert sample["layout"] == "decode"
+    for part in (sample, sample["training_layout"]):
+        assert part["collectives"]["loop_found"] and part["per_device_bytes"]["total"] > 0
 
 
 @pytest.mark.slow
 def test_aot_70b_full_depth():
     report, seconds = run_cli("--config", CONFIG_70B, "--json")
-    check_report(report, ("sft", "pref_rm", "rule_rm", "rl"))
+    check_report(report, aot.AOT_STEPS)
     assert 69e9 <= report["total_params"] <= 71e9
-    assert report["steps"]["rl"]["fits"]
-    assert seconds < 180
+    assert all(step["fits"] for step in report["steps"].values())
+    assert seconds < 600
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant,hbm_gib", [("v5p_256", 95), ("v4_256", 32)])
+def test_aot_70b_rl_steps_fit_on_128_chips(variant, hbm_gib):
+    """What an RL step runs, at full depth: the update, the sampler and the rule scorer."""
+    steps = ("rl", "sample", "rule_score")
+    report, _ = run_cli("--config", f"{CONFIG_70B}:{variant}", "--json", "--steps", ",".join(steps))
+    check_report(report, steps, devices=128, hbm_gib=hbm_gib)
+    assert report["rl_sequence_length"] >= 1024
+    for name in steps:
+        assert report["steps"][name]["fits"], (name, report["steps"][name]["per_device_bytes"])
+    # Decoding in the training layout gathers the weights for every token.
+    sample = report["steps"]["sample"]
+    decode = sample["collectives"]["bytes_per_decode_step"]
+    assert decode * 20 < sample["training_layout"]["collectives"]["bytes_per_decode_step"]
 
 
 def test_bad_mesh_fails_before_compiling_naming_mesh_shape(capsys):

@@ -1,10 +1,10 @@
 """`sparrow aot` on the Chinchilla 1B and 7B experiment configs.
 
 Default: the configs, their variants and sweeps load and validate; the real
-shapes have the hand-counted number of parameters; and every update step of each
-config compiles at 2 layers on its default variant's simulated mesh (the two
-configs compile in parallel subprocesses). With --runslow: every variant at full
-depth compiles every step within its HBM budget.
+shapes have the hand-counted number of parameters; and every step of each config
+(the updates, the RL sampler and the rule scorer) compiles at 2 layers on its default
+variant's simulated mesh (the two configs compile in parallel subprocesses). With
+--runslow: every variant at full depth compiles every step within its HBM budget.
 """
 import json
 import os
@@ -16,11 +16,12 @@ import pytest
 
 from sparrow_jax import aot, sweeps
 from sparrow_jax.config import HBM_BUDGET_GIB, load_experiment, load_experiment_module
+from sparrow_jax.rl.lengths import sequence_length
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = {name: os.path.join(ROOT, "experiments", f"{name}.py")
            for name in ("chinchilla_1b", "chinchilla_7b")}
-STEPS = ("sft", "pref_rm", "rule_rm", "rl")
+STEPS = aot.AOT_STEPS  # the updates, the RL sampler and the rule scorer
 # The size each file's name claims (trunk + policy), for a loose check of the shape.
 NOMINAL_PARAMS = {"chinchilla_1b": 1.0e9, "chinchilla_7b": 7.0e9}
 VARIANTS = [(name, variant) for name, path in CONFIGS.items()
@@ -86,6 +87,9 @@ def check_report(report, cfg):
     # SFT trains exactly the policy's own top: the layers above the frozen trunk + unembed.
     policy_top = top_params(m, n_layers - n_frozen, m.vocab_size)
     assert report["steps"]["sft"]["trainable_params"] == policy_top
+    length = sequence_length(cfg)
+    assert report["rl_sequence_length"] == length >= 1024
+    assert report["steps"]["rl"]["batch"]["tokens_BxL"] == [cfg.train.batch_size, length]
 
 
 @pytest.mark.parametrize("name,variant", VARIANTS)
