@@ -60,7 +60,18 @@ def run(args, overrides) -> int:
         return 2
 
 
+def _start_processes(overrides) -> None:
+    """Join a multi-process run when `--config.distributed.*` says so (or on a TPU VM), before
+    anything touches a device. The checkpoint's own `distributed` section is the training
+    run's and is not used: only the command line's."""
+    from sparrow_jax import distributed
+    from sparrow_jax.config import apply_overrides, default_config
+    mine = [o for o in overrides if o.startswith("--config.distributed.")]
+    distributed.initialize(apply_overrides(default_config(), mine).distributed)
+
+
 def _evaluate(args, overrides) -> int:
+    from sparrow_jax import distributed
     from sparrow_jax.config import load_experiment
     from sparrow_jax.evaluation.agent import load_agent
     from sparrow_jax.evaluation.evaluator import EvalSettings, evaluate_agent, load_prompts
@@ -68,6 +79,7 @@ def _evaluate(args, overrides) -> int:
     from sparrow_jax.evaluation.report import write_eval_report
     from sparrow_jax.evaluation.scoring import Scorer
 
+    _start_processes(overrides)
     settings = EvalSettings(n_best=args.n_best, evidence=args.evidence, formula=args.formula,
                             batch_size=args.batch_size, seed=args.seed, max_prompts=args.max_prompts)
     config = load_experiment(args.config) if args.config else None
@@ -88,6 +100,8 @@ def _evaluate(args, overrides) -> int:
             evidence=args.evidence, batch_size=args.batch_size, seed=args.seed), name=_name(args.baseline))
     result = evaluate_agent(agent, prompts, judge, settings, scorer=scorer, baseline=baseline,
                             name=_name(args.workdir) + (f"@{settings.n_best}" if settings.n_best > 1 else ""))
+    if not distributed.is_main_process():
+        return 0  # every process computed the same result; process 0 writes it
     out_dir = args.out or default_out_dir(args.workdir, agent.step, settings.n_best)
     report = write_eval_report(result, out_dir, baseline)
     m = report["metrics"]

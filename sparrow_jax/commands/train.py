@@ -18,9 +18,13 @@ def add_arguments(parser) -> None:
 
 
 def run(args, overrides) -> int:
-    from sparrow_jax.config import apply_overrides, load_experiment
+    from sparrow_jax import distributed
+    from sparrow_jax.config import apply_overrides, load_experiment, validate
     cfg = apply_overrides(load_experiment(args.config), overrides)
+    validate(cfg, training=True)  # what only training refuses (off-policy rl sampling), up front
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # Before any import that might touch a device: a pod's processes must join first.
+    distributed.initialize(cfg.distributed)
     for noisy in ("absl", "orbax", "jax._src", "tensorflow_datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from sparrow_jax.train.run_control import STOPPING_ERRORS, exit_code

@@ -195,7 +195,7 @@ def load_agent(workdir: str, *, step: int | None = None, pref_rm: str | None = N
     Raises WorkdirError (a ValueError) saying what is wrong and what to run first; ConfigError for a bad
     config or override.
     """
-    device = device or jax.devices()[0]
+    device = device or jax.local_devices()[0]
     # The value head and teacher are never read; an explicit RM replaces the checkpoint's own.
     roles = _KEEP + tuple(role for role, explicit in (("pref_rm", pref_rm), ("rule_rm", rule_rm))
                           if not explicit)

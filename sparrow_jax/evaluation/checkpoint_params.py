@@ -126,7 +126,7 @@ def read_params(workdir: str, step: int | None = None, device=None,
     does; an explicit `step` must restore. Raises WorkdirError naming the directory and what to run,
     or, for an rl checkpoint, naming a frozen source that is missing or has changed since.
     """
-    device = device or jax.devices()[0]
+    device = device or jax.local_devices()[0]
     storage.require_local(workdir, "workdir", WorkdirError)
     if not os.path.isdir(workdir):
         raise WorkdirError(f"workdir {workdir} does not exist")

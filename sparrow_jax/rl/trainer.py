@@ -29,6 +29,7 @@ import time
 
 import jax
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from sparrow_jax import distributed
 from sparrow_jax import sharding as shd
@@ -42,7 +43,7 @@ from sparrow_jax.rewards.rule_scoring import (group_rules_by_length, prepare_rul
 from sparrow_jax.rl.lengths import sequence_length
 from sparrow_jax.rl import checkpoint as rl_checkpoint
 from sparrow_jax.rl.rollout import Environment, RolloutConfig, rollout
-from sparrow_jax.rl.selfplay import ContextBuffer, EpisodeSource, play
+from sparrow_jax.rl.selfplay import ContextBuffer, EpisodeSource, ShardedSource, play
 from sparrow_jax.search import make_engine
 from sparrow_jax.train import init_from, stage_data, stages, storage
 from sparrow_jax.train.checkpoints import Checkpointer
@@ -56,6 +57,7 @@ log = logging.getLogger(__name__)
 
 REWARD_MODEL_ROLES = ("pref_rm", "rule_rm")
 _NORMALISER_SEED_OFFSET = 1000  # the normaliser's prompt draws are not the training draws
+_SHARD_SEED_STRIDE = 7919  # batch shard s of a run draws from seed + 7919 s
 
 
 def load_reward_models(cfg, mesh, policy_trunk) -> dict[str, init_from.Source]:
@@ -88,14 +90,24 @@ def load_reward_models(cfg, mesh, policy_trunk) -> dict[str, init_from.Source]:
 
 
 class RewardScorer:
-    """Jitted reward-model calls for rollout batches (params: {trunk, pref_rm, rule_rm, ...})."""
+    """Jitted reward-model calls for rollout batches (params: {trunk, pref_rm, rule_rm, ...}).
 
-    def __init__(self, cfg, tokenizer, mesh, rules):
+    `arrays` are this process's rows of the batch (`RolloutBatch.training_arrays`); they are
+    assembled into global arrays laid out by `batch_shardings` (the RL update's) and the
+    scores come back as this process's rows.
+    """
+
+    def __init__(self, cfg, tokenizer, mesh, rules, batch_shardings: dict):
         self.cfg = cfg
+        self.mesh, self.shardings = mesh, batch_shardings
+        tokens = batch_shardings["tokens_BxL"]
+        self.rows = distributed.process_batch_slice(cfg.train.batch_size, tokens)
         scored = stage_data.rules_by_id(cfg, cfg.rl.rule_scope)
         self.rule_ids = tuple(scored)
         rule_texts = list(scored.values())
         self.rule_tokens_RxQ, self.rule_valid_RxQ = prepare_rule_suffixes(rule_texts, tokenizer)
+        self._rule_suffixes = distributed.host_local_to_global(
+            (self.rule_tokens_RxQ, self.rule_valid_RxQ), mesh, PartitionSpec())
         model_cfg = cfg.model
         self._elo = jax.jit(lambda p, t, v, i, s: pref_elo(p, model_cfg, t, v, i, s))
         rule_chunk = int(cfg.rl.rule_chunk) or None
@@ -104,18 +116,26 @@ class RewardScorer:
             p, model_cfg, t, v, rt, rv, rule_chunk=rule_chunk, rule_groups=rule_groups,
             mesh=mesh, rules=rules))
 
+    def _global(self, arrays, keys):
+        local = {k: arrays[k] for k in keys}
+        return distributed.host_local_to_global(local, self.mesh,
+                                                {k: self.shardings[k] for k in keys})
+
     def elo_B(self, params, arrays) -> np.ndarray:
         rm = {k: params[k] for k in ("trunk", "pref_rm")}
-        return np.asarray(self._elo(rm, arrays["tokens_BxL"], arrays["valid_BxL"],
-                                    arrays["reward_index_B"], arrays["turn_start_B"]))
+        keys = ("tokens_BxL", "valid_BxL", "reward_index_B", "turn_start_B")
+        batch = self._global(arrays, keys)
+        return distributed.host_rows(self._elo(rm, *(batch[k] for k in keys)), self.rows)
 
     def p_broken_BxR(self, params, arrays) -> np.ndarray:
         rm = {k: params[k] for k in ("trunk", "rule_rm")}
-        return np.asarray(self._rules(rm, arrays["tokens_BxL"], arrays["valid_BxL"],
-                                      self.rule_tokens_RxQ, self.rule_valid_RxQ))
+        batch = self._global(arrays, ("tokens_BxL", "valid_BxL"))
+        out = self._rules(rm, batch["tokens_BxL"], batch["valid_BxL"], *self._rule_suffixes)
+        return distributed.host_rows(out, self.rows)
 
     def host_rewards(self, params, arrays) -> tuple[np.ndarray, dict]:
-        """(rewards_BxL: rule term - format penalty at each reward index, metrics)."""
+        """(rewards_BxL: rule term - format penalty at each reward index, per-row figures
+        {rule_compliance, p_broken_max, format_penalty}: float [B])."""
         r = self.cfg.rl
         p_broken = self.p_broken_BxR(params, arrays)
         compliance_B = np.asarray(aggregate_rules(p_broken, r.rule_aggregation))
@@ -123,33 +143,69 @@ class RewardScorer:
         host_B = r.rule_weight * compliance_B - r.format_penalty * malformed_B
         rewards_BxL = np.zeros(arrays["tokens_BxL"].shape, np.float32)
         rewards_BxL[np.arange(len(host_B)), arrays["reward_index_B"]] = host_B
-        return rewards_BxL, {"rule_compliance": float(compliance_B.mean()),
-                             "p_broken_max": float(p_broken.max(axis=1).mean()),
-                             "format_penalty_rate": float(malformed_B.mean())}
+        return rewards_BxL, {"rule_compliance": compliance_B, "p_broken_max": p_broken.max(axis=1),
+                             "format_penalty_rate": malformed_B.astype(np.float64)}
 
 
-def fit_normaliser(cfg, env, params, prompts, scorer, length: int) -> EloNormaliser:
-    """Mean/std of the preference RM's Elo on the starting policy's rollouts of fresh prompts."""
+def selfplay_source(cfg, prompts, shard_sharding, seed_offset: int = 0, buffer: bool = True
+                    ) -> ShardedSource:
+    """This process's self-play: one seeded EpisodeSource per batch shard it holds
+    (`ShardedSource`); shard 0 draws from seed train.seed + seed_offset, as a one-shard run
+    always did. Buffers share rl.buffer_size."""
+    r, batch = cfg.rl, cfg.train.batch_size
+    blocks = distributed.row_blocks(shard_sharding, batch)
+    rows = distributed.process_batch_slice(batch, shard_sharding)
+    mine = [s for s, b in enumerate(blocks) if rows.start <= b.start and b.stop <= rows.stop]
+    capacity = -(-r.buffer_size // len(blocks)) if buffer else 0
+
+    def make_shard(s: int) -> EpisodeSource:
+        seed = cfg.train.seed + seed_offset + _SHARD_SEED_STRIDE * s
+        return EpisodeSource(prompts, dict(r.prompt_mix),
+                             ContextBuffer(capacity, r.max_turns, r.continue_prob, seed=seed),
+                             seed=seed)
+    return ShardedSource(make_shard, mine, batch // len(blocks))
+
+
+def fit_normaliser(cfg, env, params, prompts, scorer, length: int, shard_sharding) -> EloNormaliser:
+    """Mean/std of the preference RM's Elo on the starting policy's rollouts of fresh prompts
+    (each process plays its rows; the Elos of every process go into the fit)."""
     r = cfg.rl
-    source = EpisodeSource(prompts, dict(r.prompt_mix), ContextBuffer(capacity=0),
-                           seed=cfg.train.seed + _NORMALISER_SEED_OFFSET)
+    source = selfplay_source(cfg, prompts, shard_sharding, _NORMALISER_SEED_OFFSET, buffer=False)
+    local_rows = source.rows_per_shard * len(source.shard_ids)
     key = jax.random.fold_in(jax.random.PRNGKey(cfg.train.seed), _NORMALISER_SEED_OFFSET)
     normaliser = EloNormaliser()
     for i in range(r.normaliser_batches):
-        episodes = source.next_batch(cfg.train.batch_size)
+        episodes = source.next_batch(local_rows)
         batch = rollout(env, params, [e.turns for e in episodes], jax.random.fold_in(key, i))
-        normaliser = normaliser.update(scorer.elo_B(params, batch.training_arrays(length)))
+        elo_B = scorer.elo_B(params, batch.training_arrays(length))
+        normaliser = normaliser.update(distributed.allgather_rows(elo_B))
     log.info("Elo normaliser from %d starting-policy turns: mean %.4g std %.4g",
              normaliser.count, normaliser.mean, normaliser.std)
     return normaliser
 
 
-def _rollout_metrics(step_play, arrays) -> dict:
+ROW_FIGURES = ("rule_compliance", "p_broken_max", "format_penalty_rate", "search_rate",
+               "agent_turn_tokens", "truncated_rate", "continued_rate")
+
+
+def _row_sums(step_play, arrays, reward_rows: dict, buffered: int) -> np.ndarray:
+    """float64 [2 + len(ROW_FIGURES)]: this process's (rows, buffered dialogues, then the sum
+    over its rows of each ROW_FIGURES figure); summed over processes, then divided by rows."""
     agent = (arrays["role_ids_BxL"] == ROLE_INDEX[Role.AGENT]) & arrays["policy_mask_BxL"]
-    return {"search_rate": float(arrays["searched_B"].mean()),
-            "agent_turn_tokens": float(agent.sum(axis=1).mean()),
-            "truncated_rate": float(arrays["truncated_B"].mean()),
-            "continued_rate": float(np.mean([e.continued for e in step_play.episodes]))}
+    per_row = {**reward_rows, "search_rate": arrays["searched_B"],
+               "agent_turn_tokens": agent.sum(axis=1), "truncated_rate": arrays["truncated_B"],
+               "continued_rate": np.asarray([e.continued for e in step_play.episodes])}
+    sums = [float(np.sum(per_row[name], dtype=np.float64)) for name in ROW_FIGURES]
+    return np.asarray([len(arrays["searched_B"]), buffered, *sums], np.float64)
+
+
+def _row_means(sums_SxF: np.ndarray) -> list[dict]:
+    """Every process's `_row_sums` of S steps [S, F] -> per step {figure: global mean,
+    buffer_size}. A collective: every process calls it alike."""
+    total = distributed.allgather_rows(np.asarray(sums_SxF)[None]).sum(axis=0)
+    return [{"buffer_size": float(row[1]),
+             **{name: float(value / row[0]) for name, value in zip(ROW_FIGURES, row[2:])}}
+            for row in total]
 
 
 def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
@@ -176,19 +232,20 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
     env = Environment(cfg.model, tokenizer, engine, RolloutConfig.from_rl_config(cfg.rl),
                       mesh=mesh, rules=rules)
     length = sequence_length(cfg)
-    scorer = RewardScorer(cfg, tokenizer, mesh, rules)
+    setup = stages.build_stage(cfg, mesh, "rl", seq_len=length)
+    in_shardings = batch_shardings(setup.batch_shapes, mesh, rules)
+    # This process plays, scores and rewards its own rows of each global batch.
+    rows_sharding = in_shardings["tokens_BxL"]
+    local_rows = distributed.process_batch_slice(cfg.train.batch_size, rows_sharding)
+    local_batch = local_rows.stop - local_rows.start
+    scorer = RewardScorer(cfg, tokenizer, mesh, rules, in_shardings)
     log.info("rl: the rule term scores %d rules (rl.rule_scope=%s): %s", len(scorer.rule_ids),
              cfg.rl.rule_scope, ", ".join(scorer.rule_ids))
-
-    setup = stages.build_stage(cfg, mesh, "rl", seq_len=length)
     ckpt = Checkpointer(init_from.checkpoint_dir(workdir), cfg.train.checkpoint_every,
                         cfg.train.keep_checkpoints, cfg.train.async_checkpoint)
     restored = rl_checkpoint.restore(ckpt, setup.abstract_state, json.dumps(cfg.to_dict()), cfg)
     guard = NonfiniteGuard(cfg.train.max_nonfinite_in_row, ckpt.directory)
-    source = EpisodeSource(prompts, dict(cfg.rl.prompt_mix),
-                           ContextBuffer(cfg.rl.buffer_size, cfg.rl.max_turns, cfg.rl.continue_prob,
-                                         seed=cfg.train.seed),
-                           seed=cfg.train.seed)
+    source = selfplay_source(cfg, prompts, rows_sharding)
     if restored is not None:
         restored, frozen_references = restored
         state = restored.state
@@ -204,11 +261,10 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
         state = state.replace(frozen={**state.frozen, **tops})
         frozen_references = rl_checkpoint.frozen_references(state.frozen, sft, reward_models)
         normaliser = fit_normaliser(cfg, env, merge_params(state.params, state.frozen), prompts,
-                                    scorer, length)
+                                    scorer, length, rows_sharding)
     # The update step closes over the normaliser (fixed for the run).
     std = max(normaliser.std, normaliser.min_std)
     step_fn = setup.step_with(cfg, mesh, elo_mean=normaliser.mean, elo_std=std)
-    in_shardings = batch_shardings(setup.batch_shapes, mesh, rules)
 
     def save(step: int) -> None:
         # What rl trains; the frozen parts by reference to their sources (rl/checkpoint.py).
@@ -222,14 +278,17 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
     progress = Progress(total, initial=step, desc="rl", log_every=cfg.train.log_every)
     restore_sigterm = ckpt.install_sigterm_handler()
     base_key = jax.random.PRNGKey(cfg.train.seed)
-    steps_this_run, episodes_done, rollout_seconds, recent = 0, 0, 0.0, []
+    steps_this_run, episodes_done, rollout_seconds = 0, 0, 0.0
+    # The last log_every steps' (device metrics, this process's row sums): nothing is read
+    # back from the device or gathered from the other processes but at log intervals.
+    recent: list[tuple[dict, np.ndarray]] = []
     try:
         while step < total:
             tick = time.perf_counter()
             params = merge_params(state.params, state.frozen)
-            step_play = play(env, params, source, cfg.train.batch_size, jax.random.fold_in(base_key, step))
+            step_play = play(env, params, source, local_batch, jax.random.fold_in(base_key, step))
             arrays = step_play.batch.training_arrays(length, tokenizer.pad_id)
-            rewards_BxL, host_metrics = scorer.host_rewards(params, arrays)
+            rewards_BxL, reward_rows = scorer.host_rewards(params, arrays)
             rollout_seconds += time.perf_counter() - tick
             batch = {"tokens_BxL": arrays["tokens_BxL"], "valid_BxL": arrays["valid_BxL"],
                      "policy_mask_BxL": arrays["policy_mask_BxL"].astype(np.float32),
@@ -239,15 +298,21 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
             state, metrics = step_fn(state, distributed.host_local_to_global(batch, mesh, in_shardings))
             step, steps_this_run = step + 1, steps_this_run + 1
             episodes_done += cfg.train.batch_size
-            metrics = {**to_floats(metrics), **host_metrics, **_rollout_metrics(step_play, arrays)}
-            guard.check(step, metrics)
-            recent = (recent + [metrics])[-cfg.train.log_every:]
-            elapsed = time.perf_counter() - start_time
-            metrics.update(episodes_per_second=episodes_done / elapsed,
-                           rollout_fraction=rollout_seconds / elapsed, buffer_size=float(len(source.buffer)))
-            if step % cfg.train.log_every == 0 or step == total:
-                writer.write(step, metrics)
-            progress.update(step, {"reward": metrics["reward"], "kl": metrics["kl"]})
+            guard.observe(metrics)
+            recent = (recent + [(metrics, _row_sums(step_play, arrays, reward_rows,
+                                                    source.buffered))])[-cfg.train.log_every:]
+            logging_now = step % cfg.train.log_every == 0 or step == total
+            if logging_now or step % guard.check_every == 0 or ckpt.should_save(step):
+                counts = guard.check(step)
+            if logging_now:
+                elapsed = time.perf_counter() - start_time
+                host = {**to_floats(metrics), **counts, **_row_means(recent[-1][1][None])[0],
+                        "episodes_per_second": episodes_done / elapsed,
+                        "rollout_fraction": rollout_seconds / elapsed}
+                writer.write(step, host)
+                progress.update(step, {"reward": host["reward"], "kl": host["kl"]})
+            else:
+                progress.update(step)
             stopping = ckpt.preempted or (max_steps_this_run and steps_this_run >= max_steps_this_run)
             if step == total or stopping or ckpt.should_save(step):
                 save(step)
@@ -261,8 +326,11 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
         writer.close()
         ckpt.close()
     # "eval": the run's last log_every steps (RL has no held-out split; `sparrow eval` judges).
-    last = {k: float(np.mean([m[k] for m in recent])) for k in ("reward", "kl", "search_rate")
-            if recent}
+    last = {}
+    if recent:
+        window = [{**to_floats(m), **rows} for (m, _), rows in
+                  zip(recent, _row_means(np.stack([sums for _, sums in recent])))]
+        last = {k: float(np.mean([m[k] for m in window])) for k in ("reward", "kl", "search_rate")}
     summary = {"stage": "rl", "step": step, "finished": True, "eval": last,
                "normaliser": normaliser.state(), "nonfinite_total": guard.total,
                "wall_seconds_this_run": time.perf_counter() - start_time}

@@ -48,10 +48,19 @@ def sparrow(*args, **popen_kwargs) -> subprocess.Popen:
 
 
 def state_leaves(workdir: str, step: int) -> dict:
-    """Leaves of the train state saved at `step`, read back with orbax (no target)."""
+    """Leaves of the train state saved at `step`, read back with orbax onto this process's first
+    device (whatever process layout saved it)."""
     import jax
     import orbax.checkpoint as ocp
-    tree = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+    from jax.sharding import SingleDeviceSharding
+    path = os.path.join(workdir, "checkpoints", str(step), "state")
+    checkpointer = ocp.StandardCheckpointer()
+    stored = checkpointer.metadata(path).item_metadata
+    stored = getattr(stored, "tree", stored)
+    device = SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), stored,
+                          is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+    tree = checkpointer.restore(path, target)
     return {jax.tree_util.keystr(p): np.asarray(v)
             for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 

@@ -52,7 +52,8 @@ def test_rl_smoke_run_logs_every_component_and_keeps_the_reward_models(inputs, t
     # The checkpoint is a whole agent: both reward models, unchanged, beside the policy.
     ckpt = Checkpointer(str(tmp_path / "rl" / "checkpoints"))
     meta = ckpt.read_meta(3)
-    assert meta["normaliser"]["count"] == cfg.train.batch_size and "buffer" in meta["selfplay"]
+    assert meta["normaliser"]["count"] == cfg.train.batch_size and all(
+        "buffer" in shard for shard in meta["selfplay"].values())  # one state per batch shard
     params, _ = init_from.load_params(str(tmp_path / "rl"), cfg, shd.make_mesh(cfg.mesh))
     source, _ = init_from.load_params(inputs["rule_rm"], cfg, shd.make_mesh(cfg.mesh))
     for a, b in zip(jax.tree.leaves(params["rule_rm"]), jax.tree.leaves(source["rule_rm"])):
