@@ -23,7 +23,8 @@ STAGE_ROLES = {
     "sft": ("policy",),
     "pref_rm": ("pref_rm",),
     "rule_rm": ("rule_rm",),
-    # The reward models ride along frozen, so an RL checkpoint is a whole agent.
+    # The reward models ride along frozen in the state (an RL checkpoint saves only the trained
+    # parts and names where the frozen ones come from: rl/checkpoint.py).
     "rl": ("policy", "value", "teacher", "pref_rm", "rule_rm"),
 }
 

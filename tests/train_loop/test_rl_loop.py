@@ -49,7 +49,7 @@ def test_rl_smoke_run_logs_every_component_and_keeps_the_reward_models(inputs, t
                 "value_loss", "explained_variance", "agent_turn_tokens", "search_rate",
                 "episodes_per_second"):
         assert all(np.isfinite(r[key]) for r in records), key
-    # The checkpoint is a whole agent: both reward models, unchanged, beside the policy.
+    # The workdir reads back as a whole agent: both reward models, unchanged (from their sources).
     ckpt = Checkpointer(str(tmp_path / "rl" / "checkpoints"))
     meta = ckpt.read_meta(3)
     assert meta["normaliser"]["count"] == cfg.train.batch_size and all(
