@@ -32,6 +32,9 @@ EXTRAS_REQUIRE = {
     # On a TPU VM: pip install -e '.[tpu]' (pulls the libtpu wheel matching jax, and what
     # gs:// workdirs need: gcsfs for etils.epath, google-cloud-storage for orbax).
     "tpu": [f"jax[tpu]=={JAX_VERSION}", "gcsfs==2026.10.1", "google-cloud-storage==3.17.1"],
+    # TensorBoard to read a run's event files: pip install -e '.[viz]', then
+    # tensorboard --logdir WORKDIR/logs (README, "The recipe, stage by stage").
+    "viz": ["tensorboard==2.21.0"],
     "dev": [
         "pytest==9.2.0",
         "pytest-xdist==3.8.0",
