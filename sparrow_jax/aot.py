@@ -57,7 +57,7 @@ def part_params(model_cfg, roles: Sequence[str] = ROLES) -> dict[str, int]:
 
 # The tops each stage's jitted update runs. The RL update leaves the rule RM out: rules are
 # scored outside it (rewards/rule_scoring, the dialogue prefix shared by all rules), and its
-# params only ride along in the state so that an RL checkpoint is a whole agent.
+# params only ride along in the state (the RL update carries the whole agent).
 UPDATE_ROLES = {**STAGE_ROLES, "rl": tuple(r for r in STAGE_ROLES["rl"] if r != "rule_rm")}
 
 

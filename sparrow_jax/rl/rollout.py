@@ -89,7 +89,10 @@ class RolloutConfig:
 class Environment:
     """What a rollout needs besides params: model config, tokenizer, search engine, knobs.
 
-    ids: the sampler's special ids (default `TokenIds.from_tokenizer`); mesh/rules shard the sampler batch.
+    ids: the sampler's special ids (default `TokenIds.from_tokenizer`).  mesh/rules: the sampler's mesh and
+    logical-axis rules (its decode layout, `sampling/layout.py`).  row_rules: the rules whose 'batch' rule
+    says which rows of the global batch each process hands in (the training rules; default `rules`). With a
+    mesh, the contexts a process passes are its own rows.
     """
     model_cfg: Any
     tokenizer: Tokenizer
@@ -98,6 +101,7 @@ class Environment:
     ids: TokenIds | None = None
     mesh: Any = None
     rules: Any = None
+    row_rules: Any = None
 
     @property
     def token_ids(self) -> TokenIds:
@@ -192,7 +196,7 @@ def _sample_blocks(env: Environment, params, rows: Sequence[list[Block]], role: 
     """Sample one `role` turn per row: (new blocks, SampledTurns, was_cut per row)."""
     _, was_cut, tokens, valid = _prompts(env, rows, role)
     out = sampler.sample(params, env.model_cfg, tokens, valid, rng, config, env.token_ids,
-                         mesh=env.mesh, rules=env.rules)
+                         mesh=env.mesh, rules=env.rules, row_rules=env.row_rules)
     out = jax.device_get(out)
     turns = sampled_turns(env.tokenizer, role, out.tokens_BxN, out.token_valid_BxN)
     blocks = []
@@ -229,7 +233,7 @@ def _choose_speakers(env: Environment, params, rows, rng) -> tuple[np.ndarray, n
     # The open role token follows the choice: its slot is reserved, so this is the turn's prompt less it.
     _, was_cut, tokens, valid = _prompts(env, rows, None, reserve=1)
     role_ids = [env.tokenizer.role_id(r) for r in _CHOICE_ROLES]
-    kw = dict(mesh=env.mesh, rules=env.rules)
+    kw = dict(mesh=env.mesh, rules=env.rules, row_rules=env.row_rules)
     logprobs = np.asarray(sampler.next_role_logprobs(params, env.model_cfg, tokens, valid, role_ids, **kw))
     if mode == "choose":
         return logprobs[:, 0] > logprobs[:, 1], logprobs, None, was_cut

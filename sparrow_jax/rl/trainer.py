@@ -44,6 +44,7 @@ from sparrow_jax.rl.lengths import sequence_length
 from sparrow_jax.rl import checkpoint as rl_checkpoint
 from sparrow_jax.rl.rollout import Environment, RolloutConfig, rollout
 from sparrow_jax.rl.selfplay import ContextBuffer, EpisodeSource, ShardedSource, play
+from sparrow_jax.sampling import layout
 from sparrow_jax.search import make_engine
 from sparrow_jax.train import init_from, stage_data, stages, storage
 from sparrow_jax.train.checkpoints import Checkpointer
@@ -166,9 +167,11 @@ def selfplay_source(cfg, prompts, shard_sharding, seed_offset: int = 0, buffer: 
     return ShardedSource(make_shard, mine, batch // len(blocks))
 
 
-def fit_normaliser(cfg, env, params, prompts, scorer, length: int, shard_sharding) -> EloNormaliser:
+def fit_normaliser(cfg, env, params, prompts, scorer, length: int, shard_sharding,
+                   decode_shardings) -> EloNormaliser:
     """Mean/std of the preference RM's Elo on the starting policy's rollouts of fresh prompts
-    (each process plays its rows; the Elos of every process go into the fit)."""
+    (each process plays its rows, sampling in the decode layout; the Elos of every process go
+    into the fit)."""
     r = cfg.rl
     source = selfplay_source(cfg, prompts, shard_sharding, _NORMALISER_SEED_OFFSET, buffer=False)
     local_rows = source.rows_per_shard * len(source.shard_ids)
@@ -176,7 +179,9 @@ def fit_normaliser(cfg, env, params, prompts, scorer, length: int, shard_shardin
     normaliser = EloNormaliser()
     for i in range(r.normaliser_batches):
         episodes = source.next_batch(local_rows)
-        batch = rollout(env, params, [e.turns for e in episodes], jax.random.fold_in(key, i))
+        decode_params = layout.to_decode_layout(params, decode_shardings)
+        batch = rollout(env, decode_params, [e.turns for e in episodes], jax.random.fold_in(key, i))
+        del decode_params
         elo_B = scorer.elo_B(params, batch.training_arrays(length))
         normaliser = normaliser.update(distributed.allgather_rows(elo_B))
     log.info("Elo normaliser from %d starting-policy turns: mean %.4g std %.4g",
@@ -229,8 +234,12 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
     data_dir = stage_data.data_dir(cfg)
     engine = make_engine("bm25", index_dir=os.path.join(data_dir, "search_index"))
     prompts = schemas.read_all(os.path.join(data_dir, "prompts.train.jsonl"))
+    # The sampler decodes in its own layout (mesh.decode_logical_axis_rules; the training rules
+    # if unset): a copy of trunk + policy top resharded once per step; rows come in by the
+    # training rules' batch placement.
+    decode_shardings = layout.decode_param_shardings(cfg, mesh)
     env = Environment(cfg.model, tokenizer, engine, RolloutConfig.from_rl_config(cfg.rl),
-                      mesh=mesh, rules=rules)
+                      mesh=mesh, rules=layout.decode_rules(cfg.mesh), row_rules=rules)
     length = sequence_length(cfg)
     setup = stages.build_stage(cfg, mesh, "rl", seq_len=length)
     in_shardings = batch_shardings(setup.batch_shapes, mesh, rules)
@@ -261,7 +270,7 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
         state = state.replace(frozen={**state.frozen, **tops})
         frozen_references = rl_checkpoint.frozen_references(state.frozen, sft, reward_models)
         normaliser = fit_normaliser(cfg, env, merge_params(state.params, state.frozen), prompts,
-                                    scorer, length, rows_sharding)
+                                    scorer, length, rows_sharding, decode_shardings)
     # The update step closes over the normaliser (fixed for the run).
     std = max(normaliser.std, normaliser.min_std)
     step_fn = setup.step_with(cfg, mesh, elo_mean=normaliser.mean, elo_std=std)
@@ -286,7 +295,10 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
         while step < total:
             tick = time.perf_counter()
             params = merge_params(state.params, state.frozen)
-            step_play = play(env, params, source, local_batch, jax.random.fold_in(base_key, step))
+            decode_params = layout.to_decode_layout(params, decode_shardings)
+            step_play = play(env, decode_params, source, local_batch,
+                             jax.random.fold_in(base_key, step))
+            del decode_params  # a copy when the layouts differ: free it before the update
             arrays = step_play.batch.training_arrays(length, tokenizer.pad_id)
             rewards_BxL, reward_rows = scorer.host_rewards(params, arrays)
             rollout_seconds += time.perf_counter() - tick

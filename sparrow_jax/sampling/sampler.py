@@ -303,10 +303,13 @@ def _check_prompt(tokens_BxP, valid_BxP):
                          "ending in the last column")
 
 
-def _call(fn, params, model_cfg, tokens_BxP, valid_BxP, *extra, mesh=None, rules=None, **static):
-    """Run a jitted sampler; on `mesh` (batch sharded by `rules`) the prompts are THIS
-    PROCESS's rows of the global batch and so are the outputs, as host numpy (one process:
-    all rows). Every process must call it alike (same shapes and static arguments)."""
+def _call(fn, params, model_cfg, tokens_BxP, valid_BxP, *extra, mesh=None, rules=None,
+          row_rules=None, **static):
+    """Run a jitted sampler; on `mesh` (traced under `rules`) the prompts are THIS PROCESS's
+    rows of the global batch, placed by the 'batch' rule of `row_rules` (default `rules`; the
+    training rules when the sampler decodes in its own layout), and so are the outputs, as host
+    numpy (one process: all rows). Every process must call it alike (same shapes and static
+    arguments)."""
     spec = ModelSpec.of(model_cfg)
     if mesh is None:
         tokens_BxP = jnp.asarray(tokens_BxP, jnp.int32)
@@ -315,16 +318,27 @@ def _call(fn, params, model_cfg, tokens_BxP, valid_BxP, *extra, mesh=None, rules
         return fn(params, tokens_BxP, valid_BxP, *extra, spec=spec, sharding_key=None, **static)
     if rules is None:
         raise ValueError("a mesh needs its logical axis rules")
-    rules = tuple((name, tuple(t) if isinstance(t, list) else t) for name, t in rules)
+    rules = _hashable(rules)
+    row_rules = rules if row_rules is None else _hashable(row_rules)
     arrays = {"tokens": np.asarray(tokens_BxP, np.int32), "valid": np.asarray(valid_BxP, bool)}
     _check_prompt(arrays["tokens"], arrays["valid"])
-    sharding = batch_sharding(mesh, rules, arrays["tokens"].shape)
-    arrays = distributed.host_local_to_global(arrays, mesh, sharding)
-    rows = distributed.process_batch_slice(arrays["tokens"].shape[0], sharding)
+    placement = batch_sharding(mesh, row_rules, arrays["tokens"].shape)
+    arrays = distributed.host_local_to_global(arrays, mesh, placement)
+    rows = distributed.process_batch_slice(arrays["tokens"].shape[0], placement)
     with shd.activation_sharding(mesh, rules):
         out = fn(params, arrays["tokens"], arrays["valid"], *extra, spec=spec,
                  sharding_key=(mesh, rules), **static)
+    if row_rules != rules:  # back to the rows each process holds, whatever the decode layout did
+        out = jax.tree.map(lambda x: jax.device_put(x, _rows_like(placement, x.ndim)), out)
     return distributed.tree_host_rows(out, rows)
+
+
+def _hashable(rules):
+    return tuple((name, tuple(t) if isinstance(t, list) else t) for name, t in rules)
+
+
+def _rows_like(placement, ndim: int):
+    return jax.sharding.NamedSharding(placement.mesh, P(placement.spec[0], *([None] * (ndim - 1))))
 
 
 def batch_sharding(mesh, rules, local_shape: tuple[int, int]):
@@ -336,7 +350,8 @@ def batch_sharding(mesh, rules, local_shape: tuple[int, int]):
 
 
 def sample(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, rng: jax.Array,
-           config: SamplingConfig, ids: TokenIds, *, mesh=None, rules=None) -> SampleOutput:
+           config: SamplingConfig, ids: TokenIds, *, mesh=None, rules=None, row_rules=None
+           ) -> SampleOutput:
     """Sample one turn per row with a KV cache (prefill + while_loop decode).
 
     Args:
@@ -345,11 +360,12 @@ def sample(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, rng: jax.Arra
       prompt_tokens_BxP / prompt_valid_BxP: left-padded prompts ending with the open role token.
       rng: PRNG key; step i uses fold_in(rng, i).
       config, ids: sampling knobs and special ids (static: a new value recompiles).
-      mesh, rules: optional; the batch is sharded by the 'batch' rule and activations constrained.
+      mesh, rules: optional; activations are constrained by `rules`, and the prompts are this
+        process's rows, placed by `row_rules`' 'batch' rule (default `rules`), returned as numpy.
     Compiled once per (B, P, config, ids, mesh, rules).
     """
     return _call(_sample_cached, params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, rng,
-                 mesh=mesh, rules=rules, config=config, ids=ids)
+                 mesh=mesh, rules=rules, row_rules=row_rules, config=config, ids=ids)
 
 
 def sample_uncached(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, rng: jax.Array,
@@ -364,18 +380,21 @@ def sample_uncached(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, rng:
 
 
 def next_role_logprobs(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP,
-                       role_ids: Sequence[int], *, mesh=None, rules=None) -> jax.Array:
+                       role_ids: Sequence[int], *, mesh=None, rules=None, row_rules=None
+                       ) -> jax.Array:
     """float32 [B, R]: full-vocabulary log-probs of each role token as the next token.
 
     The prompt is a left-padded dialogue ending with eot (no open role). The "choose" evidence mode
     compares e.g. the Search Query and Sparrow role tokens.
     """
     return _call(_next_role_logprobs, params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP,
-                 mesh=mesh, rules=rules, role_ids=tuple(int(i) for i in role_ids))
+                 mesh=mesh, rules=rules, row_rules=row_rules,
+                 role_ids=tuple(int(i) for i in role_ids))
 
 
 def sample_role(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, role_ids: Sequence[int],
-                rng: jax.Array, temperature: float = 1.0, *, mesh=None, rules=None) -> RoleSample:
+                rng: jax.Array, temperature: float = 1.0, *, mesh=None, rules=None,
+                row_rules=None) -> RoleSample:
     """Sample the next speaker's role token, restricted to `role_ids` (temperature 0 = the most likely).
 
     The prompt is as for `next_role_logprobs`; append the sampled token to get `sample`'s prompt.
@@ -383,5 +402,6 @@ def sample_role(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, role_ids
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     return _call(_sample_role, params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, rng,
-                 mesh=mesh, rules=rules, role_ids=tuple(int(i) for i in role_ids),
+                 mesh=mesh, rules=rules, row_rules=row_rules,
+                 role_ids=tuple(int(i) for i in role_ids),
                  temperature=float(temperature))

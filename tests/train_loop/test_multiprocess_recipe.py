@@ -1,0 +1,173 @@
+"""The whole tiny recipe as a pod runs it: every stage and `sparrow eval` through the `sparrow`
+command in 2 processes x 2 CPU devices (coordinator on 127.0.0.1), against the same commands in
+1 process x 4 devices. Same global mesh, same global batches: the summaries must agree to 1e-4
+and the parameters to 1e-5. Then one process of an RL run is killed, both are rerun, and the
+run resumes to the uninterrupted run's state.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from loop_helpers import REPO, TINY, make_world, state_leaves, tiny_overrides
+from sparrow_jax.config import model_parallel_decode_rules
+
+STAGES = (("lm", None), ("sft", "lm"), ("pref_rm", "sft"), ("rule_rm", "sft"), ("rl", "sft"))
+# RL on a data 2 x fsdp 2 mesh, sampling in the pod configs' model-parallel decode layout
+# (weights split over fsdp by heads / MLP / vocabulary, resharded every step).
+RL_KNOBS = {"rl.max_prompt_len": 96, "rl.max_new_tokens": 12, "rl.normaliser_batches": 1,
+            "train.checkpoint_every": 1, "mesh.shape.data": 2, "mesh.shape.fsdp": 2,
+            "mesh.decode_logical_axis_rules": repr(model_parallel_decode_rules())}
+STEPS = 3
+TIMEOUT = 600
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(args: list[str], processes: int, log_prefix: str) -> list[subprocess.Popen]:
+    """`sparrow ARGS` as `processes` processes sharing 4 CPU devices, logs to LOG_PREFIX.<i>."""
+    devices = 4 // processes
+    port = _free_port()
+    procs = []
+    for index in range(processes):
+        env = dict(os.environ, JAX_PLATFORMS="cpu",
+                   XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+        extra = [] if processes == 1 else [
+            "--config.distributed.mode=explicit", f"--config.distributed.coordinator=127.0.0.1:{port}",
+            f"--config.distributed.num_processes={processes}",
+            f"--config.distributed.process_id={index}"]
+        log = open(f"{log_prefix}.{index}", "w")
+        procs.append(subprocess.Popen([sys.executable, "-m", "sparrow_jax", *args, *extra], cwd=REPO,
+                                      env=env, stdout=log, stderr=subprocess.STDOUT, text=True))
+        log.close()
+    return procs
+
+
+def _wait(procs: list[subprocess.Popen], log_prefix: str) -> None:
+    deadline = time.time() + TIMEOUT
+    try:
+        for index, proc in enumerate(procs):
+            code = proc.wait(timeout=max(1.0, deadline - time.time()))
+            with open(f"{log_prefix}.{index}") as f:
+                assert code == 0, f"process {index} exited {code}:\n{f.read()[-4000:]}"
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _stage_args(stage: str, root: str, world: str, steps: int = STEPS, **extra) -> list[str]:
+    knobs = dict(RL_KNOBS) if stage == "rl" else {}
+    source = dict(STAGES)[stage]
+    if source:
+        knobs["train.init_from"] = os.path.join(root, source)
+    if stage == "rl":
+        knobs.update({"rl.pref_rm_from": os.path.join(root, "pref_rm"),
+                      "rl.rule_rm_from": os.path.join(root, "rule_rm")})
+    knobs.update(extra)
+    return ["train", "--config", f"{TINY}:{stage}", "--workdir", os.path.join(root, stage),
+            *tiny_overrides(world, steps=steps, **knobs)]
+
+
+def _run_recipe(root: str, world: str, processes: int) -> None:
+    for stage, _ in STAGES:
+        args = _stage_args(stage, root, world)
+        _wait(_launch(args, processes, f"{root}/{stage}.log"), f"{root}/{stage}.log")
+    eval_args = ["eval", "--workdir", os.path.join(root, "rl"), "--max-prompts", "8",
+                 "--batch-size", "8", "--out", os.path.join(root, "eval")]
+    _wait(_launch(eval_args, processes, f"{root}/eval.log"), f"{root}/eval.log")
+
+
+def _figures(tree, prefix=""):
+    """{dotted key: number} of the numbers in a JSON tree."""
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_figures(value, f"{prefix}{key}."))
+        return out
+    if isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        return {prefix[:-1]: float(tree)}
+    return {}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("multiprocess")
+    world = make_world(str(base / "world"))
+    out = {"world": world}
+    for processes in (1, 2):
+        root = str(base / f"p{processes}")
+        os.makedirs(root)
+        _run_recipe(root, world, processes)
+        out[processes] = root
+    return out
+
+
+def test_every_stage_and_eval_in_two_processes_equal_one_process(runs):
+    one, two = runs[1], runs[2]
+    for stage, _ in STAGES:
+        summaries = [json.load(open(os.path.join(root, stage, "summary.json"))) for root in (one, two)]
+        assert all(s["finished"] and s["step"] == STEPS for s in summaries), stage
+        expected, actual = (_figures(s["eval"]) for s in summaries)
+        assert expected.keys() == actual.keys() and expected, stage
+        for key in expected:
+            assert actual[key] == pytest.approx(expected[key], abs=1e-4, nan_ok=True), (stage, key)
+        ref, got = state_leaves(os.path.join(one, stage), STEPS), state_leaves(os.path.join(two, stage), STEPS)
+        assert ref.keys() == got.keys()
+        for key in ref:
+            np.testing.assert_allclose(got[key], ref[key], atol=1e-5, rtol=0, err_msg=f"{stage} {key}")
+    reports = [json.load(open(os.path.join(root, "eval", "report.json"))) for root in (one, two)]
+    assert reports[0]["data"]["prompts"] == reports[1]["data"]["prompts"] > 0
+    expected, actual = (_figures(r["metrics"]) for r in reports)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert actual[key] == pytest.approx(expected[key], abs=1e-4, nan_ok=True), key
+    # Both processes finished cleanly (process 0 writes the report).
+    for index in (0, 1):
+        with open(os.path.join(two, f"eval.log.{index}")) as f:
+            assert "Traceback" not in f.read()
+
+
+def test_killing_one_process_then_rerunning_both_resumes(runs, tmp_path):
+    """SIGKILL process 1 of a 2-process RL run after its first checkpoint (the pod loses a
+    host; the survivor is stopped too, as a slice restart does), rerun both: the run resumes
+    and ends in the uninterrupted 2-process run's state."""
+    root = str(tmp_path)
+    for stage in ("sft", "pref_rm", "rule_rm"):
+        os.symlink(os.path.join(runs[2], stage), os.path.join(root, stage))
+    args = _stage_args("rl", root, runs["world"])
+    procs = _launch(args, 2, f"{root}/rl.log")
+    ckpt_dir = os.path.join(root, "rl", "checkpoints")
+    deadline = time.time() + TIMEOUT
+    while time.time() < deadline:
+        done = [d for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+        if done:
+            break
+        assert all(p.poll() is None for p in procs), "a process ended before the first checkpoint"
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGKILL)
+    procs[1].wait()
+    procs[0].kill()
+    procs[0].wait()
+    saved = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+    assert saved < STEPS
+
+    _wait(_launch(args, 2, f"{root}/rerun.log"), f"{root}/rerun.log")
+    with open(f"{root}/rerun.log.0") as f:
+        assert "resuming rl from step" in f.read()
+    expected = state_leaves(os.path.join(runs[2], "rl"), STEPS)
+    actual = state_leaves(os.path.join(root, "rl"), STEPS)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
