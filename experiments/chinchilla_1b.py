@@ -45,7 +45,8 @@ def get_config(variant: str = "v5p_8"):
 
 
 def get_sweep(variant: str = "v5p_8"):
-    """Learning rate x size of the frozen trunk (18 of 23 layers by default): 4 runs."""
+    """RL learning rate x KL weight alpha: 4 runs from one shared SFT checkpoint (no model
+    key varies: `sparrow sweep` rejects that with a shared `train.init_from`)."""
     from sparrow_jax.sweeps import product, sweep_axis
     return product(sweep_axis("train.learning_rate", [5e-6, 1e-5]),
-                   sweep_axis("model.n_frozen_layers", [16, 18]))
+                   sweep_axis("rl.alpha", [0.05, 0.1]))

@@ -35,7 +35,11 @@ def get_config(variant: str = "v5p_512"):
 
 
 def get_sweep(variant: str = "v5p_512"):
-    """Learning rate x size of the frozen trunk (64 of 80 layers in the paper): 4 pod runs."""
+    """RL learning rate x KL weight alpha (paper: 2e-6, 0.1): 4 pod runs.
+
+    Every member starts from the same `train.init_from` (SFT) and reward-model workdirs,
+    so the sweep varies no model key: `sparrow sweep` rejects one that does, since a
+    checkpoint has one model shape (a frozen-trunk sweep needs its own lm/sft chain)."""
     from sparrow_jax.sweeps import product, sweep_axis
     return product(sweep_axis("train.learning_rate", [1e-6, 2e-6]),
-                   sweep_axis("model.n_frozen_layers", [64, 72]))
+                   sweep_axis("rl.alpha", [0.05, 0.1]))

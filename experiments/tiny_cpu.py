@@ -68,7 +68,11 @@ def get_config(variant: str = "sft"):
 
 
 def get_sweep(variant: str = "sft"):
-    """Learning rate x depth of the frozen shared trunk: 4 runs (`sparrow sweep`)."""
+    """Learning rate x depth of the frozen shared trunk: 4 runs (`sparrow sweep`).
+
+    Each member needs its own model, so run it from scratch (`tiny_cpu.py:lm`) or give
+    each member its own init_from; with one shared `--config.train.init_from` the sweep
+    is rejected before anything runs (model.n_frozen_layers differs between members)."""
     from sparrow_jax.sweeps import product, sweep_axis
     return product(sweep_axis("train.learning_rate", [1e-3, 3e-4]),
                    sweep_axis("model.n_frozen_layers", [1, 2]))

@@ -11,7 +11,9 @@ returning a list of override dicts, built with these helpers:
 `chain` concatenates sweeps. Each member becomes one `sparrow train` run in
 ROOT/<member name>, where the name is built from the overrides alone (so it is
 stable when members are added or reordered) and made unique with a short hash
-when needed. Every member's config is validated before anything runs.
+when needed. Every member's config is validated before anything runs, including
+against the checkpoints it starts from (`sweep_sources`: a sweep may not vary the
+model while its members share one `train.init_from` or reward-model workdir).
 
 No JAX import here: expanding and checking a 70B sweep takes milliseconds.
 """
@@ -208,15 +210,28 @@ def validate_members(config_spec: str, members: Sequence[SweepMember],
         base = apply_overrides(base, common_overrides)
     except ConfigError as err:
         raise SweepError(f"command-line overrides: {err}") from err
+    configs = []
     for member in members:
         clash = common_keys & set(member.overrides)
         if clash:
             raise SweepError(f"sweep member {member.index} ({member.name}): config key "
                              f"'{sorted(clash)[0]}' is both swept and set on the command line")
         try:
-            apply_overrides(base, member.args)
+            configs.append(apply_overrides(base, member.args).to_dict())
         except ConfigError as err:
             raise SweepError(f"sweep member {member.index} ({member.name}): {err}") from err
+    check_sources(members, configs)
+
+
+def check_sources(members: Sequence[SweepMember], configs: Sequence[dict]) -> None:
+    """Members must have the model of the checkpoints they start from (sweep_sources)."""
+    from sparrow_jax import sweep_sources
+    names = [m.name for m in members]
+    try:
+        sweep_sources.check_shared_sources(names, configs)
+        sweep_sources.check_stored_sources(names, configs)
+    except sweep_sources.SourceMismatch as err:
+        raise SweepError(str(err)) from err
 
 
 def plan(config_spec: str, root: str, common_overrides: Sequence[str] = ()) -> list[SweepMember]:

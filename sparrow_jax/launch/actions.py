@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -96,7 +97,7 @@ class GitSource:
 
 @dataclasses.dataclass(frozen=True)
 class LocalSource:
-    """This checkout (without .git, caches, logs) is archived and copied to every worker."""
+    """What git tracks at this checkout's HEAD is archived and copied to every worker."""
 
     path: str
     archive: str = ""  # local archive file; default: in the temp dir, named after the TPU
@@ -107,11 +108,19 @@ class LocalSource:
 
 
 def archive_command(source: LocalSource, spec: TpuSpec) -> list[str]:
-    """GNU tar and bsdtar alike; local caches, venvs and launcher logs stay behind."""
-    excludes = ["__pycache__", "*.egg-info", ".pytest_cache", ".hypothesis", "./.venv",
-                "./tpu_logs"]
-    return ["tar", "--exclude-vcs", *(f"--exclude={e}" for e in excludes),
-            "-czf", source.archive_path(spec), "-C", source.path, "."]
+    """`git archive` of HEAD: exactly the files git tracks, as committed. Runs, data dirs,
+    caches, venvs and logs lying in the checkout stay behind (a tar of the directory
+    shipped `runs/` too), and the workers run a commit that can be named."""
+    return ["git", "-C", source.path, "archive", "--format=tar.gz", "-o",
+            source.archive_path(spec), "HEAD"]
+
+
+def uncommitted_changes(path: str) -> list[str]:
+    """Tracked files of the checkout at `path` that differ from HEAD (`git status` lines):
+    what `setup` will NOT ship. Read-only."""
+    proc = subprocess.run(["git", "-C", path, "status", "--porcelain", "--untracked-files=no"],
+                          capture_output=True, text=True, check=False)
+    return [line for line in proc.stdout.splitlines() if line.strip()]
 
 
 def setup_commands(spec: TpuSpec, source: GitSource | LocalSource,
@@ -126,6 +135,13 @@ def setup_commands(spec: TpuSpec, source: GitSource | LocalSource,
 
 def setup(spec: TpuSpec, runner: Runner, source: GitSource | LocalSource,
           layout: remote.RemoteLayout) -> int:
+    if isinstance(source, LocalSource):
+        changed = uncommitted_changes(source.path)
+        if changed:
+            stderr_say(f"warning: setup ships HEAD; {len(changed)} tracked file(s) with "
+                       f"uncommitted changes stay behind: "
+                       + ", ".join(line[3:] for line in changed[:5])
+                       + (" ..." if len(changed) > 5 else "") + " (commit them first)")
     for argv in setup_commands(spec, source, layout):
         code = runner.run(argv).returncode
         if code != 0:

@@ -63,7 +63,9 @@ def _add_setup(parser):
     parser.add_argument("--repo", default=None,
                         help="git URL every worker clones; default: copy this checkout (--src)")
     parser.add_argument("--ref", default="main", help="branch, tag or commit to check out (--repo)")
-    parser.add_argument("--src", default=REPO_ROOT, help="local checkout to copy (without --repo)")
+    parser.add_argument("--src", default=REPO_ROOT,
+                        help="local git checkout whose HEAD (tracked files only) is copied "
+                             "(without --repo)")
 
 
 def _add_run(parser):
@@ -147,7 +149,11 @@ def layout_from_args(args) -> remote.RemoteLayout:
 def source_from_args(args) -> actions.GitSource | actions.LocalSource:
     if args.repo:
         return actions.GitSource(args.repo, args.ref)
-    return actions.LocalSource(os.path.abspath(args.src))
+    src = os.path.abspath(args.src)
+    if not os.path.exists(os.path.join(src, ".git")):
+        raise LaunchError(f"--src {args.src!r} is not the top of a git checkout: setup ships "
+                          f"what git tracks at its HEAD (or pass --repo URL --ref REF)")
+    return actions.LocalSource(src)
 
 
 def check_workdir(workdir: str, accelerator_type: str | None, allow_local: bool) -> None:

@@ -75,8 +75,7 @@ def test_setup_from_git_on_all_workers(dry):
 def test_setup_copies_this_checkout_to_all_workers(dry):
     archive = os.path.join(tempfile.gettempdir(), "sparrow_jax-sparrow-v4.tar.gz")
     assert dry(["setup", *V4, "--src", REPO]) == [
-        f"tar --exclude-vcs --exclude=__pycache__ '--exclude=*.egg-info' --exclude=.pytest_cache "
-        f"--exclude=.hypothesis --exclude=./.venv --exclude=./tpu_logs -czf {archive} -C {REPO} .",
+        f"git -C {REPO} archive --format=tar.gz -o {archive} HEAD",
         f"gcloud compute tpus tpu-vm scp {archive} sparrow-v4:sparrow_jax-src.tar.gz "
         f"--zone=us-central2-b --project=example-project --worker=all",
         "gcloud compute tpus tpu-vm ssh sparrow-v4 --zone=us-central2-b --project=example-project "

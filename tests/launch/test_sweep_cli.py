@@ -66,8 +66,8 @@ def test_tpu_dry_run_prints_gcloud_commands(capsys):
         "gcloud compute tpus tpu-vm ssh sparrow-v5p --zone=us-east5-a --project=example-project "
         "--worker=all --command 'cd $HOME/sparrow_jax && set -o pipefail && PYTHONUNBUFFERED=1 "
         "$HOME/sparrow_venv/bin/sparrow train --config ")
-    assert ("--workdir gs://example-bucket/sweeps/70b/learning_rate=1e-06,n_frozen_layers=64 "
-            "--config.train.learning_rate=1e-06 --config.model.n_frozen_layers=64 2>&1") in commands[0]
+    assert ("--workdir gs://example-bucket/sweeps/70b/learning_rate=1e-06,alpha=0.05 "
+            "--config.train.learning_rate=1e-06 --config.rl.alpha=0.05 2>&1") in commands[0]
 
 
 def test_tpu_members_sync_the_data_dir(capsys):
@@ -99,6 +99,15 @@ def test_bad_member_is_an_error_before_anything_runs(capsys, tmp_path):
     assert code == 2
     assert "sweep member 1 (batch_size=many)" in err and "train.batch_size" in err
     assert not (tmp_path / "r").exists()
+
+
+def test_dry_run_rejects_a_model_sweep_from_one_shared_init_from(capsys, tmp_path):
+    # The tiny sweep varies model.n_frozen_layers: from one shared sft checkpoint only one
+    # value can load, so --dry-run already refuses, naming the key and the source.
+    code, out, err = sparrow(["sweep", "--config", TINY, "--workdir", str(tmp_path / "r"),
+                              "--dry-run", "--config.train.init_from=runs/sft"], capsys)
+    assert code == 2 and out == ""
+    assert "model.n_frozen_layers" in err and "train.init_from='runs/sft'" in err
 
 
 def test_real_entry_point_subprocess(tmp_path):

@@ -71,7 +71,7 @@ def test_experiment_sweeps_are_valid():
     tiny = sweeps.plan(TINY, "/r")
     assert len(tiny) == 4
     big = sweeps.plan(BIG + ":v5p_128", "gs://bucket/70b")
-    assert [m.name for m in big][0] == "learning_rate=1e-06,n_frozen_layers=64"
+    assert [m.name for m in big][0] == "learning_rate=1e-06,alpha=0.05"
 
 
 def write_experiment(tmp_path, sweep_body):
