@@ -26,6 +26,9 @@ INSTALL_REQUIRES = [
     "tensorboardX==2.6.5",
     "tqdm==4.70.1",
     "matplotlib==3.11.2",
+    # `sparrow rate`: the rating web app (WSGI framework + a pure-Python server).
+    "flask==3.1.3",
+    "waitress==3.0.2",
 ]
 
 EXTRAS_REQUIRE = {
