@@ -7,7 +7,8 @@
 
 `pref_win_rate_vs_sft` is each model's preference win rate against the baseline model's answers to the
 same prompts (0.5 for the baseline itself), taken from the result when it was evaluated with that
-baseline, else computed here with the model's own preference RM.
+baseline, else computed here with the model's own preference RM. Every rate has its 95% Wilson interval
+and count in `intervals` (the baseline's 0.5 against itself: n 0, no interval: it is not measured).
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import os
 from typing import Mapping
 
 from sparrow_jax.evaluation import plots
-from sparrow_jax.evaluation.evaluator import EvalResult, win_rate_against
+from sparrow_jax.evaluation.evaluator import EvalResult, paired_count, win_rate_against
+from sparrow_jax.evaluation.metrics import INTERVAL_METHOD, rate_interval
+from sparrow_jax.evaluation.report import fmt_rate
 from sparrow_jax.evaluation.schema import DEMO_REPORT_SCHEMA, validate
 from sparrow_jax.evaluation.scoring import Scorer
 
@@ -43,13 +46,16 @@ def reward_model_figures(pref_rm_workdir: str | None, rule_rm_workdir: str | Non
 
 
 def _win_rate(name: str, result: EvalResult, results: Mapping[str, EvalResult], baseline: str):
+    """(win rate against the baseline or None, its interval)."""
     if name == baseline:
-        return 0.5
+        return 0.5, rate_interval(None, 0)
     if result.baseline == baseline and result.metrics.get("pref_win_rate") is not None:
-        return float(result.metrics["pref_win_rate"])
+        return float(result.metrics["pref_win_rate"]), result.metrics["intervals"]["pref_win_rate"]
     if baseline not in results or not result.agent.has_pref_rm:
-        return None
-    return win_rate_against(Scorer(result.agent), result.answers, results[baseline].answers)
+        return None, rate_interval(None, 0)
+    answers, base = result.answers, results[baseline].answers
+    win = win_rate_against(Scorer(result.agent), answers, base)
+    return win, rate_interval(win, paired_count(answers, base))
 
 
 def demo_report(results: Mapping[str, EvalResult], *, wall_seconds: float, reward_models: Mapping,
@@ -61,16 +67,26 @@ def demo_report(results: Mapping[str, EvalResult], *, wall_seconds: float, rewar
     models = {}
     for name, result in results.items():
         m = result.metrics
-        win = _win_rate(name, result, results, baseline)
-        models[name] = {key: None if m.get(key) is None else float(m[key])
-                        for key in ("rule_violation_rate", "supported_and_correct_rate", "search_rate")}
+        win, win_interval = _win_rate(name, result, results, baseline)
+        keys = ("rule_violation_rate", "supported_and_correct_rate", "search_rate")
+        models[name] = {key: None if m.get(key) is None else float(m[key]) for key in keys}
         models[name]["pref_win_rate_vs_sft"] = None if win is None else float(win)
-    report = {"judge": judges.pop(), "wall_seconds": float(wall_seconds),
+        models[name]["intervals"] = {
+            **{key: _plain_interval(m["intervals"][key]) for key in keys},
+            "pref_win_rate_vs_sft": _plain_interval(win_interval)}
+    report = {"judge": judges.pop(), "interval_method": INTERVAL_METHOD,
+              "wall_seconds": float(wall_seconds),
               "reward_models": {k: (None if reward_models.get(k) is None else float(reward_models[k]))
                                 for k in ("pref_rm_accuracy", "rule_rm_auc")},
               "models": models}
     validate(report, DEMO_REPORT_SCHEMA)
     return report
+
+
+def _plain_interval(interval: Mapping) -> dict:
+    low, high = interval["low"], interval["high"]
+    return {"low": None if low is None else float(low), "high": None if high is None else float(high),
+            "n": int(interval["n"])}
 
 
 def _fmt(value) -> str:
@@ -83,12 +99,15 @@ def demo_markdown(report: Mapping, plot_files: Mapping[str, str | None] = ()) ->
     lines = ["# Sparrow demo: held-out evaluation", "",
              f"Judge: **{report['judge']}**. Whole demo: {report['wall_seconds']:.0f} s.",
              f"Reward models on held-out data: preference accuracy {_fmt(rm['pref_rm_accuracy'])}, "
-             f"rule macro AUC {_fmt(rm['rule_rm_auc'])}.", "",
+             f"rule macro AUC {_fmt(rm['rule_rm_auc'])}.",
+             "Each rate: value [95% Wilson score interval] n = prompts it is over.", "",
              "| model | rule violation rate | supported & correct | search rate | pref win rate vs sft |",
              "|---|---:|---:|---:|---:|"]
     for name, m in report["models"].items():
-        lines.append(f"| {name} | {_fmt(m['rule_violation_rate'])} | {_fmt(m['supported_and_correct_rate'])} "
-                     f"| {_fmt(m['search_rate'])} | {_fmt(m['pref_win_rate_vs_sft'])} |")
+        cells = [fmt_rate(m[key], m["intervals"][key]) for key in
+                 ("rule_violation_rate", "supported_and_correct_rate", "search_rate",
+                  "pref_win_rate_vs_sft")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     shown = [(k, v) for k, v in dict(plot_files).items() if v]
     if shown:
         lines += ["", "## Plots", ""] + [f"![{k}]({v})" for k, v in shown]
@@ -101,14 +120,21 @@ def write_demo_report(report: Mapping, out_dir: str, *, results: Mapping[str, Ev
     `results` are given; RL reward/KL curves when `rl_workdir` has them). Returns {plot: file or None}."""
     os.makedirs(out_dir, exist_ok=True)
     path = lambda key: os.path.join(out_dir, DEMO_FILES[key])  # noqa: E731
-    files = {"comparison": plots.plot_model_comparison(report["models"], path("comparison"),
-                                                       title=f"Held-out rates ({report['judge']} judge)")}
+    files = {"comparison": plots.plot_model_comparison(
+        report["models"], path("comparison"),
+        title=f"Held-out rates ({report['judge']} judge; 95% Wilson intervals)",
+        intervals={name: m["intervals"] for name, m in report["models"].items()})}
     if results:
         per_rule = {name: {rule: v["rate"] for rule, v in r.metrics["per_rule"].items()}
                     for name, r in results.items()}
+        per_rule_intervals = {name: {rule: {"low": v["low"], "high": v["high"], "n": v["probes"]}
+                                     for rule, v in r.metrics["per_rule"].items()}
+                              for name, r in results.items()}
         rules = sorted({rule for rates in per_rule.values() for rule in rates})
         files["rule_violations"] = plots.plot_model_comparison(
-            per_rule, path("rule_violations"), metrics=rules, title="Violation rate per probed rule")
+            per_rule, path("rule_violations"), metrics=rules,
+            title="Violation rate per probed rule (95% Wilson intervals, n probes)",
+            intervals=per_rule_intervals)
     if rl_workdir:
         files["training_curves"] = plots.plot_training_curves(rl_workdir, path("training_curves"))
     files = {k: (os.path.basename(v) if v else None) for k, v in files.items()}

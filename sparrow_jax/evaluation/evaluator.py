@@ -149,6 +149,12 @@ def answer_prompts(agent: Agent, prompts: Sequence[PromptRecord], settings: Eval
     return answers
 
 
+def paired_count(answers: Sequence[Answer], baseline: Sequence[Answer]) -> int:
+    """How many of `answers` have a baseline answer to the same prompt: the n of a win rate."""
+    ids = {b.prompt.id for b in baseline}
+    return sum(a.prompt.id in ids for a in answers)
+
+
 def win_rate_against(scorer, answers: Sequence[Answer], baseline: Sequence[Answer]) -> float | None:
     """The preference RM's win rate of `answers` over `baseline` on the prompts both answered."""
     by_id = {a.prompt.id: a for a in baseline}
@@ -183,6 +189,8 @@ def evaluate_agent(agent: Agent, prompts: Sequence[PromptRecord], judge: Judge,
         if scorer is None:
             raise ValueError("a baseline win rate needs a scorer with the preference reward model")
         summary["pref_win_rate"] = win_rate_against(scorer, answers, base_answers)
+    summary["intervals"]["pref_win_rate"] = metrics_lib.rate_interval(
+        summary["pref_win_rate"], paired_count(answers, base_answers if baseline is not None else ()))
     end = time.perf_counter()
     timings = {"wall_seconds": end - start, "sampling_seconds": sampled - start,
                "judging_seconds": end - sampled,

@@ -1,8 +1,9 @@
 """PNG plots for the reports (matplotlib, Agg backend: no display needed).
 
-  plot_rule_violations    bars: violation rate per probed rule (probe counts on the bars)
+  plot_rule_violations    bars: violation rate per probed rule, 95% interval error bars, n on the bars
   plot_training_curves    reward and KL against the RL step, from a workdir's logs/metrics.jsonl
-  plot_model_comparison   grouped bars: each model's headline rates side by side
+  plot_model_comparison   grouped bars: each model's headline rates side by side (with intervals: error
+                          bars and n)
 Each returns the path written, or None when there is nothing to plot.
 """
 from __future__ import annotations
@@ -31,21 +32,31 @@ def _save(fig, path: str) -> str:
     return path
 
 
+def error_bars(rates: Sequence[float | None], intervals: Sequence[Mapping | None]) -> np.ndarray:
+    """matplotlib's asymmetric yerr [2, K]: rate - low and high - rate (0 where there is no interval)."""
+    out = np.zeros((2, len(rates)))
+    for i, (rate, interval) in enumerate(zip(rates, intervals)):
+        if rate is not None and interval and interval.get("low") is not None:
+            out[:, i] = max(0.0, rate - interval["low"]), max(0.0, interval["high"] - rate)
+    return out
+
+
 def plot_rule_violations(per_rule: Mapping[str, Mapping], path: str, title: str = "Rule violations"
                          ) -> str | None:
-    """per_rule: {rule_id: {"rate", "probes", ...}} (`metrics.per_rule_violations`)."""
+    """per_rule: {rule_id: {"rate", "probes", "low", "high", ...}} (`metrics.per_rule_violations`)."""
     if not per_rule:
         return None
     rules = list(per_rule)
     rates = [float(per_rule[r]["rate"]) for r in rules]
     fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(rules) + 2), 3.8))
-    bars = ax.bar(range(len(rules)), rates, color="tab:red")
-    for bar, rule in zip(bars, rules):
-        ax.annotate(f"n={per_rule[rule]['probes']}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+    yerr = error_bars(rates, [per_rule[r] for r in rules])
+    ax.bar(range(len(rules)), rates, color="tab:red", yerr=yerr, capsize=3, ecolor="black")
+    for i, rule in enumerate(rules):
+        ax.annotate(f"n={per_rule[rule]['probes']}", (i, rates[i] + yerr[1, i]),
                     ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(rules)), rules, rotation=35, ha="right", fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("violation rate")
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel("violation rate (95% Wilson interval)")
     ax.set_title(title)
     return _save(fig, path)
 
@@ -86,24 +97,30 @@ def plot_training_curves(workdir: str, path: str, keys: Sequence[str] = CURVE_KE
 
 
 def plot_model_comparison(models: Mapping[str, Mapping[str, float | None]], path: str,
-                          metrics: Sequence[str] = COMPARISON_METRICS, title: str = "Models compared"
-                          ) -> str | None:
-    """models: {name: {metric: rate or None}}; one group of bars per metric, one bar per model."""
+                          metrics: Sequence[str] = COMPARISON_METRICS, title: str = "Models compared",
+                          intervals: Mapping[str, Mapping[str, Mapping]] | None = None) -> str | None:
+    """models: {name: {metric: rate or None}}; one group of bars per metric, one bar per model.
+    intervals: {name: {metric: {"low", "high", "n"}}} draws each rate's interval as an error bar and
+    its n under the value."""
     metrics = [m for m in metrics if any(v.get(m) is not None for v in models.values())]
     if not models or not metrics:
         return None
     width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * len(metrics) + 2), 4.0))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * len(metrics) + 2), 4.2))
     for i, (name, values) in enumerate(models.items()):
         xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(metrics))]
         heights = [values.get(m) or 0.0 for m in metrics]
-        bars = ax.bar(xs, heights, width, label=name)
-        for bar, metric in zip(bars, metrics):
+        bounds = [(intervals or {}).get(name, {}).get(m) for m in metrics]
+        yerr = error_bars([values.get(m) for m in metrics], bounds)
+        ax.bar(xs, heights, width, label=name, yerr=yerr if intervals else None, capsize=2,
+               ecolor="black")
+        for j, metric in enumerate(metrics):
             text = "n/a" if values.get(metric) is None else f"{values[metric]:.2f}"
-            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
-                        va="bottom", fontsize=7)
+            if bounds[j] and bounds[j]["n"] and values.get(metric) is not None:
+                text += f"\nn={bounds[j]['n']}"
+            ax.annotate(text, (xs[j], heights[j] + yerr[1, j]), ha="center", va="bottom", fontsize=6)
     ax.set_xticks(range(len(metrics)), [m.replace("_", " ") for m in metrics], fontsize=8)
-    ax.set_ylim(0, 1.1)
+    ax.set_ylim(0, 1.2)
     ax.set_ylabel("rate")
     ax.set_title(title)
     ax.legend(fontsize=8)

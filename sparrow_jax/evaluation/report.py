@@ -12,9 +12,10 @@ from typing import Mapping
 from sparrow_jax.dialogue.turns import to_json as turns_json
 from sparrow_jax.evaluation import plots
 from sparrow_jax.evaluation.evaluator import EvalResult
-from sparrow_jax.evaluation.schema import EVAL_REPORT_SCHEMA, METRICS_SCHEMA, validate
+from sparrow_jax.evaluation.metrics import INTERVAL_METHOD, rate_interval
+from sparrow_jax.evaluation.schema import EVAL_REPORT_SCHEMA, METRICS_SCHEMA, RATE_KEYS, validate
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: 95% Wilson intervals and counts (metrics.intervals, per_rule low/high)
 PLOT_FILES = {"rule_violations": "rule_violations.png", "training_curves": "training_curves.png",
               "comparison": "comparison.png"}
 _HEADLINE = ("rule_violation_rate", "supported_and_correct_rate", "search_rate", "pref_win_rate")
@@ -24,14 +25,28 @@ def _float_or_none(value):
     return None if value is None else float(value)
 
 
+def _interval(value: Mapping) -> dict:
+    return {"low": _float_or_none(value["low"]), "high": _float_or_none(value["high"]),
+            "n": int(value["n"])}
+
+
 def report_metrics(metrics: Mapping) -> dict:
-    """The summary's figures with JSON types (rates float or null), keys of METRICS_SCHEMA only."""
+    """The summary's figures with JSON types (rates float or null), keys of METRICS_SCHEMA only.
+    A rate without an interval in `metrics` gets none (n 0) if it is null; a non-null one must have it."""
     out = {}
     for key, schema in METRICS_SCHEMA.items():
         value = metrics.get(key)
         if key == "per_rule":
             out[key] = {rule: {"rate": float(v["rate"]), "violations": int(v["violations"]),
-                               "probes": int(v["probes"])} for rule, v in (value or {}).items()}
+                               "probes": int(v["probes"]), "low": float(v["low"]),
+                               "high": float(v["high"])} for rule, v in (value or {}).items()}
+        elif key == "intervals":
+            given = value or {}
+            missing = [k for k in RATE_KEYS if k not in given and metrics.get(k) is not None]
+            if missing:
+                raise ValueError(f"metrics give {missing[0]} without its interval")
+            out[key] = {k: _interval(given[k]) if k in given else rate_interval(None, 0)
+                        for k in RATE_KEYS}
         elif schema is int:
             out[key] = int(value or 0)
         else:
@@ -46,6 +61,7 @@ def build_eval_report(result: EvalResult, baseline: EvalResult | None = None,
     report = {
         "schema_version": SCHEMA_VERSION,
         "judge": result.judge,
+        "interval_method": INTERVAL_METHOD,
         "model": {"name": result.name, "workdir": agent.workdir, "stage": agent.stage,
                   "step": int(agent.step),
                   "n_best": int(settings.n_best),
@@ -76,6 +92,15 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def fmt_rate(rate, interval: Mapping | None) -> str:
+    """`0.324 [0.196, 0.486] n=37`: a rate, its 95% interval and count (`n/a` when not judged)."""
+    if rate is None:
+        return "n/a"
+    if not interval or interval["low"] is None:
+        return f"{rate:.3f}"
+    return f"{rate:.3f} [{interval['low']:.3f}, {interval['high']:.3f}] n={interval['n']}"
+
+
 def eval_markdown(report: Mapping) -> str:
     """report.md: what was evaluated, the headline figures (and the baseline's), per rule, timings."""
     m, model = report["metrics"], report["model"]
@@ -88,18 +113,20 @@ def eval_markdown(report: Mapping) -> str:
              f"`{report['data']['dir']}` ({report['data']['split']}): "
              + ", ".join(f"{k} {v}" for k, v in report["data"]["by_source"].items()) + ".",
              f"Reward models: pref `{model['pref_rm']}`, rule `{model['rule_rm']}`.", "",
+             "Each rate: value [95% Wilson score interval] n = prompts it is over.", "",
              "| metric | " + model["name"] + (f" | {base['name']} (baseline)" if base else "") + " |",
              "|---|---:" + ("|---:" if base else "") + "|"]
     for key in _HEADLINE + ("malformed_rate", "search_rate_all"):
         label = key + (f" (vs {base['name']})" if key == "pref_win_rate" and base else "")
-        lines.append(f"| {label} | {_fmt(m[key])}" + (f" | {_fmt(base['metrics'][key])}" if base else "")
-                     + " |")
+        lines.append(f"| {label} | {fmt_rate(m[key], m['intervals'][key])}"
+                     + (f" | {fmt_rate(base['metrics'][key], base['metrics']['intervals'][key])}"
+                        if base else "") + " |")
     lines += ["", f"Rule probes judged: {m['rule_probes']}; "
               f"factual questions judged: {m['factual_prompts']}.",
-              "", "## Violations per probed rule", "", "| rule | rate | violations | probes |",
-              "|---|---:|---:|---:|"]
-    lines += [f"| {rule} | {v['rate']:.3f} | {v['violations']} | {v['probes']} |"
-              for rule, v in m["per_rule"].items()] or ["| (no judged probes) | | | |"]
+              "", "## Violations per probed rule", "",
+              "| rule | rate | 95% interval | violations | probes |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {rule} | {v['rate']:.3f} | [{v['low']:.3f}, {v['high']:.3f}] | {v['violations']} "
+              f"| {v['probes']} |" for rule, v in m["per_rule"].items()] or ["| (no judged probes) | | | | |"]
     t = report["timings"]
     lines += ["", "## Timings", "", f"{t['wall_seconds']:.1f} s in all ({t['sampling_seconds']:.1f} s "
               f"answering, {t['judging_seconds']:.1f} s judging), "
@@ -142,11 +169,14 @@ def write_eval_report(result: EvalResult, out_dir: str, baseline: EvalResult | N
         notes.append(f"no training_curves plot: {result.agent.workdir}/logs/metrics.jsonl has no "
                      "`reward` or `kl` (only RL runs log them)")
     compared = {result.name: {k: result.metrics.get(k) for k in _HEADLINE}}
+    intervals = {result.name: result.metrics["intervals"]}
     if baseline is not None:
         compared[f"{baseline.name} (baseline)"] = {k: baseline.metrics.get(k) for k in _HEADLINE}
+        intervals[f"{baseline.name} (baseline)"] = baseline.metrics["intervals"]
     files["comparison"] = plots.plot_model_comparison(
         compared, os.path.join(out_dir, PLOT_FILES["comparison"]), metrics=_HEADLINE,
-        title=f"{result.name}: headline rates ({result.judge} judge)")
+        title=f"{result.name}: headline rates ({result.judge} judge; 95% Wilson intervals)",
+        intervals=intervals)
     plot_files = {k: (os.path.basename(v) if v else None) for k, v in files.items()}
     report = build_eval_report(result, baseline, plot_files, notes)
     with open(os.path.join(out_dir, "report.json"), "w", encoding="utf-8") as f:

@@ -9,22 +9,28 @@ from __future__ import annotations
 from typing import Any
 
 RATE = (float, None)  # a share in [0, 1]; null when no prompt of that kind was judged
+# A rate's 95% Wilson score interval and the number of prompts it is over (low/high null when n is 0).
+INTERVAL = {"low": RATE, "high": RATE, "n": int}
+RATE_KEYS = ("rule_violation_rate", "supported_and_correct_rate", "search_rate", "search_rate_all",
+             "malformed_rate", "pref_win_rate")
 
 METRICS_SCHEMA = {
     "rule_violation_rate": RATE,
     "rule_probes": int,
-    "per_rule": {"*": {"rate": float, "violations": int, "probes": int}},
+    "per_rule": {"*": {"rate": float, "violations": int, "probes": int, "low": float, "high": float}},
     "supported_and_correct_rate": RATE,
     "factual_prompts": int,
     "search_rate": RATE,
     "search_rate_all": RATE,
     "malformed_rate": RATE,
     "pref_win_rate": RATE,
+    "intervals": {key: INTERVAL for key in RATE_KEYS},
 }
 
 EVAL_REPORT_SCHEMA = {
     "schema_version": int,
     "judge": str,
+    "interval_method": str,  # "wilson_95": every interval is a 95% Wilson score interval
     "model": {"name": str, "workdir": str, "stage": str, "step": int, "n_best": int, "evidence": str,
               "rerank_formula": (str, None), "pref_rm": (str, None), "rule_rm": (str, None)},
     "data": {"dir": str, "split": str, "prompts": int, "by_source": {"*": int}},
@@ -38,11 +44,14 @@ EVAL_REPORT_SCHEMA = {
     "notes": [str],
 }
 
-DEMO_MODEL_SCHEMA = {"rule_violation_rate": RATE, "supported_and_correct_rate": RATE,
-                     "search_rate": RATE, "pref_win_rate_vs_sft": RATE}
+DEMO_RATE_KEYS = ("rule_violation_rate", "supported_and_correct_rate", "search_rate",
+                  "pref_win_rate_vs_sft")
+DEMO_MODEL_SCHEMA = {**{key: RATE for key in DEMO_RATE_KEYS},
+                     "intervals": {key: INTERVAL for key in DEMO_RATE_KEYS}}
 
 DEMO_REPORT_SCHEMA = {
     "judge": str,
+    "interval_method": str,
     "wall_seconds": float,
     "reward_models": {"pref_rm_accuracy": (float, None), "rule_rm_auc": (float, None)},
     "models": {"*": DEMO_MODEL_SCHEMA},
@@ -101,13 +110,37 @@ def schema_errors(value: Any, schema: Any, path: str = "report") -> list[str]:
 
 
 def _check_rates(value: Any, path: str) -> list[str]:
-    """Shares (keys `rate`, `*_rate*`, `*_accuracy`, `*_auc`) lie in [0, 1]."""
-    if isinstance(value, dict):
-        return [e for k, v in value.items() for e in _check_rates(v, f"{path}.{k}")] + (
-            [f"{path}: {k}={v} is not in [0, 1]" for k, v in value.items()
-             if isinstance(v, float) and (k == "rate" or "_rate" in k or k.endswith(("_accuracy", "_auc")))
-             and not 0.0 <= v <= 1.0])
-    return []
+    """Shares (keys `rate`, `low`, `high`, `*_rate*`, `*_accuracy`, `*_auc`) lie in [0, 1], and an
+    interval (`low`, `high` beside a rate or an `n`) holds its rate: low <= rate <= high."""
+    if not isinstance(value, dict):
+        return []
+    errors = [e for k, v in value.items() for e in _check_rates(v, f"{path}.{k}")]
+    errors += [f"{path}: {k}={v} is not in [0, 1]" for k, v in value.items()
+               if isinstance(v, float) and (k in ("rate", "low", "high") or "_rate" in k
+                                            or k.endswith(("_accuracy", "_auc")))
+               and not 0.0 <= v <= 1.0]
+    rate = value.get("rate")
+    low, high = value.get("low"), value.get("high")
+    if isinstance(low, float) and isinstance(high, float) and not (
+            low <= high and (not isinstance(rate, float) or low - 1e-12 <= rate <= high + 1e-12)):
+        errors.append(f"{path}: interval [{low}, {high}] does not hold its rate {rate}")
+    intervals = value.get("intervals")
+    if isinstance(intervals, dict):
+        for key, interval in intervals.items():
+            rate = value.get(key)
+            if not isinstance(interval, dict):
+                continue
+            lo, hi, n = interval.get("low"), interval.get("high"), interval.get("n")
+            # n = 0: no interval (no prompt judged, or a value fixed by definition such as the
+            # baseline's win rate against itself); n > 0: a rate and its interval.
+            if (n == 0) != (lo is None) or (lo is None) != (hi is None) or (
+                    rate is None and n != 0):
+                errors.append(f"{path}.intervals.{key}: rate {rate} with interval [{lo}, {hi}] "
+                              f"over n={n}")
+            elif isinstance(rate, float) and isinstance(lo, float) and isinstance(hi, float) and not (
+                    lo - 1e-12 <= rate <= hi + 1e-12):
+                errors.append(f"{path}.intervals.{key}: [{lo}, {hi}] does not hold the rate {rate}")
+    return errors
 
 
 def validate(report: dict, schema: dict) -> None:

@@ -59,8 +59,10 @@ def test_oracle_counts_a_broken_probed_rule_and_only_that(oracle):
     assert [v.violated for v in verdicts] == [True, False, False, None]
     m = summarise(prompts, verdicts, [False] * 4)
     assert m["rule_violation_rate"] == pytest.approx(1 / 3) and m["rule_probes"] == 3
-    assert m["per_rule"] == {"no_financial_advice": {"rate": 0.0, "violations": 0, "probes": 1},
-                             "no_insults": {"rate": 0.5, "violations": 1, "probes": 2}}
+    counts = {rule: {k: v[k] for k in ("rate", "violations", "probes")} for rule, v in m["per_rule"].items()}
+    assert counts == {"no_financial_advice": {"rate": 0.0, "violations": 0, "probes": 1},
+                      "no_insults": {"rate": 0.5, "violations": 1, "probes": 2}}
+    assert m["per_rule"]["no_insults"]["low"] < 0.5 < m["per_rule"]["no_insults"]["high"]
     assert m["supported_and_correct_rate"] is None and m["search_rate"] is None
 
 
