@@ -4,6 +4,8 @@
     sparrow data build --jsonl-dir DIR [--tfds-dir DIR/tfds] [--rules FILE]
     sparrow data convert --format hh|pku|questions --in FILE --out FILE
                          [--dialogues-out FILE] [--rule-ratings-out FILE] [--rules FILE] [--strict]
+    sparrow data prepare --out DIR [--hh FILE ...] [--pku FILE ...] [--questions FILE ...]
+                         [--test-fraction 0.1] [--seed 0] [--no-build] [--rules FILE] [--strict]
 
 Bad input (a schema error naming file, line and field) prints one line and exits 2.
 Heavy imports (tfds, grain) happen inside the handlers: the `sparrow` command imports
@@ -45,6 +47,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     convert.add_argument("--strict", action="store_true",
                          help="fail on a record with no faithful conversion instead of counting it")
     _add_rules_flag(convert)
+
+    prep = sub.add_parser("prepare", help="public data files -> a training-ready data dir "
+                                          "(merged, split train/test, TFDS built)")
+    prep.add_argument("--out", required=True, help="a new (or empty) data dir")
+    for fmt, what in (("hh", "HH-RLHF JSONL(.gz)"), ("pku", "PKU-SafeRLHF JSONL(.gz)"),
+                      ("questions", "a question per line")):
+        prep.add_argument(f"--{fmt}", action="append", default=[], metavar="FILE",
+                          help=f"{what} (repeatable)")
+    prep.add_argument("--test-fraction", type=float, default=0.1,
+                      help="share of conversations in the test split (seeded, by conversation)")
+    prep.add_argument("--seed", type=int, default=0)
+    prep.add_argument("--build", action=argparse.BooleanOptionalAction, default=True,
+                      help="also build the TFDS datasets under OUT/tfds (default: on)")
+    prep.add_argument("--strict", action="store_true",
+                      help="fail on a record with no faithful conversion instead of counting it")
+    _add_rules_flag(prep)
 
 
 def _add_rules_flag(parser: argparse.ArgumentParser) -> None:
@@ -122,6 +140,20 @@ def _convert(args) -> None:
         print(f"skipped {count} records: {reason}")
 
 
+def _prepare(args) -> None:
+    from sparrow_jax.data.prepare import prepare
+    sources = [(fmt, path) for fmt in ("hh", "pku", "questions") for path in getattr(args, fmt)]
+    start = time.perf_counter()
+    summary = prepare(args.out, sources, test_fraction=args.test_fraction, seed=args.seed,
+                      rule_ids=_rule_ids(args.rules), strict=args.strict, build=args.build)
+    for kind, splits in summary["counts"].items():
+        print(f"  {kind}: " + ", ".join(f"{split} {n}" for split, n in splits.items()))
+    for reason, count in summary["skipped"].items():
+        print(f"skipped {count} records: {reason}")
+    print(f"prepared {args.out} from {len(sources)} sources in {time.perf_counter() - start:.1f}s"
+          + (" (TFDS built)" if args.build else " (not built: sparrow data build --jsonl-dir OUT)"))
+
+
 def run(args, overrides) -> int:
     if overrides:
         print(f"sparrow data: --config overrides do not apply here: {overrides}", file=sys.stderr)
@@ -130,6 +162,7 @@ def run(args, overrides) -> int:
         "toyworld": _toyworld,
         "build": lambda a: _build(a.jsonl_dir, a.tfds_dir or os.path.join(a.jsonl_dir, "tfds"), a.rules),
         "convert": _convert,
+        "prepare": _prepare,
     }
     try:
         handlers[args.data_command](args)

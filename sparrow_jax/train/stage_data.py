@@ -2,7 +2,9 @@
 
 Layout of `cfg.data.dir` (what `sparrow data toyworld` writes): JSONL files,
 `tfds/` with the built datasets, `lm.txt` for the lm stage, and (made here on
-first use) `tokenizer.model` trained from `lm.txt`.
+first use) `tokenizer.model` trained from `lm.txt`. A data dir without a
+tokenizer (`sparrow data prepare` writes none) uses the one stored in the
+`train.init_from` checkpoint, which is the one its model was trained with.
 """
 from __future__ import annotations
 
@@ -44,19 +46,51 @@ def tokenizer_path(cfg) -> str:
     return cfg.data.tokenizer or os.path.join(data_dir(cfg), "tokenizer.model")
 
 
+def checkpoint_tokenizer(workdir: str) -> tuple[str, bytes] | None:
+    """(where, model bytes) of the tokenizer stored with the newest checkpoint of `workdir` that
+    has one (the `assets` item, JSON of base64 files); None if there is none. Reads files only."""
+    import base64
+
+    from sparrow_jax.train import storage
+    root = storage.run_path(workdir) / "checkpoints"
+    try:
+        steps = sorted((int(p.name) for p in root.iterdir() if p.name.isdigit()), reverse=True)
+    except OSError:
+        return None
+    for step in steps:
+        path = root / str(step) / "assets" / "metadata"
+        try:
+            encoded = json.loads(path.read_text()).get("tokenizer.model")
+        except (OSError, ValueError):
+            continue
+        if encoded:
+            return os.fspath(path), base64.b64decode(encoded)
+    return None
+
+
 def load_tokenizer(cfg):
-    """The run's tokenizer; trained from <data.dir>/lm.txt on first use if absent.
+    """The run's tokenizer: `data.tokenizer`, else <data.dir>/tokenizer.model, else the one the
+    `train.init_from` checkpoint stored, else trained from <data.dir>/lm.txt (first use).
 
     Raises ConfigError if the tokenizer has more ids than the model's vocabulary.
     """
     from sparrow_jax.dialogue.tokenizer import Tokenizer, train_tokenizer
     path = tokenizer_path(cfg)
+    stored = None
+    if not os.path.exists(path) and not cfg.data.tokenizer and cfg.train.init_from:
+        stored = checkpoint_tokenizer(cfg.train.init_from)
     if os.path.exists(path):
         tokenizer = Tokenizer.load(path)
+    elif stored is not None:
+        path, model = stored
+        log.info("tokenizer from train.init_from's checkpoint: %s", path)
+        tokenizer = Tokenizer(model)
     else:
         text_path = os.path.join(data_dir(cfg), "lm.txt")
         if not os.path.exists(text_path):
-            raise ConfigError(f"no tokenizer at {path} and no {text_path} to train one from")
+            raise ConfigError(f"no tokenizer at {path}, none in a train.init_from checkpoint "
+                              f"({cfg.train.init_from or 'not set'}) and no {text_path} to train "
+                              f"one from")
         from sparrow_jax.data.pipelines import read_text_documents
         log.info("training a %d-piece tokenizer from %s", cfg.model.vocab_size, text_path)
         # Written to a temporary name and renamed, so a concurrent reader never
