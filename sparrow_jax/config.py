@@ -15,6 +15,8 @@ from typing import Any, Iterable, Sequence
 
 import ml_collections
 
+from sparrow_jax.config_ranges import check_ranges
+
 ROLES = ("policy", "value", "teacher", "pref_rm", "rule_rm")
 STAGES = ("lm", "sft", "pref_rm", "rule_rm", "rl")
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -365,7 +367,16 @@ def apply_overrides(cfg: ml_collections.ConfigDict, args: Iterable[str]) -> ml_c
         dotted, raw = match.groups()
         parent, leaf = _resolve_parent(cfg, dotted)
         current = parent[leaf]
-        parent[leaf] = _parse_like(current, raw, dotted)
+        if isinstance(current, ml_collections.ConfigDict):
+            raise ConfigError(f"config key '{dotted}' is a section, not a value: set one of its "
+                              f"keys, e.g. --config.{dotted}.{next(iter(current.keys()))}=...")
+        value = _parse_like(current, raw, dotted)
+        if isinstance(current, (list, tuple)) and not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{dotted}' takes a list, got {raw!r}")
+        try:
+            parent[leaf] = value
+        except TypeError as err:
+            raise ConfigError(f"config key '{dotted}': cannot set {raw!r} ({err})") from None
     validate(cfg)
     return cfg
 
@@ -420,6 +431,7 @@ def validate(cfg: ml_collections.ConfigDict, source: str = "config", *,
     the policy gradient would be biased (docs/recipe.md section 6).
     """
     _check_keys(cfg, default_config(), prefix="", source=source)
+    check_ranges(cfg, ConfigError)
     m = cfg.model
     _choice(m.position, POSITION_KINDS, "model.position")
     _choice(m.mlp, MLP_KINDS, "model.mlp")
