@@ -21,7 +21,8 @@ ROLES = ("policy", "value", "teacher", "pref_rm", "rule_rm")
 STAGES = ("lm", "sft", "pref_rm", "rule_rm", "rl")
 MESH_AXES = ("data", "fsdp", "tensor")
 POSITION_KINDS = ("relative", "rotary")
-MLP_KINDS = ("gelu", "gated_gelu")
+MLP_KINDS = ("gelu", "gated_gelu", "swiglu")
+ROTARY_SCALINGS = ("none", "linear", "llama3")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16")
 
@@ -62,7 +63,7 @@ def model_defaults() -> ml_collections.ConfigDict:
     m.n_frozen_layers = 2
     m.max_len = 256
     m.position = "relative"  # Transformer-XL relative attention, or "rotary".
-    m.mlp = "gelu"  # dense GELU, or "gated_gelu".
+    m.mlp = "gelu"  # dense GELU, "gated_gelu", or "swiglu" (SiLU-gated).
     m.tied_embeddings = False
     m.param_dtype = "float32"
     m.compute_dtype = "bfloat16"
@@ -91,6 +92,22 @@ def model_defaults() -> ml_collections.ConfigDict:
     # hydra at L = 256); the pod configs use 512: at L = 2048, 64 would unroll 32 blocks
     # per layer, which quadruples compile time, and small blocks waste a TPU's matrix unit.
     m.causal_block = 64
+    # Open-weight families (`sparrow import`; the defaults are the Chinchilla model):
+    # key/value heads, each shared by n_heads // n_kv_heads query heads (grouped-query
+    # attention; 1 = multi-query; 0 = n_heads, plain multi-head). With grouping, the KV
+    # weights and cache use the logical axis 'kv_heads', replicated unless the mesh rules
+    # name it (add ("kv_heads", "tensor") when n_kv_heads divides the tensor axis).
+    m.n_kv_heads = 0
+    # Gemma: RMSNorm multiplies by (1 + scale), and the embedding is scaled by sqrt(d_model).
+    m.norm_unit_offset = False
+    m.embed_scale = False
+    # RoPE frequencies: "none" = base^(-2i/K); "linear" divides them by the factor; "llama3"
+    # divides the low frequencies by it and blends the middle band (Llama 3.1's rope_scaling).
+    m.rotary_scaling = "none"
+    m.rotary_scaling_factor = 1.0
+    m.rotary_low_freq_factor = 1.0
+    m.rotary_high_freq_factor = 4.0
+    m.rotary_original_max_len = 8192
     return m
 
 
@@ -450,6 +467,10 @@ def validate(cfg: ml_collections.ConfigDict, source: str = "config", *,
             f"{m.n_layers}): every role needs at least one layer of its own")
     if m.causal_block < 0:
         raise ConfigError(f"model.causal_block must be >= 0 (0 = off), got {m.causal_block}")
+    _choice(m.rotary_scaling, ROTARY_SCALINGS, "model.rotary_scaling")
+    if m.n_kv_heads < 0 or (m.n_kv_heads and m.n_heads % m.n_kv_heads):
+        raise ConfigError(f"model.n_kv_heads={m.n_kv_heads} must divide model.n_heads="
+                          f"{m.n_heads} (0 = n_heads)")
     if m.position == "rotary" and m.head_dim % 2:
         raise ConfigError(f"model.head_dim={m.head_dim} must be even for rotary positions")
     shape = dict(cfg.mesh.shape)

@@ -4,7 +4,8 @@ A cache is a plain pytree:
   {'index':     int32 []          next slot to fill (the same for every row),
    'positions': int32 [B, S]      position of the token in each slot,
    'valid':     bool  [B, S]      slot holds a real token (False = empty or padding),
-   'layers':    {stack: {'k': [layers, B, S, H, K], 'v': [layers, B, S, H, K]}}}
+   'layers':    {stack: {'k': [layers, B, S, G, K], 'v': [layers, B, S, G, K]}}}
+(G = the key/value heads: model.n_kv_heads, or n_heads when it is 0)
 with one stack for the trunk (absent when it has no layers) and one per top
 (`policy`, `teacher`, `pref_rm`, `rule_rm`). Keys/values are in the compute
 dtype; keys are stored after rotary rotation. Slots are shared by all stacks,
@@ -48,7 +49,7 @@ def init_cache(model_cfg, batch: int, cache_len: int, tops: Iterable[str] = ("po
     `tops` names roles whose tops get a stack ('value' means the policy top).
     """
     spec = ModelSpec.of(model_cfg)
-    shape = (batch, cache_len, spec.n_heads, spec.head_dim)
+    shape = (batch, cache_len, spec.kv_heads, spec.head_dim)
     layers = {
         name: {"k": jnp.zeros((n,) + shape, spec.dtype), "v": jnp.zeros((n,) + shape, spec.dtype)}
         for name, n in _stack_sizes(spec, tops_for(tops)).items()
@@ -64,7 +65,7 @@ def init_cache(model_cfg, batch: int, cache_len: int, tops: Iterable[str] = ("po
 def cache_logical_axes(model_cfg, tops: Iterable[str] = ("policy",)):
     """The cache tree with PartitionSpec leaves of logical axis names."""
     spec = ModelSpec.of(model_cfg)
-    kv = P("layers", "batch", "length", "heads", "kv")
+    kv = P("layers", "batch", "length", spec.kv_heads_axis, "kv")
     return {
         "index": P(),
         "positions": P("batch", "length"),

@@ -56,7 +56,8 @@ _lm_logits.defvjp(_lm_logits_fwd, _lm_logits_bwd)
 
 
 class Embed(nn.Module):
-    """tokens_BxL int -> x_BxLxD in the compute dtype (no scaling)."""
+    """tokens_BxL int -> x_BxLxD in the compute dtype; times sqrt(d_model) (rounded to
+    the compute dtype) with `embed_scale` (Gemma), else unscaled."""
     spec: ModelSpec
 
     @nn.compact
@@ -65,6 +66,8 @@ class Embed(nn.Module):
         table = logical_param(self, "embedding", (s.vocab_size, s.d_model), ("vocab", "embed"),
                        nn.initializers.normal(s.init_std))
         x = jnp.take(table, tokens_BxL, axis=0).astype(s.dtype)
+        if s.embed_scale:
+            x = x * jnp.asarray(s.d_model ** 0.5, s.dtype)
         return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
 

@@ -94,19 +94,28 @@ def logical_param(module: nn.Module, name: str, shape, axes, init):
 
 
 class RMSNorm(nn.Module):
-    """x / rms(x) * scale over the last axis, computed in float32 (scale only)."""
+    """x / rms(x) * scale over the last axis, computed in float32 (scale only).
+
+    With `norm_unit_offset` (Gemma) the factor is (1 + scale) and scale starts at 0.
+    """
     spec: ModelSpec
 
     @nn.compact
     def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
-        scale = logical_param(self, "scale", (self.spec.d_model,), ("embed",), nn.initializers.ones)
+        offset = self.spec.norm_unit_offset
+        scale = logical_param(self, "scale", (self.spec.d_model,), ("embed",),
+                              nn.initializers.zeros if offset else nn.initializers.ones)
         x = x_BxLxD.astype(jnp.float32)
         x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.spec.norm_eps)
-        return (x * scale.astype(jnp.float32)).astype(self.spec.dtype)
+        factor = scale.astype(jnp.float32)
+        if offset:
+            factor = 1.0 + factor
+        return (x * factor).astype(self.spec.dtype)
 
 
 class Mlp(nn.Module):
-    """Dense GELU MLP D -> F -> D, or GELU-gated (gelu(x W_gate) * (x W_up)) W_out."""
+    """Dense GELU MLP D -> F -> D, or gated (act(x W_gate) * (x W_up)) W_out with act GELU
+    (tanh approximation; 'gated_gelu') or SiLU ('swiglu')."""
     spec: ModelSpec
 
     @nn.compact
@@ -115,10 +124,11 @@ class Mlp(nn.Module):
         init = nn.initializers.normal(s.init_std)
         out_init = nn.initializers.normal(s.init_std / (2 * s.n_layers) ** 0.5)
         x = x_BxLxD.astype(s.dtype)
-        if s.mlp == "gated_gelu":
+        if s.mlp in ("gated_gelu", "swiglu"):
+            act = jax.nn.gelu if s.mlp == "gated_gelu" else jax.nn.silu
             w_gate = logical_param(self, "wi_gate", (s.d_model, s.d_ff), ("embed", "mlp"), init)
             w_up = logical_param(self, "wi_up", (s.d_model, s.d_ff), ("embed", "mlp"), init)
-            h_BxLxF = (jax.nn.gelu(project("bld,df->blf", x, w_gate.astype(s.dtype), s))
+            h_BxLxF = (act(project("bld,df->blf", x, w_gate.astype(s.dtype), s))
                        * project("bld,df->blf", x, w_up.astype(s.dtype), s))
         else:
             w_in = logical_param(self, "wi", (s.d_model, s.d_ff), ("embed", "mlp"), init)
@@ -130,6 +140,9 @@ class Mlp(nn.Module):
 
 class Attention(nn.Module):
     """Multi-head attention with Transformer-XL relative positions or rotary.
+
+    Grouped-query (n_kv_heads = G < H): keys and values have G heads, query head h
+    reads key/value head h // (H / G) (the Llama / Gemma layout); the cache holds G heads.
 
     Relative: score_ts = [(q_t + u) . k_s + (q_t + v) . (W_r R_{d(t,s)})] / sqrt(K).
     The position term is computed for every distance d in [0, max_len) and
@@ -152,20 +165,25 @@ class Attention(nn.Module):
         init = nn.initializers.normal(s.init_std)
         out_init = nn.initializers.normal(s.init_std / (2 * s.n_layers) ** 0.5)
         qkv_shape, qkv_axes = (s.d_model, s.n_heads, s.head_dim), ("embed", "heads", "kv")
+        kv_shape, kv_axes = (s.d_model, s.kv_heads, s.head_dim), ("embed", s.kv_heads_axis, "kv")
         w_q = logical_param(self, "query", qkv_shape, qkv_axes, init)
-        w_k = logical_param(self, "key", qkv_shape, qkv_axes, init)
-        w_v = logical_param(self, "value", qkv_shape, qkv_axes, init)
+        w_k = logical_param(self, "key", kv_shape, kv_axes, init)
+        w_v = logical_param(self, "value", kv_shape, kv_axes, init)
         w_o = logical_param(self, "out", (s.n_heads, s.head_dim, s.d_model),
                             ("heads", "kv", "embed"), out_init)
 
         x = x_BxTxD.astype(dt)
         act_axes = ("batch", "length", "heads", "kv")
+        kv_act_axes = ("batch", "length", s.kv_heads_axis, "kv")
         q = nn.with_logical_constraint(project("btd,dhk->bthk", x, w_q.astype(dt), s), act_axes)
-        k = nn.with_logical_constraint(project("btd,dhk->bthk", x, w_k.astype(dt), s), act_axes)
-        v = nn.with_logical_constraint(project("btd,dhk->bthk", x, w_v.astype(dt), s), act_axes)
+        k = nn.with_logical_constraint(project("btd,dhk->bthk", x, w_k.astype(dt), s),
+                                       kv_act_axes)
+        v = nn.with_logical_constraint(project("btd,dhk->bthk", x, w_v.astype(dt), s),
+                                       kv_act_axes)
         if s.position == "rotary":
-            q = positions.apply_rotary(q, ctx["q_pos_BxT"], s.rotary_base)
-            k = positions.apply_rotary(k, ctx["q_pos_BxT"], s.rotary_base)
+            scaling = s.rotary_scaling_spec
+            q = positions.apply_rotary(q, ctx["q_pos_BxT"], s.rotary_base, scaling)
+            k = positions.apply_rotary(k, ctx["q_pos_BxT"], s.rotary_base, scaling)
         # Without a cache nothing needs the new keys, so none are returned
         # (a scan would otherwise materialise them for every layer).
         new_kv = None if layer_kv is None else (k, v)
@@ -179,7 +197,7 @@ class Attention(nn.Module):
         if s.smeared_keys:
             # The cache holds plain keys; smearing reads the previous token's key,
             # which may sit in the cache, so it is applied to all slots here.
-            smear_H = logical_param(self, "smear", (s.n_heads,), ("heads",),
+            smear_H = logical_param(self, "smear", (s.kv_heads,), (s.kv_heads_axis,),
                                     nn.initializers.zeros)
             k_all = smear_keys(k_all, ctx["prev_slot_BxS"], ctx["has_prev_BxS"], smear_H)
 
@@ -234,6 +252,8 @@ def attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, ctx: dict[str, Any], scale: float,
            position=None, causal_block: int = 0) -> jax.Array:
     """softmax((q . k [+ position term]) * scale, masked by ctx) @ v: [B, T, H, K].
 
+    k and v may have G < H heads (grouped-query): query head h reads key head h // (H / G).
+
     `position`: (q_position_BxTxHxK, r_MxHxK) for Transformer-XL relative attention: the
     term q_position_t . r_d with d = ctx["distance_BxTxS"][b, t, s], computed for every
     distance and gathered. Scores and softmax in float32; the probabilities are rounded
@@ -250,9 +270,19 @@ def attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, ctx: dict[str, Any], scale: float,
     heads_first = lambda a: jnp.transpose(a, (2, 0, 1, 3))
     q, k, v = heads_first(q_BxTxHxK), heads_first(k_BxSxHxK), heads_first(v_BxSxHxK)
     q_position = None if position is None else heads_first(position[0])
+    n_heads, n_kv = q.shape[0], k.shape[0]
+    if n_kv == n_heads:
+        qk = lambda q_, k_: jnp.einsum("hbtk,hbsk->hbts", q_, k_)
+        pv = lambda p_, v_: jnp.einsum("hbts,hbsk->hbtk", p_, v_)
+    else:
+        # Queries as [G, H / G, ...] groups: no key/value is copied per query head.
+        group = lambda a: a.reshape((n_kv, n_heads // n_kv) + a.shape[1:])
+        ungroup = lambda a: a.reshape((n_heads,) + a.shape[2:])
+        qk = lambda q_, k_: ungroup(jnp.einsum("grbtk,gbsk->grbts", group(q_), k_))
+        pv = lambda p_, v_: ungroup(jnp.einsum("grbts,gbsk->grbtk", group(p_), v_))
     pieces = []
     for t0, t1, s1 in query_blocks(ctx, q.shape[2], k.shape[2], causal_block):
-        scores = jnp.einsum("hbtk,hbsk->hbts", q[:, :, t0:t1], k[:, :, :s1])
+        scores = qk(q[:, :, t0:t1], k[:, :, :s1])
         scores = scores.astype(jnp.float32)
         if q_position is not None:
             by_distance_HxBxTxM = jnp.einsum("hbtk,mhk->hbtm", q_position[:, :, t0:t1],
@@ -263,7 +293,7 @@ def attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, ctx: dict[str, Any], scale: float,
         mask_1xBxTxS = ctx["mask_BxTxS"][None, :, t0:t1, :s1]
         scores = jnp.where(mask_1xBxTxS, scores * scale, _MASKED_SCORE)
         probs = jnp.where(mask_1xBxTxS, jax.nn.softmax(scores, axis=-1), 0.0)
-        pieces.append(jnp.einsum("hbts,hbsk->hbtk", probs.astype(dt), v[:, :, :s1]))
+        pieces.append(pv(probs.astype(dt), v[:, :, :s1]))
     out_HxBxTxK = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=2)
     return jnp.transpose(out_HxBxTxK, (1, 2, 0, 3))
 

@@ -36,10 +36,39 @@ def relative_distance(q_pos_BxT: jax.Array, k_pos_BxS: jax.Array, max_len: int) 
     return jnp.clip(d, 0, max_len - 1).astype(jnp.int32)
 
 
-def apply_rotary(x_BxTxHxK: jax.Array, pos_BxT: jax.Array, base: float) -> jax.Array:
-    """Rotate the two halves of each head by angle pos * base^(-2i/K) (RoPE)."""
-    k = x_BxTxHxK.shape[-1]
+def rotary_inv_freq(k: int, base: float, scaling: tuple | None = None) -> jax.Array:
+    """float32 [K / 2] RoPE frequencies base^(-2i/K), rescaled as `scaling` says.
+
+    scaling: None or ("none", ...) = unscaled; ("linear", factor, ...) divides every
+    frequency by factor; ("llama3", factor, low_freq_factor, high_freq_factor,
+    original_max_len) divides the frequencies whose wavelength exceeds
+    original_max_len / low_freq_factor by factor, keeps those below
+    original_max_len / high_freq_factor, and blends linearly in 1 / wavelength between.
+    """
     inv_freq = 1.0 / (base ** (jnp.arange(k // 2, dtype=jnp.float32) * 2.0 / k))
+    kind = "none" if scaling is None else scaling[0]
+    if kind == "none":
+        return inv_freq
+    factor = scaling[1]
+    if kind == "linear":
+        return inv_freq / factor
+    if kind != "llama3":
+        raise ValueError(f"unknown rotary scaling {kind!r}")
+    _, factor, low, high, original = scaling
+    wavelen = 2 * jnp.pi / inv_freq
+    scaled = jnp.where(wavelen > original / low, inv_freq / factor, inv_freq)
+    smooth = (original / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= original / high) & (wavelen <= original / low)
+    return jnp.where(medium, blended, scaled)
+
+
+def apply_rotary(x_BxTxHxK: jax.Array, pos_BxT: jax.Array, base: float,
+                 scaling: tuple | None = None) -> jax.Array:
+    """Rotate the two halves of each head by angle pos * inv_freq_i (RoPE;
+    `rotary_inv_freq` gives inv_freq_i = base^(-2i/K), maybe rescaled)."""
+    k = x_BxTxHxK.shape[-1]
+    inv_freq = rotary_inv_freq(k, base, scaling)
     angles_BxTx1xF = pos_BxT.astype(jnp.float32)[:, :, None, None] * inv_freq
     cos, sin = jnp.cos(angles_BxTx1xF), jnp.sin(angles_BxTx1xF)
     x = x_BxTxHxK.astype(jnp.float32)

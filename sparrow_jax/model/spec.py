@@ -45,6 +45,15 @@ class ModelSpec:
     smeared_keys: bool = False
     pref_rm_likelihood: bool = False
     causal_block: int = 64
+    # Open-weight families (issue 18); the defaults are the Chinchilla model.
+    n_kv_heads: int = 0
+    norm_unit_offset: bool = False
+    embed_scale: bool = False
+    rotary_scaling: str = "none"
+    rotary_scaling_factor: float = 1.0
+    rotary_low_freq_factor: float = 1.0
+    rotary_high_freq_factor: float = 4.0
+    rotary_original_max_len: int = 8192
 
     @classmethod
     def of(cls, model_cfg: Any) -> "ModelSpec":
@@ -66,6 +75,26 @@ class ModelSpec:
     def n_top_layers(self) -> int:
         """Layers each role owns above the shared trunk."""
         return self.n_layers - self.n_frozen_layers
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads (n_kv_heads, 0 = n_heads); each serves n_heads // kv_heads queries."""
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def kv_heads_axis(self) -> str:
+        """Logical axis of the key/value heads: 'heads' without grouping (today's sharding),
+        else 'kv_heads' (replicated unless the mesh rules name it: few heads rarely divide
+        the tensor axis)."""
+        return "heads" if self.kv_heads == self.n_heads else "kv_heads"
+
+    @property
+    def rotary_scaling_spec(self) -> tuple | None:
+        """The `positions.rotary_inv_freq` scaling tuple, None when unscaled."""
+        if self.rotary_scaling == "none":
+            return None
+        return (self.rotary_scaling, self.rotary_scaling_factor, self.rotary_low_freq_factor,
+                self.rotary_high_freq_factor, self.rotary_original_max_len)
 
     @property
     def dtype(self):
