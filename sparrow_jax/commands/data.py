@@ -5,6 +5,7 @@
     sparrow data convert --format hh|pku|questions --in FILE --out FILE
                          [--dialogues-out FILE] [--rule-ratings-out FILE] [--rules FILE] [--strict]
     sparrow data prepare --out DIR [--hh FILE ...] [--pku FILE ...] [--questions FILE ...]
+                         [--hh-red-team FILE ...]
                          [--test-fraction 0.1] [--seed 0] [--no-build] [--rules FILE] [--strict]
 
 Bad input (a schema error naming file, line and field) prints one line and exits 2.
@@ -51,10 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     prep = sub.add_parser("prepare", help="public data files -> a training-ready data dir "
                                           "(merged, split train/test, TFDS built)")
     prep.add_argument("--out", required=True, help="a new (or empty) data dir")
-    for fmt, what in (("hh", "HH-RLHF JSONL(.gz)"), ("pku", "PKU-SafeRLHF JSONL(.gz)"),
-                      ("questions", "a question per line")):
+    for fmt, what in (("hh", "HH-RLHF JSONL(.gz)"),
+                      ("pku", "PKU-SafeRLHF JSONL(.gz); unsafe prompts also become red-team probes"),
+                      ("questions", "a question per line"),
+                      ("hh-red-team", "HH red_team_attempts (JSON array or JSONL, .gz): probes")):
         prep.add_argument(f"--{fmt}", action="append", default=[], metavar="FILE",
-                          help=f"{what} (repeatable)")
+                          dest=fmt.replace("-", "_"), help=f"{what} (repeatable)")
     prep.add_argument("--test-fraction", type=float, default=0.1,
                       help="share of conversations in the test split (seeded, by conversation)")
     prep.add_argument("--seed", type=int, default=0)
@@ -142,7 +145,8 @@ def _convert(args) -> None:
 
 def _prepare(args) -> None:
     from sparrow_jax.data.prepare import prepare
-    sources = [(fmt, path) for fmt in ("hh", "pku", "questions") for path in getattr(args, fmt)]
+    sources = [(fmt, path) for fmt in ("hh", "pku", "questions", "hh-red-team")
+               for path in getattr(args, fmt.replace("-", "_"))]
     start = time.perf_counter()
     summary = prepare(args.out, sources, test_fraction=args.test_fraction, seed=args.seed,
                       rule_ids=_rule_ids(args.rules), strict=args.strict, build=args.build)

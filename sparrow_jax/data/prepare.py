@@ -12,7 +12,8 @@ sides), and written as the layout the stages read:
     OUT/dialogues.{train,test}.jsonl     SFT dialogues (hh: the chosen side)
     OUT/preferences.{train,test}.jsonl   comparisons (hh, pku)
     OUT/rule_ratings.{train,test}.jsonl  rule ratings (pku harm labels)
-    OUT/prompts.{train,test}.jsonl       prompts (questions: eli5)
+    OUT/prompts.{train,test}.jsonl       prompts (questions: eli5; red_team probes with their
+                                         rule_id from pku and hh-red-team: `probes`)
     OUT/tfds/                            the TFDS datasets (`tfds_builders.build_all`)
     OUT/prepare.json                     sources, seed, fraction, counts per kind and split, skips
 
@@ -29,9 +30,9 @@ import json
 import os
 from typing import Collection, Iterator, Sequence
 
-from sparrow_jax.data import converters, schemas
+from sparrow_jax.data import converters, probes, schemas
 
-FORMATS = ("hh", "pku", "questions")
+FORMATS = ("hh", "pku", "questions", "hh-red-team")
 SPLITS = ("train", "test")
 SUMMARY_FILE = "prepare.json"
 
@@ -71,12 +72,21 @@ def source_records(fmt: str, path, prefix: str = "", rule_ids: Collection[str] |
             yield preference.id, "preferences", preference
             for rating in ratings:
                 yield preference.id, "rule_ratings", _renamed(rating, prefix)
+        yield from _probes(fmt, path, prefix, skipped)
+    elif fmt == "hh-red-team":
+        yield from _probes(fmt, path, prefix, skipped)
     elif fmt == "questions":
         for prompt in converters.question_records(path):
             prompt = _renamed(prompt, prefix)
             yield prompt.id, "prompts", prompt
     else:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
+
+
+def _probes(fmt: str, path, prefix: str, counts: collections.Counter | None):
+    counts = counts if counts is not None else collections.Counter()
+    for group, probe in probes.probes(fmt, path, counts):
+        yield f"{prefix}{group}", "prompts", _renamed(probe, prefix)
 
 
 def split_groups(groups: Sequence[str], test_fraction: float, seed: int) -> set[str]:
