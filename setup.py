@@ -29,6 +29,8 @@ INSTALL_REQUIRES = [
     # `sparrow rate`: the rating web app (WSGI framework + a pure-Python server).
     "flask==3.1.3",
     "waitress==3.0.2",
+    # `sparrow import` reads Hugging Face checkpoints tensor by tensor.
+    "safetensors==0.8.0",
 ]
 
 EXTRAS_REQUIRE = {
@@ -38,6 +40,9 @@ EXTRAS_REQUIRE = {
     # TensorBoard to read a run's event files: pip install -e '.[viz]', then
     # tensorboard --logdir WORKDIR/logs (README, "The recipe, stage by stage").
     "viz": ["tensorboard==2.21.0"],
+    # tests/fixtures/hf/make_fixtures.py (tiny Llama / Gemma models and their reference
+    # outputs) and its reproduction test. torch 2.13.0 is the CPU build on this disk.
+    "hf": ["torch==2.13.0", "transformers==5.23.0"],
     "dev": [
         "pytest==9.2.0",
         "pytest-xdist==3.8.0",

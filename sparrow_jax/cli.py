@@ -21,6 +21,7 @@ COMMANDS = {
     "aot": ("sparrow_jax.commands.aot", "run", "compile update steps for a large mesh without weights"),
     "sweep": ("sparrow_jax.commands.sweep", "run", "expand get_sweep() into runs"),
     "data": ("sparrow_jax.commands.data", "run", "generate or build datasets (e.g. `data toyworld`)"),
+    "import": ("sparrow_jax.commands.import_hf", "run", "import a Hugging Face checkpoint (Llama, Gemma) as an lm workdir"),
     "rate": ("sparrow_jax.commands.rate", "run", "rating web app: collect comparisons and rule probes"),
 }
 
