@@ -31,7 +31,7 @@ from sparrow_jax.evaluation.agent import Agent
 from sparrow_jax.evaluation.reranking import RerankConfig, best_of_n
 from sparrow_jax.evaluation.judge import Judge, Verdict
 from sparrow_jax.rl.rollout import EVIDENCE_MODES, Environment, RolloutConfig, rollout
-from sparrow_jax.search import make_engine
+from sparrow_jax.search.data_engine import data_dir_engine
 from sparrow_jax.train.metrics import Progress
 
 
@@ -105,9 +105,9 @@ def load_prompts(data_dir: str, split: str = "test", max_prompts: int = 0) -> li
 
 @functools.lru_cache(maxsize=4)
 def load_engine(data_dir: str):
-    """The data dir's search engine (`search_index/`, built from `corpus.jsonl` if missing)."""
-    return make_engine("bm25", index_dir=os.path.join(data_dir, "search_index"),
-                       corpus_path=os.path.join(data_dir, "corpus.jsonl"))
+    """The data dir's search engine: its `search_index/`, else an index of its `corpus.jsonl` built
+    in memory (`search.data_engine`; nothing is written into the data dir)."""
+    return data_dir_engine(data_dir)
 
 
 def make_environment(agent: Agent, evidence: str = "free", engine=None) -> Environment:
