@@ -160,6 +160,7 @@ def run_import(hf_dir: str, workdir: str, n_frozen_layers: int | None = None, ov
     params, stats = load_params(hf_dir, cfg, param_shardings, log)
     jax.block_until_ready(params)
     read_seconds = time.perf_counter() - read_start
+    rss_after_read = _peak_rss_bytes()
     expected = jax.tree.map(lambda a: (a.shape, a.dtype),
                             merge_params(abstract.params, abstract.frozen))
     got = jax.tree.map(lambda a: (a.shape, a.dtype), params)
@@ -179,7 +180,8 @@ def run_import(hf_dir: str, workdir: str, n_frozen_layers: int | None = None, ov
               "n_layers": cfg.model.n_layers, "n_frozen_layers": cfg.model.n_frozen_layers,
               "params": hydra.count_params(state.params) + hydra.count_params(state.frozen),
               **stats, "read_seconds": read_seconds,
-              "mb_per_second": stats["bytes"] / 1e6 / max(read_seconds, 1e-9)}
+              "mb_per_second": stats["bytes"] / 1e6 / max(read_seconds, 1e-9),
+              "peak_rss_after_read_bytes": rss_after_read}
     ckpt.save(0, state, meta={"config": cfg.to_dict(), "stage": "lm", "data": None,
                               "imported_from": report["source"]}, assets=assets, force=True)
     ckpt.close()
