@@ -152,9 +152,8 @@ def create_app(db_path: str, source, rules: Sequence, *, num_candidates: int = 4
         item = st.item(item_id)
         if item is None:
             raise StoreError(f"no comparison item {item_id!r}")
-        mine = any(j["item_id"] == item_id for j in st.comparisons(me()))
-        if not mine and item_id not in {i["id"] for i in st.open_items_for(me(), limit=10 ** 6)}:
-            raise StoreError(f"item {item_id} has all the ratings it needs")
+        if not st.assigned(item_id, me()):  # handed to this rater (their own judgements included)
+            raise StoreError(f"item {item_id} was not given to you")
         chosen, supported = limits.parse_comparison(flask.request.form, item["has_evidence"])
         st.save_comparison(item_id, me(), chosen, supported)  # committed on return
         return flask.redirect("/compare", code=303)

@@ -1,7 +1,9 @@
 """Which comparison item and which probe rule a rater gets next.
 
 Comparisons: a rater first gets an existing item still short of its target number of ratings that they
-have not rated (the item they made themselves first, then the oldest), else a new item is sampled. An
+have not rated (the item they made themselves first, then the oldest), else a new item is sampled. Items
+handed out are leased (store.LEASE_S): a live lease counts as a rating, so concurrent raters are not all
+sent to the one open item. An
 item's target is 2 for a share `double_share` of items (chosen by a hash of the item id, so the share
 holds whatever order raters arrive in) and 1 otherwise: the doubly rated items give the agreement figures.
 
@@ -29,9 +31,9 @@ def target_ratings(item_id: str, double_share: float) -> int:
 
 def next_item(store, source, rater_id: int, *, num_candidates: int, double_share: float) -> dict:
     """The comparison item `rater_id` should judge next (sampled and stored if none is open)."""
-    open_items = store.open_items_for(rater_id)
-    if open_items:
-        return open_items[0]
+    taken = store.take_item(rater_id)
+    if taken is not None:
+        return taken
     item_id = uuid.uuid4().hex
     seed = int(item_id[:8], 16)
     context = source.contexts[seed % len(source.contexts)]

@@ -18,6 +18,7 @@ import time
 from typing import Any, Sequence
 
 BUSY_TIMEOUT_S = 30.0
+LEASE_S = 30 * 60  # an item handed to a rater counts towards its target for this long
 
 # Each entry: the statements that take the schema from version i to i + 1.
 MIGRATIONS: list[list[str]] = [
@@ -48,6 +49,11 @@ MIGRATIONS: list[list[str]] = [
                created_at REAL NOT NULL, updated_at REAL NOT NULL, UNIQUE(probe_id, turn_index, rater_id))""",
         "CREATE INDEX comparisons_rater ON comparisons(rater_id)",
         "CREATE INDEX probes_rater ON probes(rater_id)",
+    ],
+    [   # 2: items handed out are leased, so concurrent raters are not all given the same open item
+        """CREATE TABLE assignments (item_id TEXT NOT NULL REFERENCES items(id),
+               rater_id INTEGER NOT NULL REFERENCES raters(id), assigned_at REAL NOT NULL,
+               PRIMARY KEY (item_id, rater_id))""",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -137,23 +143,60 @@ class Store:
     # ------------------------------------------------------------------ comparison items
     def add_item(self, item_id: str, context: list, candidates: list, has_evidence: list,
                  target_ratings: int, checkpoint: str, step: int, sampling: dict, created_by: int) -> None:
-        self._write("INSERT INTO items VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (item_id, json.dumps(context), json.dumps(candidates), json.dumps(has_evidence),
-                     target_ratings, checkpoint, step, json.dumps(sampling), created_by, time.time()))
+        """Store a new item, leased to its creator, in one transaction."""
+        now = time.time()
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("INSERT INTO items VALUES (?,?,?,?,?,?,?,?,?,?)",
+                              (item_id, json.dumps(context), json.dumps(candidates), json.dumps(has_evidence),
+                               target_ratings, checkpoint, step, json.dumps(sampling), created_by, now))
+            self.conn.execute("INSERT INTO assignments VALUES (?,?,?)", (item_id, created_by, now))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
 
     def item(self, item_id: str) -> dict | None:
         row = self.conn.execute("SELECT * FROM items WHERE id = ?", (item_id,)).fetchone()
         return _item(row) if row else None
 
+    def _open_items_sql(self) -> str:
+        """Items short of their target (ratings + other raters' live leases) that ? has not rated."""
+        return """SELECT i.* FROM items i WHERE
+                 (SELECT COUNT(*) FROM comparisons c WHERE c.item_id = i.id)
+                 + (SELECT COUNT(*) FROM assignments a WHERE a.item_id = i.id AND a.rater_id != :rater
+                    AND a.assigned_at > :since
+                    AND NOT EXISTS (SELECT 1 FROM comparisons c WHERE c.item_id = i.id
+                                    AND c.rater_id = a.rater_id)) < i.target_ratings
+                 AND NOT EXISTS (SELECT 1 FROM comparisons c WHERE c.item_id = i.id AND c.rater_id = :rater)
+               ORDER BY (i.created_by = :rater) DESC, i.created_at"""
+
     def open_items_for(self, rater_id: int, limit: int = 1) -> list[dict]:
-        """Items still short of their target ratings that `rater_id` has not rated, oldest first."""
-        rows = self.conn.execute(
-            """SELECT i.* FROM items i WHERE
-                 (SELECT COUNT(*) FROM comparisons c WHERE c.item_id = i.id) < i.target_ratings
-                 AND NOT EXISTS (SELECT 1 FROM comparisons c WHERE c.item_id = i.id AND c.rater_id = ?)
-               ORDER BY (i.created_by = ?) DESC, i.created_at LIMIT ?""",
-            (rater_id, rater_id, limit)).fetchall()
+        """Items still short of their target ratings that `rater_id` has not rated, their own first,
+        then oldest first (another rater's live lease counts as a rating)."""
+        rows = self.conn.execute(self._open_items_sql() + " LIMIT :limit",
+                                 {"rater": rater_id, "since": time.time() - LEASE_S, "limit": limit}).fetchall()
         return [_item(r) for r in rows]
+
+    def take_item(self, rater_id: int) -> dict | None:
+        """Lease the first open item to `rater_id` (atomically: two raters never take the last slot)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = self.conn.execute(self._open_items_sql() + " LIMIT 1",
+                                    {"rater": rater_id, "since": time.time() - LEASE_S}).fetchone()
+            if row is not None:
+                self.conn.execute("INSERT OR REPLACE INTO assignments VALUES (?,?,?)",
+                                  (row["id"], rater_id, time.time()))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        return _item(row) if row is not None else None
+
+    def assigned(self, item_id: str, rater_id: int) -> bool:
+        """Whether `item_id` was ever handed to `rater_id` (they may then always submit it)."""
+        return self.conn.execute("SELECT 1 FROM assignments WHERE item_id = ? AND rater_id = ?",
+                                 (item_id, rater_id)).fetchone() is not None
 
     def items(self) -> list[dict]:
         return [_item(r) for r in self.conn.execute("SELECT * FROM items ORDER BY created_at, id")]

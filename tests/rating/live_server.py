@@ -21,15 +21,19 @@ def free_port() -> int:
 
 
 def start_server(db: str, port: int, *extra: str, timeout: float = 60.0) -> subprocess.Popen:
-    """Start the server and wait until it answers (at most `timeout` s)."""
+    """Start the server and wait until it answers (at most `timeout` s). Its output goes to `<db>.log`
+    (a pipe nobody reads would fill and block the server's logging)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
+    log = open(db + ".log", "a")
     proc = subprocess.Popen([sys.executable, "-m", "sparrow_jax", "rate", "serve", "--scripted", "--db", db,
                              "--host", "127.0.0.1", "--port", str(port), *extra],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    log.close()
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}: {proc.stderr.read()}")
+            with open(db + ".log") as f:
+                raise RuntimeError(f"the server exited with {proc.returncode}: {f.read()}")
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=1).read()
             return proc

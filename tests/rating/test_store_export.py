@@ -140,3 +140,34 @@ def test_committed_writes_survive_another_connection(tmp_path):
     assert other.execute("SELECT COUNT(*) FROM comparisons").fetchone()[0] == 1
     other.close()
     st.close()
+
+
+def test_a_leased_item_is_not_handed_to_another_rater(store):
+    alice, bob, carol = _rater(store, "alice"), _rater(store, "bob"), _rater(store, "carol")
+    source = ScriptedSource()
+    single = queue.next_item(store, source, alice, num_candidates=2, double_share=0.0)
+    assert queue.next_item(store, source, bob, num_candidates=2, double_share=0.0)["id"] != single["id"]
+    double = queue.next_item(store, source, carol, num_candidates=2, double_share=1.0)
+    others = [_rater(store, name) for name in ("dave", "erin")]
+    taken = [queue.next_item(store, source, r, num_candidates=2, double_share=1.0)["id"] for r in others]
+    assert taken.count(double["id"]) == 1  # carol's lease + one more rater make its two
+    assert store.assigned(single["id"], alice) and not store.assigned(single["id"], bob)
+
+
+def test_a_version_1_database_is_migrated_with_its_data(tmp_path):
+    from sparrow_jax.rating.store import MIGRATIONS, Store, _connect
+    path = str(tmp_path / "r.sqlite")
+    conn = _connect(path)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for statement in MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute("INSERT INTO schema_version VALUES (1)")
+    old = Store(conn)
+    token = auth.add_rater(old, "alice")
+    conn.close()
+    store = open_store(path)
+    assert store.conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert store.rater_by_hash(auth.hash_token(token))["name"] == "alice"
+    assert store.assigned("nothing", 1) is False
+    store.close()
