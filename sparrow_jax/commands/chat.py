@@ -12,6 +12,8 @@ from __future__ import annotations
 import sys
 from typing import Iterable, TextIO
 
+from sparrow_jax.data.jsonl import clean_text
+
 INDENT = "    "
 
 
@@ -68,7 +70,7 @@ def chat_loop(agent, env, lines: Iterable[str], out: TextIO, *, scorer=None, n_b
         out.write("User: ")
         out.flush()
     for line in lines:
-        text = line.rstrip("\r\n")
+        text = clean_text(line.rstrip("\r\n"))  # the boundary rule for typed text (data/jsonl.py)
         if text.strip():
             history += (Turn(Role.USER, text),)  # the whole line is user text, whatever it says
             if not interactive:
@@ -119,6 +121,8 @@ def run(args, overrides) -> int:
     if interactive:
         print(f"chatting with {agent.label} ({agent.stage}); one line per turn, Ctrl-D to end",
               file=sys.stderr)
-    chat_loop(agent, env, sys.stdin, sys.stdout, scorer=scorer, n_best=args.n_best, verbose=args.verbose,
+    # Bytes that are not UTF-8 become U+FFFD (via surrogateescape and clean_text), never a crash.
+    lines = (raw.decode("utf-8", "surrogateescape") for raw in sys.stdin.buffer)
+    chat_loop(agent, env, lines, sys.stdout, scorer=scorer, n_best=args.n_best, verbose=args.verbose,
               seed=args.seed, interactive=interactive)
     return 0

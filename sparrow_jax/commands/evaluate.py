@@ -87,7 +87,9 @@ def _evaluate(args, overrides) -> int:
                        config=config, overrides=overrides)
     print(f"evaluating {agent.label} ({agent.stage}); pref RM: {agent.pref_rm_source or 'none'}, "
           f"rule RM: {agent.rule_rm_source or 'none'}", file=sys.stderr)
-    prompts = load_prompts(agent.data_dir, settings.split, settings.max_prompts)
+    from sparrow_jax.dialogue.rules import load_rules
+    rule_ids = {rule.id for rule in load_rules(agent.cfg.data.rules or None)}
+    prompts = load_prompts(agent.data_dir, settings.split, settings.max_prompts, rule_ids)
     scorer = Scorer(agent)
     judge = make_judge(agent.data_dir, scorer, args.judge)
     for role in required_reward_models(settings.n_best, bool(args.baseline), judge.name):

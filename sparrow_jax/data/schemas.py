@@ -18,18 +18,14 @@ import json
 import os
 from typing import Any, Callable, Collection, Iterator, Mapping
 
+from sparrow_jax.data import jsonl
 from sparrow_jax.dialogue.turns import Dialogue, Role, Turn
 
 PROMPT_SOURCES = ("eli5", "human", "red_team")
 KINDS = ("corpus", "dialogues", "preferences", "rule_ratings", "prompts")
 
 
-class SchemaError(ValueError):
-    """A data line that does not match its schema."""
-
-    def __init__(self, path: str, line: int, field: str, message: str):
-        self.path, self.line, self.field = path, line, field
-        super().__init__(f"{path}:{line}: field '{field}': {message}")
+SchemaError = jsonl.SchemaError  # (path, line, field, message); raised by every reader
 
 
 class _FieldError(Exception):
@@ -259,13 +255,13 @@ PARSERS: dict[str, Callable[..., Record]] = {
 def parse_line(line: str, kind: str, path: str = "<string>", line_number: int = 1,
                rule_ids: Collection[str] | None = None) -> Record:
     """Parses one JSONL line into a record of `kind`; raises SchemaError."""
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise SchemaError(path, line_number, "<json>", f"malformed JSON: {err.msg} "
-                          f"at column {err.colno}") from None
-    if not isinstance(obj, dict):
-        raise SchemaError(path, line_number, "<json>", f"expected an object, got {type(obj).__name__}")
+    return parse_object(jsonl.parse_object(line, path, line_number), kind, path, line_number,
+                        rule_ids)
+
+
+def parse_object(obj: dict, kind: str, path: str, line_number: int,
+                 rule_ids: Collection[str] | None = None) -> Record:
+    """A parsed JSONL object -> a record of `kind`; raises SchemaError."""
     try:
         return PARSERS[kind](obj, rule_ids)
     except _FieldError as err:
@@ -285,16 +281,13 @@ def read_jsonl(path: str | os.PathLike, kind: str | None = None,
     if kind not in PARSERS:
         raise ValueError(f"unknown data kind {kind!r}; expected one of {KINDS}")
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            record = parse_line(line, kind, path, line_number, rule_ids)
-            if record.id in seen:
-                raise SchemaError(path, line_number, "id",
-                                  f"duplicate id {record.id!r} (first on line {seen[record.id]})")
-            seen[record.id] = line_number
-            yield record
+    for line_number, obj in jsonl.json_lines(path, f"{kind} JSONL"):
+        record = parse_object(obj, kind, path, line_number, rule_ids)
+        if record.id in seen:
+            raise SchemaError(path, line_number, "id",
+                              f"duplicate id {record.id!r} (first on line {seen[record.id]})")
+        seen[record.id] = line_number
+        yield record
 
 
 def read_all(path: str | os.PathLike, kind: str | None = None,
@@ -303,9 +296,10 @@ def read_all(path: str | os.PathLike, kind: str | None = None,
 
 
 def write_jsonl(path: str | os.PathLike, records) -> int:
-    """Writes records (or plain dicts) one per line; returns the count."""
+    """Writes records (or plain dicts) one per line, all or nothing (`jsonl.atomic_write`);
+    returns the count."""
     count = 0
-    with open(path, "w", encoding="utf-8") as f:
+    with jsonl.atomic_write(path) as f:
         for record in records:
             obj = record if isinstance(record, dict) else record.to_json()
             f.write(json.dumps(obj, ensure_ascii=False) + "\n")

@@ -135,7 +135,8 @@ def build_all(jsonl_dir, tfds_data_dir, rule_ids: Collection[str] | None = None,
     """Builds every kind whose JSONL files exist in `jsonl_dir`; {kind: builder}.
 
     Raises schemas.SchemaError (a ValueError naming file, line and field) on the
-    first bad line. Raises FileNotFoundError when no JSONL file is found at all.
+    first bad line, ValueError naming an empty file, FileNotFoundError when no JSONL
+    file is found at all.
     """
     if not progress:
         tfds.disable_progress_bar()
@@ -146,10 +147,12 @@ def build_all(jsonl_dir, tfds_data_dir, rule_ids: Collection[str] | None = None,
                                 f"(expected e.g. corpus.jsonl, dialogues.train.jsonl)")
     # Validate every file before building any: rebuilding replaces a prepared dataset,
     # and a bad line found midway would leave the old data deleted and the new unbuilt.
+    # An empty split is refused here too (TFDS would fail on it after building the others).
     for kind in kinds:
         for path in jsonl_paths(jsonl_dir, kind).values():
-            for _ in schemas.read_jsonl(path, kind, rule_ids):
-                pass
+            if not sum(1 for _ in schemas.read_jsonl(path, kind, rule_ids)):
+                raise ValueError(f"{path}: no records (the file is empty or blank); remove it or "
+                                 f"add at least one {kind} record")
     return {kind: build(kind, jsonl_dir, tfds_data_dir, rule_ids, overwrite) for kind in kinds}
 
 

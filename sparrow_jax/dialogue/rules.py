@@ -4,9 +4,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.resources
-import json
 import os
 from typing import Sequence
+
+from sparrow_jax.data import jsonl
 
 RULE_CATEGORIES = frozenset({"harm", "misinformation", "persona", "conversation"})
 _FIELDS = ("id", "name", "text", "category")
@@ -33,22 +34,15 @@ def load_rules(path: str | os.PathLike | None = None) -> tuple[Rule, ...]:
     """
     if path is None:
         name, content = _default_rules_text()
+        lines = ((n, jsonl.parse_object(line, name, n))
+                 for n, line in enumerate(content.splitlines(), start=1) if line.strip())
     else:
         name = os.fspath(path)
-        with open(path, encoding="utf-8") as f:
-            content = f.read()
+        lines = jsonl.json_lines(name, "rules JSONL")
     rules: list[Rule] = []
     first_line_of: dict[str, int] = {}
-    for line_number, line in enumerate(content.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for line_number, obj in lines:
         where = f"{name}:{line_number}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         unknown = sorted(set(obj) - set(_FIELDS))
         if unknown:
             raise ValueError(f"{where}: unknown field {unknown[0]!r} (fields: {', '.join(_FIELDS)})")
@@ -65,6 +59,9 @@ def load_rules(path: str | os.PathLike | None = None) -> tuple[Rule, ...]:
                              f"(first on line {first_line_of[obj['id']]})")
         first_line_of[obj["id"]] = line_number
         rules.append(Rule(**{field: obj[field] for field in _FIELDS}))
+    if not rules:
+        raise ValueError(f"{name}: the rules file has no rules (one JSON object per line: "
+                         f"{', '.join(_FIELDS)})")
     return tuple(rules)
 
 

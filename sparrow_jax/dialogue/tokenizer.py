@@ -18,6 +18,7 @@ from typing import Iterable, Iterator
 
 import sentencepiece as spm
 
+from sparrow_jax.data.jsonl import check_input_file, invalid_unicode
 from sparrow_jax.dialogue.turns import Role
 
 ROLE_PIECES = {
@@ -94,9 +95,15 @@ class Tokenizer:
     # ---------------------------------------------------------------- construction
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Tokenizer":
-        """Loads any SentencePiece model file (ours or user-supplied)."""
+        """Loads any SentencePiece model file (ours or user-supplied); ValueError naming the
+        path if it is not a file or not a SentencePiece model."""
+        path = check_input_file(path, "tokenizer (SentencePiece model)")
         with open(path, "rb") as f:
-            return cls(f.read())
+            data = f.read()
+        try:
+            return cls(data)
+        except RuntimeError as err:  # sentencepiece's parse failure
+            raise ValueError(f"{path}: not a SentencePiece model ({str(err).strip()[:120]})") from None
 
     def save(self, path: str | os.PathLike) -> None:
         with open(path, "wb") as f:
@@ -108,7 +115,12 @@ class Tokenizer:
 
     # ---------------------------------------------------------------- text <-> ids
     def encode(self, text: str) -> list[int]:
-        """Text -> token ids; never contains a control id."""
+        """Text -> token ids; never contains a control id. ValueError for text that is not valid
+        Unicode (a lone surrogate): callers clean interactive text first (`jsonl.clean_text`)
+        and files are refused by their reader."""
+        bad = invalid_unicode(text)
+        if bad is not None:
+            raise ValueError(f"cannot tokenize {text[:50]!r}: {bad}")
         if self._space_mark_ids is not None and _SPACE_MARK in text:
             ids: list[int] = []
             for k, segment in enumerate(text.split(_SPACE_MARK)):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import sys
 import time
 from typing import Sequence
 
@@ -31,7 +32,7 @@ from sparrow_jax.evaluation.agent import Agent
 from sparrow_jax.evaluation.reranking import RerankConfig, best_of_n
 from sparrow_jax.evaluation.judge import Judge, Verdict
 from sparrow_jax.rl.rollout import EVIDENCE_MODES, Environment, RolloutConfig, rollout
-from sparrow_jax.search.data_engine import data_dir_engine
+from sparrow_jax.search.data_engine import NoSearch, data_dir_engine
 from sparrow_jax.train.metrics import Progress
 
 
@@ -93,27 +94,43 @@ class EvalResult:
     baseline: str | None = None
 
 
-def load_prompts(data_dir: str, split: str = "test", max_prompts: int = 0) -> list[PromptRecord]:
-    """The held-out prompts `<data_dir>/prompts.<split>.jsonl` (the first `max_prompts`, 0 = all)."""
+def load_prompts(data_dir: str, split: str = "test", max_prompts: int = 0,
+                 rule_ids=None) -> list[PromptRecord]:
+    """The held-out prompts `<data_dir>/prompts.<split>.jsonl` (the first `max_prompts`, 0 = all).
+
+    `rule_ids`: the rules a probe may name (an unknown `rule_id` is an error naming the line,
+    not a probe silently left out of the rule figures). An empty file is an error too."""
     path = os.path.join(data_dir or "", f"prompts.{split}.jsonl")
     if not os.path.exists(path):
         raise FileNotFoundError(f"no held-out prompts at {path}: make a data dir with "
                                 f"`sparrow data toyworld --out DIR` (or pass --config.data.dir=DIR)")
-    prompts = list(schemas.read_jsonl(path, "prompts"))
+    prompts = list(schemas.read_jsonl(path, "prompts", rule_ids=rule_ids))
+    if not prompts:
+        raise ValueError(f"{path}: the prompts file is empty: nothing to evaluate")
     return prompts[:max_prompts] if max_prompts > 0 else prompts
 
 
 @functools.lru_cache(maxsize=4)
 def load_engine(data_dir: str):
     """The data dir's search engine: its `search_index/`, else an index of its `corpus.jsonl` built
-    in memory (`search.data_engine`; nothing is written into the data dir)."""
-    return data_dir_engine(data_dir)
+    in memory (`search.data_engine`; nothing is written into the data dir). A dir with neither turns
+    search off (`NoSearch`), saying so in one line on stderr."""
+    try:
+        return data_dir_engine(data_dir)
+    except FileNotFoundError as err:
+        print(f"search disabled: {err}", file=sys.stderr, flush=True)
+        return NoSearch()
 
 
 def make_environment(agent: Agent, evidence: str = "free", engine=None) -> Environment:
-    """The rollout environment with the config's `rl` sampling knobs."""
+    """The rollout environment with the config's `rl` sampling knobs. With search off (`NoSearch`)
+    the policy is not offered search (evidence "free" / "choose" become "never")."""
+    engine = engine or load_engine(agent.data_dir)
+    evidence = evidence or agent.cfg.rl.evidence
+    if isinstance(engine, NoSearch) and evidence in ("free", "choose"):
+        evidence = "never"
     config = RolloutConfig.from_rl_config(agent.cfg.rl, evidence)
-    return Environment(agent.model_cfg, agent.tokenizer, engine or load_engine(agent.data_dir), config)
+    return Environment(agent.model_cfg, agent.tokenizer, engine, config)
 
 
 def _batches(prompts: Sequence[PromptRecord], size: int):

@@ -7,6 +7,8 @@ import os
 import re
 from typing import Iterable, Iterator
 
+from sparrow_jax.data import jsonl
+
 REQUIRED_FIELDS = ("id", "title", "url", "text")
 
 # Function words carry no evidence about which document or passage is meant.
@@ -58,22 +60,15 @@ def iter_corpus(path: str | os.PathLike) -> Iterator[Document]:
     """Yield the documents of a JSONL corpus; blank lines are skipped."""
     path = os.fspath(path)
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CorpusError(f"{where}: invalid JSON ({e.msg})") from None
-            doc = parse_document(obj, where)
-            if doc.id in seen:
-                raise CorpusError(
-                    f"{where}: field 'id' duplicates {doc.id!r} from line {seen[doc.id]}"
-                )
-            seen[doc.id] = lineno
-            yield doc
+    for lineno, obj in jsonl.json_lines(path, "corpus JSONL"):
+        where = f"{path}:{lineno}"
+        doc = parse_document(obj, where)
+        if doc.id in seen:
+            raise CorpusError(
+                f"{where}: field 'id' duplicates {doc.id!r} from line {seen[doc.id]}"
+            )
+        seen[doc.id] = lineno
+        yield doc
 
 
 def load_corpus(path: str | os.PathLike) -> list[Document]:
@@ -84,6 +79,6 @@ def load_corpus(path: str | os.PathLike) -> list[Document]:
 
 
 def write_corpus(path: str | os.PathLike, docs: Iterable[Document]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    with jsonl.atomic_write(path) as f:
         for doc in docs:
             f.write(json.dumps(doc.to_json(), ensure_ascii=False) + "\n")

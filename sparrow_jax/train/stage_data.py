@@ -122,8 +122,8 @@ def rated_rule_ids(directory: str) -> set[str] | None:
     path = os.path.join(directory or "", "rule_ratings.train.jsonl")
     if not os.path.exists(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        return {json.loads(line).get("rule_id") for line in f if line.strip()}
+    from sparrow_jax.data.jsonl import json_lines
+    return {obj.get("rule_id") for _, obj in json_lines(path, "rule ratings JSONL")}
 
 
 def select_rules(rules, directory: str, scope: str) -> tuple:

@@ -33,7 +33,7 @@ def _write(tmp_path, lines):
 
 
 @pytest.mark.parametrize("bad_line, message", [
-    ("{not json", "invalid JSON"),
+    ("{not json", "field .<json>.: malformed JSON"),
     (json.dumps({k: v for k, v in GOOD.items() if k != "text"} | {"id": "b"}), "missing field 'text'"),
     (json.dumps(GOOD | {"id": "b", "name": ""}), "field 'name'"),
     (json.dumps(GOOD | {"id": "b", "category": "misc"}), "field 'category'"),
