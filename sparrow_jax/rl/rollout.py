@@ -28,6 +28,7 @@ import jax
 import numpy as np
 
 from sparrow_jax import distributed
+from sparrow_jax.data.jsonl import clean_text
 from sparrow_jax.dialogue.tokenizer import Tokenizer
 from sparrow_jax.dialogue.turns import Dialogue, Role, Turn
 from sparrow_jax.rl import sequence as seq_lib
@@ -270,7 +271,8 @@ def rollout(env: Environment, params, contexts: Sequence[Sequence[Turn]], rng: j
             if role_lp_B is not None:
                 block = dataclasses.replace(block, role_logprob=float(role_lp_B[row]))
             results = env.engine.search(query.turn.text, k=1)
-            evidence = format_evidence(results[0]) if results else cfg.no_results_text
+            # An engine's text (any SearchEngine, maybe a remote one) passes the boundary rule.
+            evidence = clean_text(format_evidence(results[0])) if results else cfg.no_results_text
             malformed[row] = _first(query.malformed, None if results else NO_RESULTS)
             result_turn = Turn(Role.SEARCH_RESULT, evidence)
             rows[row] = rows[row] + [block, Block(Role.SEARCH_RESULT, tuple(tok.encode_turn(evidence)),
