@@ -20,6 +20,15 @@ CORPUS_FILE = "corpus.jsonl"
 _META_FILE = "engine.json"  # what marks a saved index (bm25.META_FILE)
 
 
+class NoSearch:
+    """The engine of a data dir without a corpus: search is off, every query finds nothing."""
+
+    disabled = True
+
+    def search(self, query: str, k: int = 1) -> list:
+        return []
+
+
 def _has_index(path: str | None) -> bool:
     return bool(path) and os.path.exists(os.path.join(path, _META_FILE))
 

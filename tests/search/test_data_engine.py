@@ -51,3 +51,21 @@ def test_no_index_and_no_corpus_is_an_error_naming_both(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no search index \(search_index/\) and no corpus "
                                                  r"\(corpus.jsonl\)"):
         data_dir_engine(str(tmp_path))
+
+
+def test_evaluation_without_a_corpus_turns_search_off_in_one_line(tmp_path, capsys):
+    import types
+
+    from sparrow_jax.config import default_config
+    from sparrow_jax.evaluation import evaluator
+    from sparrow_jax.search.data_engine import NoSearch
+
+    engine = evaluator.load_engine(str(tmp_path))
+    assert isinstance(engine, NoSearch) and engine.search("anything") == []
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"search disabled: {tmp_path} has no search index (search_index/) and no corpus "
+                   "(corpus.jsonl) to build one from"]
+    cfg = default_config()
+    agent = types.SimpleNamespace(cfg=cfg, model_cfg=cfg.model, tokenizer=None, data_dir=str(tmp_path))
+    assert evaluator.make_environment(agent, "free").config.evidence == "never"
+    assert evaluator.make_environment(agent, "always").config.evidence == "always"  # asked for: kept
