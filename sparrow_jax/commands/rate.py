@@ -42,7 +42,8 @@ def add_arguments(parser) -> None:
     out.add_argument("--test-share", type=float, default=0.1)
 
 
-def _serve(args, overrides) -> int:
+def build_app(args, overrides=()):
+    """The WSGI app `serve` runs for these flags (loads the agent unless --scripted)."""
     from sparrow_jax.dialogue.rules import load_rules
     from sparrow_jax.rating import queue
     from sparrow_jax.rating.app import create_app
@@ -51,10 +52,7 @@ def _serve(args, overrides) -> int:
         source, rules, k = ScriptedSource(), load_rules(None), args.num_candidates or 4
     else:
         if not args.workdir:
-            print("sparrow rate serve: --workdir is required (or --scripted)", file=sys.stderr)
-            return 2
-        from sparrow_jax.commands.evaluate import _quiet_logs
-        _quiet_logs()
+            raise ValueError("--workdir is required (or --scripted)")
         from sparrow_jax.evaluation.agent import load_agent
         agent = load_agent(args.workdir, step=args.step, overrides=overrides)
         source, rules = AgentSource(agent), load_rules(agent.cfg.data.rules or None)
@@ -62,6 +60,14 @@ def _serve(args, overrides) -> int:
     focus = queue.focus_rules([r.id for r in rules], queue.violation_rates(args.eval_report),
                               top=args.focus_top)
     app = create_app(args.db, source, rules, num_candidates=k, double_share=args.double_share, focus=focus)
+    return app, source, focus
+
+
+def _serve(args, overrides) -> int:
+    if not args.scripted:
+        from sparrow_jax.commands.evaluate import _quiet_logs
+        _quiet_logs()
+    app, source, focus = build_app(args, overrides)
     import waitress
     print(f"sparrow rate: serving {source.checkpoint} on http://{args.host}:{args.port}/ "
           f"(probe rules: {', '.join(focus)})", file=sys.stderr, flush=True)
