@@ -22,6 +22,7 @@ COMMANDS = {
     "sweep": ("sparrow_jax.commands.sweep", "run", "expand get_sweep() into runs"),
     "data": ("sparrow_jax.commands.data", "run", "generate or build datasets (e.g. `data toyworld`)"),
     "import": ("sparrow_jax.commands.import_hf", "run", "import a Hugging Face checkpoint (Llama, Gemma) as an lm workdir"),
+    "export": ("sparrow_jax.commands.export_hf", "run", "write a workdir's policy as a Hugging Face directory"),
     "rate": ("sparrow_jax.commands.rate", "run", "rating web app: collect comparisons and rule probes"),
 }
 

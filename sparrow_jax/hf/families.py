@@ -106,6 +106,19 @@ class Entry:
     to_ours: Callable[[Any], Any]
     layers: tuple[int, ...] | None = None   # HF layer indices of a stack, bottom first
 
+    def from_ours(self, ours):
+        """Our layout (one layer) -> the HF tensor: the inverse of `to_ours`."""
+        if self.to_ours is _same:
+            return ours
+        if self.path[-1] == "out":   # [H, K, D] -> o_proj [D, H * K]
+            return ours.reshape(-1, ours.shape[-1]).T
+        return ours.reshape(ours.shape[0], -1).T   # [in, ...out] -> [out, in]
+
+
+def _same(w):
+    """Tensors our layout shares with HF's (embedding, norm scales)."""
+    return w
+
 
 def _linear(shape_after: tuple[int, ...]):
     """HF [out, in] -> [in, *shape_after] (shape_after splits `out` by head)."""
@@ -121,7 +134,6 @@ def tensor_plan(m: dict, n_frozen: int) -> list[Entry]:
     """Plan entries for trunk (bottom n_frozen layers) and policy top (the rest)."""
     d, h, k, f, v = m["d_model"], m["n_heads"], m["head_dim"], m["d_ff"], m["vocab_size"]
     g = m["n_kv_heads"] or h
-    ident = lambda w: w
     per_layer = [
         (("attn", "query"), "self_attn.q_proj.weight", (h * k, d),
          "num_attention_heads * head_dim x hidden_size", _linear((h, k))),
@@ -131,8 +143,8 @@ def tensor_plan(m: dict, n_frozen: int) -> list[Entry]:
          "num_key_value_heads * head_dim x hidden_size", _linear((g, k))),
         (("attn", "out"), "self_attn.o_proj.weight", (d, h * k),
          "hidden_size x num_attention_heads * head_dim", _out_proj(h, k)),
-        (("attn_norm", "scale"), "input_layernorm.weight", (d,), "hidden_size", ident),
-        (("mlp_norm", "scale"), "post_attention_layernorm.weight", (d,), "hidden_size", ident),
+        (("attn_norm", "scale"), "input_layernorm.weight", (d,), "hidden_size", _same),
+        (("mlp_norm", "scale"), "post_attention_layernorm.weight", (d,), "hidden_size", _same),
         (("mlp", "wi_gate"), "mlp.gate_proj.weight", (f, d), "intermediate_size x hidden_size",
          lambda w: w.T),
         (("mlp", "wi_up"), "mlp.up_proj.weight", (f, d), "intermediate_size x hidden_size",
@@ -141,7 +153,7 @@ def tensor_plan(m: dict, n_frozen: int) -> list[Entry]:
          lambda w: w.T),
     ]
     plan = [Entry(("trunk", "embedding"), "model.embed_tokens.weight", (v, d),
-                  "vocab_size x hidden_size", ident)]
+                  "vocab_size x hidden_size", _same)]
     stacks = [("trunk", tuple(range(n_frozen))),
               ("policy", tuple(range(n_frozen, m["n_layers"])))]
     for stack, layers in stacks:
@@ -151,7 +163,7 @@ def tensor_plan(m: dict, n_frozen: int) -> list[Entry]:
             plan.append(Entry((stack, "layers") + sub, "model.layers.{i}." + name, shape,
                               fields, fn, layers))
     plan.append(Entry(("policy", "final_norm", "scale"), "model.norm.weight", (d,),
-                      "hidden_size", ident))
+                      "hidden_size", _same))
     if not m["tied_embeddings"]:
         plan.append(Entry(("policy", "unembed"), "lm_head.weight", (v, d),
                           "vocab_size x hidden_size (tie_word_embeddings=false)", lambda w: w.T))

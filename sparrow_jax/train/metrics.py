@@ -13,7 +13,6 @@ import sys
 import time
 from typing import Mapping
 
-import numpy as np
 
 from sparrow_jax.train import storage
 
@@ -24,10 +23,10 @@ def _is_main_process() -> bool:
 
 
 def to_floats(metrics: Mapping) -> dict[str, float]:
-    """Device scalars -> Python floats (one host transfer for the whole dict)."""
-    import jax
-    host = jax.device_get(dict(metrics))
-    return {k: float(np.asarray(v)) for k, v in host.items()}
+    """Device scalars (replicated, e.g. a jitted step's metrics) -> Python floats, each read
+    from this process's own copy."""
+    from sparrow_jax.distributed import to_host
+    return {k: float(v) for k, v in to_host(dict(metrics)).items()}
 
 
 class MetricsWriter:
