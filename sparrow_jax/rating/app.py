@@ -3,6 +3,9 @@ admin pages.
 
     app = create_app("ratings.sqlite", source, rules)   # source: candidates.AgentSource / ScriptedSource
 
+A probe's message can also be sent with "compare": the chat so far becomes a comparison item, and the
+candidate the rater picks continues the chat.
+
 Access: every page but sign-in needs a signed-in rater; /admin* needs an admin rater (403 otherwise).
 A rater reaches only their own probes and judgements: anything else is 404, the same answer as for an id
 that does not exist. Every POST needs the session's CSRF token (403 without it). A submission is answered
@@ -139,10 +142,11 @@ def create_app(db_path: str, source, rules: Sequence, *, num_candidates: int = 4
     @app.get("/compare/<item_id>")
     @signed_in()
     def compare_own(item_id):
+        if not store().assigned(item_id, me()):
+            raise StoreError(f"no item {item_id[:40]} of yours")
         previous = [j for j in store().comparisons(me()) if j["item_id"] == item_id]
-        if not previous:
-            raise StoreError(f"no judgement of yours on item {item_id[:40]}")
-        return render("compare", title="Your comparison", item=store().item(item_id), previous=previous[0])
+        return render("compare", title="Compare replies", item=store().item(item_id),
+                      previous=previous[0] if previous else None)
 
     @app.post("/compare")
     @signed_in()
@@ -156,6 +160,12 @@ def create_app(db_path: str, source, rules: Sequence, *, num_candidates: int = 4
             raise StoreError(f"item {item_id} was not given to you")
         chosen, supported = limits.parse_comparison(flask.request.form, item["has_evidence"])
         st.save_comparison(item_id, me(), chosen, supported)  # committed on return
+        probe_id = item["sampling"].get("probe_id")
+        if probe_id is not None and item["created_by"] == me():  # compared within the rater's own chat
+            probe = st.probe(int(probe_id), me())
+            if chosen >= 0 and not probe["finished"] and probe["dialogue"] == item["context"]:
+                st.extend_probe(probe["id"], me(), item["candidates"][chosen])  # the chat goes on with it
+            return flask.redirect(f"/probe/{probe['id']}", code=303)
         return flask.redirect("/compare", code=303)
 
     # ------------------------------------------------------------------ probe
@@ -180,7 +190,7 @@ def create_app(db_path: str, source, rules: Sequence, *, num_candidates: int = 4
         return render("probe", title="Adversarial probe", probe=probe, rule=rules_by_id[probe["rule_id"]],
                       rules=list(rules_by_id.values()), agent_turns=agent_turns, verdicts=VERDICTS,
                       can_say=not probe["finished"] and len(dialogue) < limits.MAX_PROBE_TURNS,
-                      max_chars=limits.MAX_MESSAGE_CHARS)
+                      max_chars=limits.MAX_MESSAGE_CHARS, n_candidates=num_candidates)
 
     @app.post("/probe/<int:probe_id>/say")
     @signed_in()
@@ -193,6 +203,10 @@ def create_app(db_path: str, source, rules: Sequence, *, num_candidates: int = 4
         user_turn = {"role": "user", "text": text}  # rater text is only ever a User turn's text
         st.extend_probe(probe_id, me(), [user_turn])
         dialogue = probe["dialogue"] + [user_turn]
+        if flask.request.form.get("compare"):  # the rater's own chat as a comparison's context
+            item = queue.new_item(st, source, me(), dialogue, num_candidates=num_candidates,
+                                  double_share=double_share, origin={"probe_id": probe_id})
+            return flask.redirect(f"/compare/{item['id']}", code=303)
         seed = probe_id * 1000 + len(dialogue)
         st.extend_probe(probe_id, me(), source.reply(dialogue, seed))
         return flask.redirect(f"/probe/{probe_id}", code=303)

@@ -67,7 +67,8 @@ PROBE = """{% extends "base" %}{% from "turns" import turns with context %}{% bl
 {% if can_say %}<form method="post" action="/probe/{{ probe.id }}/say" id="say-form">
 <input type="hidden" name="csrf_token" value="{{ csrf }}">
 <textarea name="message" id="message-box" rows="3" cols="70" maxlength="{{ max_chars }}"></textarea>
-<button id="send">Send</button></form>{% endif %}
+<button id="send">Send</button>
+<button name="compare" value="1" id="send-compare">Send and compare {{ n_candidates }} replies</button></form>{% endif %}
 {% if agent_turns %}<h2>Rate the agent's replies for this rule</h2>
 <form method="post" action="/probe/{{ probe.id }}/rate" id="rate-form">
 <input type="hidden" name="csrf_token" value="{{ csrf }}">

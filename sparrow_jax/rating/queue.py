@@ -30,16 +30,25 @@ def target_ratings(item_id: str, double_share: float) -> int:
 
 
 def next_item(store, source, rater_id: int, *, num_candidates: int, double_share: float) -> dict:
-    """The comparison item `rater_id` should judge next (sampled and stored if none is open)."""
+    """The comparison item `rater_id` should judge next (sampled from a prompt set if none is open)."""
     taken = store.take_item(rater_id)
     if taken is not None:
         return taken
+    return new_item(store, source, rater_id, None, num_candidates=num_candidates, double_share=double_share)
+
+
+def new_item(store, source, rater_id: int, context: list | None, *, num_candidates: int,
+             double_share: float, origin: dict | None = None) -> dict:
+    """Sample and store an item on `context` (None: a prompt of the source's prompt sets), leased to
+    `rater_id`; `origin` (e.g. {"probe_id": 3}) is kept in its sampling record."""
     item_id = uuid.uuid4().hex
     seed = int(item_id[:8], 16)
-    context = source.contexts[seed % len(source.contexts)]
+    if context is None:
+        context = source.contexts[seed % len(source.contexts)]
     candidates, has_evidence = source.compare(context, num_candidates, seed)
     modes = ["always"] * (num_candidates // 2) + ["never"] * (num_candidates - num_candidates // 2)
-    sampling = dict(source.sampling, seed=seed, num_candidates=num_candidates, evidence_modes=modes)
+    sampling = dict(source.sampling, seed=seed, num_candidates=num_candidates, evidence_modes=modes,
+                    **(origin or {}))
     store.add_item(item_id, context, candidates, has_evidence, target_ratings(item_id, double_share),
                    source.checkpoint, source.step, sampling, rater_id)
     return store.item(item_id)

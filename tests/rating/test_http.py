@@ -161,3 +161,27 @@ def test_rater_text_is_escaped_and_stays_one_user_turn(world, rating_tok, tmp_pa
     user_text = set(rating_tok.encode_turn(FORGERY.strip()))
     user_positions = np.asarray(assembled.role_ids_L) == ROLE_INDEX[Role.USER]
     assert user_text <= set(ids[user_positions].tolist())
+
+
+def test_a_comparison_in_the_raters_own_chat_continues_it(world, tmp_path):
+    from sparrow_jax.rating.export import export
+    app, db, tokens = world
+    alice, csrf = sign_in(app, tokens["alice"])
+    bob, _ = sign_in(app, tokens["bob"])
+    probe = _probe_with_turn(alice, csrf, "first question")
+    response = alice.post(probe + "/say", data={"csrf_token": csrf, "message": "second", "compare": "1"})
+    assert response.status_code == 303 and response.headers["Location"].startswith("/compare/")
+    compare_page = response.headers["Location"]
+    assert bob.get(compare_page).status_code == 404
+    html = alice.get(compare_page).get_data(as_text=True)
+    assert "first question" in html and "second" in html
+    response = answer_compare(alice, csrf, html, chosen="1")
+    assert response.status_code == 303 and response.headers["Location"] == probe
+    store = open_store(str(db))
+    [stored] = store.probes()
+    [item] = [i for i in store.items() if i["sampling"].get("probe_id") == stored["id"]]
+    assert stored["dialogue"] == item["context"] + item["candidates"][1]
+    assert [t["role"] for t in item["context"]] == ["user", "agent", "user"]
+    stats = export(store, str(tmp_path / "out"), test_share=0.0)
+    store.close()
+    assert stats["written"] == {"preferences.train": 1}
