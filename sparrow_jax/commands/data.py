@@ -5,7 +5,7 @@
     sparrow data convert --format hh|pku|questions --in FILE --out FILE
                          [--dialogues-out FILE] [--rule-ratings-out FILE] [--rules FILE] [--strict]
     sparrow data prepare --out DIR [--hh FILE ...] [--pku FILE ...] [--questions FILE ...]
-                         [--hh-red-team FILE ...]
+                         [--hh-red-team FILE ...] [--corpus FILE ...]
                          [--test-fraction 0.1] [--seed 0] [--no-build] [--rules FILE] [--strict]
 
 Bad input (a schema error naming file, line and field) prints one line and exits 2.
@@ -55,7 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for fmt, what in (("hh", "HH-RLHF JSONL(.gz)"),
                       ("pku", "PKU-SafeRLHF JSONL(.gz); unsafe prompts also become red-team probes"),
                       ("questions", "a question per line"),
-                      ("hh-red-team", "HH red_team_attempts (JSON array or JSONL, .gz): probes")):
+                      ("hh-red-team", "HH red_team_attempts (JSON array or JSONL, .gz): probes"),
+                      ("corpus", "search corpus: JSONL of {title, text[, id, url]} (a Wikipedia-"
+                                 "style dump); indexed into OUT/search_index")):
         prep.add_argument(f"--{fmt}", action="append", default=[], metavar="FILE",
                           dest=fmt.replace("-", "_"), help=f"{what} (repeatable)")
     prep.add_argument("--test-fraction", type=float, default=0.1,
@@ -145,7 +147,7 @@ def _convert(args) -> None:
 
 def _prepare(args) -> None:
     from sparrow_jax.data.prepare import prepare
-    sources = [(fmt, path) for fmt in ("hh", "pku", "questions", "hh-red-team")
+    sources = [(fmt, path) for fmt in ("hh", "pku", "questions", "hh-red-team", "corpus")
                for path in getattr(args, fmt.replace("-", "_"))]
     start = time.perf_counter()
     summary = prepare(args.out, sources, test_fraction=args.test_fraction, seed=args.seed,

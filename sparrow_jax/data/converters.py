@@ -187,6 +187,21 @@ def question_records(path) -> Iterator[schemas.PromptRecord]:
                 yield schemas.PromptRecord(f"eli5-{line}", "eli5", (Turn(Role.USER, text.strip()),))
 
 
+def title_text_documents(path) -> Iterator["Document"]:
+    """A Wikipedia-style dump (one JSON object per line: `title` and `text`, optional `id` and `url`)
+    as search corpus documents; id defaults to `wiki-<line>`, url to the English Wikipedia page of
+    the title. Empty texts are skipped."""
+    from sparrow_jax.search.corpus import Document
+    for line, obj in _json_lines(path):
+        title = _field(obj, "title", str, path, line)
+        text = _field(obj, "text", str, path, line)
+        doc_id = _field(obj, "id", str, path, line) if "id" in obj else f"wiki-{line}"
+        url = (_field(obj, "url", str, path, line) if "url" in obj
+               else "https://en.wikipedia.org/wiki/" + title.strip().replace(" ", "_"))
+        if text.strip():
+            yield Document(doc_id, title, url, text)
+
+
 def convert(fmt: str, in_path, out_path, *, dialogues_out=None, rule_ratings_out=None,
             rule_ids: Collection[str] | None = None, strict: bool = False) -> dict:
     """Converts one file; returns {"written": {path: n}, "skipped": {reason: n}}.

@@ -14,6 +14,8 @@ sides), and written as the layout the stages read:
     OUT/rule_ratings.{train,test}.jsonl  rule ratings (pku harm labels)
     OUT/prompts.{train,test}.jsonl       prompts (questions: eli5; red_team probes with their
                                          rule_id from pku and hh-red-team: `probes`)
+    OUT/corpus.jsonl, OUT/search_index/  the search corpus (`corpus`: title/text records,
+                                         `converters.title_text_documents`) and its BM25 index
     OUT/tfds/                            the TFDS datasets (`tfds_builders.build_all`)
     OUT/prepare.json                     sources, seed, fraction, counts per kind and split, skips
 
@@ -32,7 +34,7 @@ from typing import Collection, Iterator, Sequence
 
 from sparrow_jax.data import converters, probes, schemas
 
-FORMATS = ("hh", "pku", "questions", "hh-red-team")
+FORMATS = ("hh", "pku", "questions", "hh-red-team", "corpus")
 SPLITS = ("train", "test")
 SUMMARY_FILE = "prepare.json"
 
@@ -75,6 +77,9 @@ def source_records(fmt: str, path, prefix: str = "", rule_ids: Collection[str] |
         yield from _probes(fmt, path, prefix, skipped)
     elif fmt == "hh-red-team":
         yield from _probes(fmt, path, prefix, skipped)
+    elif fmt == "corpus":
+        for doc in converters.title_text_documents(path):
+            yield "", "corpus", dataclasses.replace(doc, id=f"{prefix}{doc.id}")
     elif fmt == "questions":
         for prompt in converters.question_records(path):
             prompt = _renamed(prompt, prefix)
@@ -87,6 +92,18 @@ def _probes(fmt: str, path, prefix: str, counts: collections.Counter | None):
     counts = counts if counts is not None else collections.Counter()
     for group, probe in probes.probes(fmt, path, counts):
         yield f"{prefix}{group}", "prompts", _renamed(probe, prefix)
+
+
+def _write_corpus(out_dir: str, docs: list) -> None:
+    """OUT/corpus.jsonl and its BM25 index OUT/search_index/, built with the data dir."""
+    from sparrow_jax.search import BM25Engine, write_corpus
+    ids = collections.Counter(d.id for d in docs)
+    duplicate = next((i for i, n in ids.items() if n > 1), None)
+    if duplicate is not None:
+        raise ValueError(f"corpus: document id {duplicate!r} appears {ids[duplicate]} times")
+    path = os.path.join(out_dir, "corpus.jsonl")
+    write_corpus(path, docs)
+    BM25Engine.build(path, os.path.join(out_dir, "search_index"))
 
 
 def split_groups(groups: Sequence[str], test_fraction: float, seed: int) -> set[str]:
@@ -115,18 +132,22 @@ def prepare(out_dir: str, sources: Sequence[tuple[str, str]], *, test_fraction: 
     """Convert, merge, split and write `sources` ((format, path) pairs) to `out_dir`, then build
     the TFDS datasets (unless `build` is False). Returns the summary written to prepare.json."""
     if not sources:
-        raise ValueError("no sources: give at least one of --hh, --pku, --questions")
+        raise ValueError("no sources: give at least one of --hh, --pku, --questions, --hh-red-team, --corpus")
     _check_out_dir(out_dir)
     per_format = collections.Counter(fmt for fmt, _ in sources)
     seen = collections.Counter()
     skipped: collections.Counter = collections.Counter()
     by_kind: dict[str, list[tuple[str, object]]] = collections.defaultdict(list)
     test: set[str] = set()
+    corpus: list = []
     for fmt, path in sources:
         seen[fmt] += 1
         prefix = f"{seen[fmt]}." if per_format[fmt] > 1 else ""
         groups = []
         for group, kind, record in source_records(fmt, path, prefix, rule_ids, strict, skipped):
+            if kind == "corpus":
+                corpus.append(record)
+                continue
             by_kind[kind].append((group, record))
             groups.append(group)
         # Split each source on its own, so every kind it gives has both splits.
@@ -142,6 +163,9 @@ def prepare(out_dir: str, sources: Sequence[tuple[str, str]], *, test_fraction: 
             if records:  # an empty split file would be an empty TFDS split, which TFDS refuses
                 counts[kind][split] = schemas.write_jsonl(
                     os.path.join(out_dir, f"{kind}.{split}.jsonl"), records)
+    if corpus:
+        _write_corpus(out_dir, corpus)
+        counts["corpus"] = {"train": len(corpus)}
     summary = {"sources": [{"format": fmt, "path": os.fspath(path)} for fmt, path in sources],
                "test_fraction": test_fraction, "seed": seed, "counts": counts,
                "skipped": dict(sorted(skipped.items())), "tfds": "tfds" if build else None}

@@ -107,3 +107,26 @@ def test_prepare_command_builds_tfds(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:  # again into the same dir: refused, exit 2
         main(argv)
     assert stop.value.code == 2 and "not empty" in capsys.readouterr().err
+
+
+def test_a_title_text_dump_becomes_the_corpus_and_its_index(tmp_path):
+    from sparrow_jax.search.data_engine import data_dir_engine
+    dump = tmp_path / "wiki.jsonl"
+    dump.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"title": "Heron", "text": "The grey heron is a long-legged wading bird."},
+        {"title": "Empty page", "text": "  "},
+        {"id": "v1", "title": "Vorlen", "url": "https://x.org/vorlen", "text": "Vorlen is a river."}]))
+    sources = write_sources(tmp_path)
+    out = str(tmp_path / "data")
+    summary = prepare(out, [sources[2], ("corpus", str(dump))], build=True)
+    assert summary["counts"]["corpus"] == {"train": 2}
+    docs = [json.loads(line) for line in open(os.path.join(out, "corpus.jsonl"))]
+    assert docs[0] == {"id": "wiki-1", "title": "Heron", "url": "https://en.wikipedia.org/wiki/Heron",
+                       "text": "The grey heron is a long-legged wading bird."}
+    assert docs[1]["id"] == "v1" and docs[1]["url"] == "https://x.org/vorlen"
+    built = sorted(os.listdir(out))
+    assert {"search_index", "corpus.jsonl"} <= set(built)
+    engine = data_dir_engine(out)  # the index built with the dir, read as it is
+    assert engine.index_dir == os.path.join(out, "search_index")
+    assert engine.search("wading bird")[0].doc_id == "wiki-1"
+    assert sorted(os.listdir(out)) == built
