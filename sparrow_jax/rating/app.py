@@ -185,12 +185,16 @@ def create_app(db_path: str, source, rules: Sequence, *, num_candidates: int = 4
     @signed_in()
     def probe_page(probe_id):
         probe = store().probe(probe_id, me())
+        return render_probe(probe, f"/probe/{probe_id}/rate", reviewing=False)
+
+    def render_probe(probe: dict, rate_action: str, reviewing: bool):
         dialogue = probe["dialogue"]
         agent_turns = [i for i, t in enumerate(dialogue) if t["role"] == "agent"]
-        return render("probe", title="Adversarial probe", probe=probe, rule=rules_by_id[probe["rule_id"]],
-                      rules=list(rules_by_id.values()), agent_turns=agent_turns, verdicts=VERDICTS,
-                      can_say=not probe["finished"] and len(dialogue) < limits.MAX_PROBE_TURNS,
-                      max_chars=limits.MAX_MESSAGE_CHARS, n_candidates=num_candidates)
+        return render("probe", title="Review a probe" if reviewing else "Adversarial probe", probe=probe,
+                      rule=rules_by_id[probe["rule_id"]], rules=list(rules_by_id.values()),
+                      agent_turns=agent_turns, verdicts=VERDICTS, rate_action=rate_action,
+                      reviewing=reviewing, max_chars=limits.MAX_MESSAGE_CHARS, n_candidates=num_candidates,
+                      can_say=not reviewing and not probe["finished"] and len(dialogue) < limits.MAX_PROBE_TURNS)
 
     @app.post("/probe/<int:probe_id>/say")
     @signed_in()
@@ -220,6 +224,25 @@ def create_app(db_path: str, source, rules: Sequence, *, num_candidates: int = 4
                                                      probe["dialogue"], probe["rule_id"], list(rules_by_id))
         st.rate_probe(probe_id, me(), verdicts, others)  # committed on return
         return flask.redirect("/probe", code=303)
+
+    # ------------------------------------------------------------------ second ratings of probes
+    @app.get("/review")
+    @signed_in()
+    def review_next():
+        probe = store().take_review(me(), lambda pid: queue.target_ratings(f"probe{pid}", double_share) == 2)
+        if probe is None:
+            return render("nothing", title="Review a probe", text="No probe to review now.")
+        return render_probe(probe, f"/review/{probe['id']}", reviewing=True)
+
+    @app.post("/review/<int:probe_id>")
+    @signed_in()
+    def review_submit(probe_id):
+        st = store()
+        probe = st.review(probe_id, me())
+        verdicts, others = limits.parse_probe_rating(flask.request.form, flask.request.form.getlist,
+                                                     probe["dialogue"], probe["rule_id"], list(rules_by_id))
+        st.rate_probe(probe_id, me(), verdicts, others, review=True)  # committed on return
+        return flask.redirect("/review", code=303)
 
     # ------------------------------------------------------------------ own judgements, admin
     @app.get("/judgements")

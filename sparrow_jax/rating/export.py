@@ -78,11 +78,11 @@ def rule_objects(probes: dict[int, dict], ratings: Iterable[dict]) -> list[tuple
         key = f"probe{probe['id']}"
         if r["verdict"] != "unsure":
             out.append((key, {"id": f"{base}.{r['rule_id']}", "dialogue": dialogue, "rule_id": r["rule_id"],
-                              "broken": r["verdict"] == "broken", "rating": _provenance(r, "probe")}))
+                              "broken": r["verdict"] == "broken", "rating": _provenance(r, r["task"])}))
         for rule in r["other_rules"]:
             if rule != r["rule_id"]:
                 out.append((key, {"id": f"{base}.{rule}", "dialogue": dialogue, "rule_id": rule,
-                                  "broken": True, "rating": _provenance(r, "probe_flag")}))
+                                  "broken": True, "rating": _provenance(r, r["task"] + "_flag")}))
     return out
 
 

@@ -17,7 +17,7 @@ nav a{margin-right:1rem} .turn{margin:.4rem 0;white-space:pre-wrap} .who{font-we
 .error{color:#a00} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:.2rem .5rem}
 fieldset{border:1px solid #ddd;margin:.4rem 0}
 </style></head><body>
-<nav>{% if rater %}<a href="/compare">Compare</a><a href="/probe">Probe</a><a href="/judgements">My judgements</a>
+<nav>{% if rater %}<a href="/compare">Compare</a><a href="/probe">Probe</a><a href="/review">Review</a><a href="/judgements">My judgements</a>
 {% if rater.is_admin %}<a href="/admin">Admin</a>{% endif %}
 <form method="post" action="/logout" style="display:inline"><input type="hidden" name="csrf_token" value="{{ csrf }}">
 <button>Sign out {{ rater.name }}</button></form>{% endif %}</nav>
@@ -62,21 +62,23 @@ COMPARE = """{% extends "base" %}{% from "turns" import turns with context %}{% 
 <p><button id="submit-compare">Submit</button></p></form>{% endblock %}"""
 
 PROBE = """{% extends "base" %}{% from "turns" import turns with context %}{% block body %}
-<div class="rule" id="rule">Make the agent break this rule: <b>{{ rule.name }}</b><br>{{ rule.text }}</div>
-<h2>Chat</h2>{{ turns(probe.dialogue) }}
+<div class="rule" id="rule">{{ 'Did the agent break this rule?' if reviewing else 'Make the agent break this rule:' }} <b>{{ rule.name }}</b><br>{{ rule.text }}</div>
+<h2>{{ "Another rater's chat" if reviewing else "Chat" }}</h2>{{ turns(probe.dialogue) }}
 {% if can_say %}<form method="post" action="/probe/{{ probe.id }}/say" id="say-form">
 <input type="hidden" name="csrf_token" value="{{ csrf }}">
 <textarea name="message" id="message-box" rows="3" cols="70" maxlength="{{ max_chars }}"></textarea>
 <button id="send">Send</button>
 <button name="compare" value="1" id="send-compare">Send and compare {{ n_candidates }} replies</button></form>{% endif %}
 {% if agent_turns %}<h2>Rate the agent's replies for this rule</h2>
-<form method="post" action="/probe/{{ probe.id }}/rate" id="rate-form">
+<form method="post" action="{{ rate_action }}" id="rate-form">
 <input type="hidden" name="csrf_token" value="{{ csrf }}">
 {% for i in agent_turns %}<fieldset id="rate-{{ i }}"><legend>{{ names['agent'] }}: {{ probe.dialogue[i].text }}</legend>
 {% for v, label in verdicts %}<label><input type="radio" name="verdict_{{ i }}" value="{{ v }}" id="verdict-{{ i }}-{{ v }}"> {{ label }}</label> {% endfor %}
 <details><summary>Other rules broken here</summary>{% for r in rules if r.id != rule.id %}
 <label><input type="checkbox" name="other_{{ i }}" value="{{ r.id }}"> {{ r.name }}</label><br>{% endfor %}</details>
 </fieldset>{% endfor %}<button id="submit-probe">Submit ratings and finish</button></form>{% endif %}{% endblock %}"""
+
+NOTHING = """{% extends "base" %}{% block body %}<p id="nothing">{{ text }}</p>{% endblock %}"""
 
 JUDGEMENTS = """{% extends "base" %}{% block body %}
 <h2>Comparisons</h2><table><tr><th>item</th><th>chosen</th><th>updated</th></tr>
@@ -101,4 +103,4 @@ ADMIN = """{% extends "base" %}{% block body %}
 {% endblock %}"""
 
 TEMPLATES = {"base": BASE, "turns": TURNS, "login": LOGIN, "home": HOME, "compare": COMPARE,
-             "probe": PROBE, "judgements": JUDGEMENTS, "admin": ADMIN}
+             "probe": PROBE, "nothing": NOTHING, "judgements": JUDGEMENTS, "admin": ADMIN}

@@ -55,6 +55,11 @@ MIGRATIONS: list[list[str]] = [
                rater_id INTEGER NOT NULL REFERENCES raters(id), assigned_at REAL NOT NULL,
                PRIMARY KEY (item_id, rater_id))""",
     ],
+    [   # 3: finished probes handed to a second rater to rate again (agreement on rule ratings)
+        """CREATE TABLE probe_reviews (probe_id INTEGER NOT NULL REFERENCES probes(id),
+               rater_id INTEGER NOT NULL REFERENCES raters(id), assigned_at REAL NOT NULL,
+               PRIMARY KEY (probe_id, rater_id))""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 VERDICTS = ("broken", "not_broken", "unsure")
@@ -278,12 +283,50 @@ class Store:
             self.conn.execute("ROLLBACK")
             raise
 
-    def rate_probe(self, probe_id: int, rater_id: int, verdicts: dict[int, str],
-                   other_rules: dict[int, list[str]], finish: bool = True) -> None:
-        """Store one verdict per agent turn index (and flagged other rules), in one transaction."""
+    def take_review(self, rater_id: int, wanted) -> dict | None:
+        """Lease to `rater_id` the oldest finished probe of another rater that `wanted(probe_id)` says
+        needs a second rating and that nobody reviews yet (a live lease counts); None if there is none.
+        A review `rater_id` was handed and has not rated yet comes first (a reload shows the same one)."""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            probe = self.probe(probe_id, rater_id)
+            pending = self.conn.execute(
+                """SELECT p.* FROM probes p JOIN probe_reviews r ON r.probe_id = p.id WHERE r.rater_id = :rater
+                     AND NOT EXISTS (SELECT 1 FROM probe_ratings q WHERE q.probe_id = p.id AND q.rater_id = :rater)
+                   ORDER BY r.assigned_at LIMIT 1""", {"rater": rater_id}).fetchall()
+            rows = pending or self.conn.execute(
+                """SELECT p.* FROM probes p WHERE p.finished = 1 AND p.rater_id != :rater
+                     AND NOT EXISTS (SELECT 1 FROM probe_reviews r WHERE r.probe_id = p.id
+                                     AND (r.rater_id = :rater OR r.assigned_at > :since
+                                          OR EXISTS (SELECT 1 FROM probe_ratings q WHERE q.probe_id = p.id
+                                                     AND q.rater_id = r.rater_id)))
+                   ORDER BY p.id""", {"rater": rater_id, "since": time.time() - LEASE_S}).fetchall()
+            row = next((r for r in rows if wanted(int(r["id"]))), None)
+            if row is not None:
+                self.conn.execute("INSERT OR REPLACE INTO probe_reviews VALUES (?,?,?)",
+                                  (row["id"], rater_id, time.time()))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        return _probe(row) if row is not None else None
+
+    def review(self, probe_id: int, rater_id: int) -> dict:
+        """A probe handed to `rater_id` for review; StoreError (as for a stranger's probe) otherwise."""
+        row = self.conn.execute("""SELECT p.* FROM probes p JOIN probe_reviews r ON r.probe_id = p.id
+                                   WHERE p.id = ? AND r.rater_id = ? AND p.finished = 1""",
+                                (probe_id, rater_id)).fetchone()
+        if row is None:
+            raise StoreError(f"no probe {probe_id} of yours")
+        return _probe(row)
+
+    def rate_probe(self, probe_id: int, rater_id: int, verdicts: dict[int, str],
+                   other_rules: dict[int, list[str]], finish: bool = True, review: bool = False) -> None:
+        """Store one verdict per agent turn index (and flagged other rules), in one transaction; `review`:
+        as the second rater of a probe handed to `rater_id` (task "probe_review"; the probe stays as is)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            probe = self.review(probe_id, rater_id) if review else self.probe(probe_id, rater_id)
+            finish = finish and not review
             agent_turns = {i for i, t in enumerate(probe["dialogue"]) if t["role"] == "agent"}
             now = time.time()
             for index, verdict in verdicts.items():
@@ -292,12 +335,13 @@ class Store:
                 if verdict not in VERDICTS:
                     raise StoreError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
                 self.conn.execute(
-                    """INSERT INTO probe_ratings (probe_id, rater_id, turn_index, rule_id, verdict,
+                    """INSERT INTO probe_ratings (probe_id, rater_id, task, turn_index, rule_id, verdict,
                            other_rules_json, checkpoint, step, sampling_json, created_at, updated_at)
-                       VALUES (?,?,?,?,?,?,?,?,?,?,?)
+                       VALUES (?,?,?,?,?,?,?,?,?,?,?,?)
                        ON CONFLICT(probe_id, turn_index, rater_id) DO UPDATE SET verdict = excluded.verdict,
                            other_rules_json = excluded.other_rules_json, updated_at = excluded.updated_at""",
-                    (probe_id, rater_id, index, probe["rule_id"], verdict,
+                    (probe_id, rater_id, "probe_review" if review else "probe", index, probe["rule_id"],
+                     verdict,
                      json.dumps(sorted(other_rules.get(index, []))), probe["checkpoint"], probe["step"],
                      json.dumps(probe["sampling"]), now, now))
             if finish:

@@ -185,3 +185,30 @@ def test_a_comparison_in_the_raters_own_chat_continues_it(world, tmp_path):
     stats = export(store, str(tmp_path / "out"), test_share=0.0)
     store.close()
     assert stats["written"] == {"preferences.train": 1}
+
+
+def test_a_second_rater_reviews_a_finished_probe_and_agreement_is_counted(tmp_path):
+    from sparrow_jax.rating.export import export
+    db = tmp_path / "r.sqlite"
+    tokens = {name: add_rater(db, name) for name in ("alice", "bob", "carol")}
+    app = make_app(db, double_share=1.0)
+    (alice, a_csrf), (bob, b_csrf), (carol, c_csrf) = (sign_in(app, tokens[n]) for n in ("alice", "bob", "carol"))
+    probe = _probe_with_turn(alice, a_csrf, "my probe text")
+    assert "No probe to review" in bob.get("/review").get_data(as_text=True)  # not finished yet
+    assert alice.post(probe + "/rate", data={"csrf_token": a_csrf, "verdict_1": "broken"}).status_code == 303
+    assert "No probe to review" in alice.get("/review").get_data(as_text=True)  # never one's own
+    page = bob.get("/review").get_data(as_text=True)
+    assert "my probe text" in page and 'action="/review/1"' in page and 'id="say-form"' not in page
+    assert bob.get("/review").get_data(as_text=True) == page  # a reload keeps the same review
+    assert "No probe to review" in carol.get("/review").get_data(as_text=True)  # bob's lease counts
+    assert carol.post("/review/1", data={"csrf_token": c_csrf, "verdict_1": "broken"}).status_code == 404
+    assert bob.get(probe).status_code == 404  # a review is not ownership
+    response = bob.post("/review/1", data={"csrf_token": b_csrf, "verdict_1": "not_broken"})
+    assert response.status_code == 303
+    store = open_store(str(db))
+    stats = export(store, str(tmp_path / "out"), test_share=0.0)
+    tasks = sorted(r["task"] for r in store.probe_ratings())
+    store.close()
+    assert tasks == ["probe", "probe_review"]
+    assert stats["agreement"]["probe_verdict"] == {"items": 1, "pairs": 1, "agreement": 0.0}
+    assert stats["written"] == {"rule_ratings.train": 2}
