@@ -48,12 +48,40 @@ def default_frozen_layers(n_layers: int) -> int:
     return min(n_layers - 1, n_layers * 4 // 5)
 
 
+def read_tokenizer(hf_dir: str):
+    """The directory's SentencePiece `tokenizer.model` as our Tokenizer, or None when it has no
+    tokenizer file at all; HFImportError for a tokenizer in another format."""
+    from sparrow_jax.dialogue.tokenizer import Tokenizer
+    path = os.path.join(hf_dir, "tokenizer.model")
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            return Tokenizer(f.read())
+    others = [n for n in ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+              if os.path.exists(os.path.join(hf_dir, n))]
+    if others:
+        raise HFImportError(
+            f"{hf_dir} has {others} but no tokenizer.model: only SentencePiece tokenizers are "
+            f"supported (Llama 1/2, Gemma); a byte-level BPE tokenizer.json (Llama 3) is not. "
+            f"Remove the tokenizer files to import the weights alone, then give the run a "
+            f"SentencePiece model of the same ids with --config.data.tokenizer")
+    return None
+
+
 def import_config(hf_dir: str, n_frozen_layers: int | None = None, overrides=()):
-    """The validated config of an import: defaults, the checkpoint's model, then overrides."""
+    """The validated config of an import: defaults, the checkpoint's model, then overrides.
+
+    The vocabulary grows to the tokenizer's when Sparrow's control ids (pad, roles, eot,
+    rule) that the SentencePiece model lacks land beyond the checkpoint's rows (`load_params`
+    fills the new rows with the mean embedding). Ids the model has but no piece uses (a
+    checkpoint's padded vocabulary) take them first, as the tokenizer appends after its pieces.
+    """
     from sparrow_jax.config import apply_overrides, default_config
     with open(os.path.join(hf_dir, "config.json")) as f:
         hf = json.load(f)
     model = model_overrides(hf)
+    tokenizer = read_tokenizer(hf_dir)
+    if tokenizer is not None and tokenizer.vocab_size > model["vocab_size"]:
+        model["vocab_size"] = tokenizer.vocab_size
     cfg = default_config()
     cfg.name = f"import:{os.path.basename(os.path.normpath(hf_dir))}"
     for key, value in model.items():
@@ -80,6 +108,9 @@ def load_params(hf_dir: str, cfg, param_shardings, log=print):
 
     tensors = TensorDir(hf_dir)
     m = cfg.model.to_dict()
+    with open(os.path.join(hf_dir, "config.json")) as f:
+        m["vocab_size"] = model_overrides(json.load(f))["vocab_size"]   # the checkpoint's rows
+    extra_rows = cfg.model.vocab_size - m["vocab_size"]
     plan = tensor_plan(m, cfg.model.n_frozen_layers)
     dtype = jnp.dtype(cfg.model.param_dtype)
     stats = {"tensors": 0, "bytes": 0, "largest_tensor_bytes": 0}
@@ -100,11 +131,19 @@ def load_params(hf_dir: str, cfg, param_shardings, log=print):
     def set_layer(stack, layer, j):
         return jax.lax.dynamic_update_index_in_dim(stack, layer, j, 0)
 
+    def with_extra_rows(entry, array):
+        """New vocabulary rows (embedding [V, D]) / columns (unembed [D, V]): the mean one."""
+        if extra_rows <= 0 or entry.path not in (("trunk", "embedding"), ("policy", "unembed")):
+            return array
+        axis = 0 if entry.path[-1] == "embedding" else 1
+        mean = array.mean(axis=axis, keepdims=True)
+        return np.concatenate([array, np.repeat(mean, extra_rows, axis=axis)], axis=axis)
+
     params: dict = {}
     for entry in plan:
         sharding = _get(param_shardings, entry.path)
         if entry.layers is None:
-            value = jax.device_put(read(entry), sharding)
+            value = jax.device_put(with_extra_rows(entry, read(entry)), sharding)
         else:
             first = read(entry, entry.layers[0])
             shape = (len(entry.layers),) + first.shape
@@ -119,6 +158,7 @@ def load_params(hf_dir: str, cfg, param_shardings, log=print):
     if unused:
         raise HFImportError(f"{hf_dir}: tensors the {cfg.name} plan does not use: {unused[:8]}"
                             f"{' ...' if len(unused) > 8 else ''} (another architecture?)")
+    stats["vocab_rows_added"] = max(extra_rows, 0)
     return params, stats
 
 
