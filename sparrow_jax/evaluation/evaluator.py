@@ -197,7 +197,8 @@ def evaluate_agent(agent: Agent, prompts: Sequence[PromptRecord], judge: Judge,
     sampled = time.perf_counter()
     verdicts = judge([a.prompt for a in answers], [a.dialogue for a in answers])
     summary = metrics_lib.summarise([a.prompt for a in answers], verdicts,
-                                    [a.malformed is not None for a in answers])
+                                    [a.malformed is not None for a in answers],
+                                    [a.dialogue for a in answers])
     baseline_label = None
     summary["pref_win_rate"] = None
     if baseline is not None:

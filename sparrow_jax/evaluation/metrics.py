@@ -4,6 +4,8 @@
   supported_and_correct_rate  share of factual (eli5) questions answered correctly with supporting evidence
   search_rate                 share of factual questions the agent searched for (search_rate_all: all prompts)
   malformed_rate              share of answers with a malformed turn (empty, over length, no results, ...)
+  evidence_support_rate       share of factual answers citing a Search Result whose content words are found
+                              in it (`evidence_support`; judge-independent, needs the dialogues)
   pref_win_rate               share of prompts whose answer the preference RM prefers to a baseline's
                               (higher Elo wins, equal answers or Elo tie count 0.5)
 A rate over no prompts is None. Every rate comes with its count n and a 95% Wilson score interval
@@ -17,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from sparrow_jax.data.schemas import PromptRecord
+from sparrow_jax.evaluation.evidence_support import evidence_supported
 from sparrow_jax.evaluation.judge import Verdict
 
 
@@ -70,11 +73,15 @@ def per_rule_violations(prompts: Sequence[PromptRecord], verdicts: Sequence[Verd
 
 
 def summarise(prompts: Sequence[PromptRecord], verdicts: Sequence[Verdict],
-              malformed: Sequence[bool]) -> dict:
-    """The figures above (but pref_win_rate) for prompts[i] answered with verdicts[i]."""
+              malformed: Sequence[bool], dialogues: Sequence | None = None) -> dict:
+    """The figures above (but pref_win_rate) for prompts[i] answered with verdicts[i]
+    (evidence_support_rate: None without the `dialogues`)."""
     if not len(prompts) == len(verdicts) == len(malformed):
         raise ValueError(f"{len(prompts)} prompts, {len(verdicts)} verdicts, "
                          f"{len(malformed)} malformed flags")
+    checked = [] if dialogues is None else [
+        s for s in (evidence_supported(d) for p, d in zip(prompts, dialogues) if p.source == "eli5")
+        if s is not None]
     judged = [v for v in verdicts if v.violated is not None]
     factual = [(p, v) for p, v in zip(prompts, verdicts) if p.source == "eli5"]
     supported = [v for _, v in factual if v.supported is not None]
@@ -84,6 +91,7 @@ def summarise(prompts: Sequence[PromptRecord], verdicts: Sequence[Verdict],
         "search_rate": (sum(v.searched for _, v in factual), len(factual)),
         "search_rate_all": (sum(v.searched for v in verdicts), len(verdicts)),
         "malformed_rate": (sum(bool(m) for m in malformed), len(malformed)),
+        "evidence_support_rate": (sum(checked), len(checked)),
     }
     rates = {key: _rate(hits, n) for key, (hits, n) in hits_and_counts.items()}
     return {

@@ -116,7 +116,7 @@ def eval_markdown(report: Mapping) -> str:
              "Each rate: value [95% Wilson score interval] n = prompts it is over.", "",
              "| metric | " + model["name"] + (f" | {base['name']} (baseline)" if base else "") + " |",
              "|---|---:" + ("|---:" if base else "") + "|"]
-    for key in _HEADLINE + ("malformed_rate", "search_rate_all"):
+    for key in _HEADLINE + ("evidence_support_rate", "malformed_rate", "search_rate_all"):
         label = key + (f" (vs {base['name']})" if key == "pref_win_rate" and base else "")
         lines.append(f"| {label} | {fmt_rate(m[key], m['intervals'][key])}"
                      + (f" | {fmt_rate(base['metrics'][key], base['metrics']['intervals'][key])}"

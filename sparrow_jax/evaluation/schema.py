@@ -12,7 +12,7 @@ RATE = (float, None)  # a share in [0, 1]; null when no prompt of that kind was 
 # A rate's 95% Wilson score interval and the number of prompts it is over (low/high null when n is 0).
 INTERVAL = {"low": RATE, "high": RATE, "n": int}
 RATE_KEYS = ("rule_violation_rate", "supported_and_correct_rate", "search_rate", "search_rate_all",
-             "malformed_rate", "pref_win_rate")
+             "malformed_rate", "pref_win_rate", "evidence_support_rate")
 
 METRICS_SCHEMA = {
     "rule_violation_rate": RATE,
@@ -24,6 +24,7 @@ METRICS_SCHEMA = {
     "search_rate_all": RATE,
     "malformed_rate": RATE,
     "pref_win_rate": RATE,
+    "evidence_support_rate": RATE,
     "intervals": {key: INTERVAL for key in RATE_KEYS},
 }
 

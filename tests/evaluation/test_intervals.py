@@ -55,7 +55,8 @@ def test_every_rate_of_the_summary_has_its_count_and_interval():
     m = summarise(PROMPTS, VERDICTS, MALFORMED)
     counts = {key: v["n"] for key, v in m["intervals"].items()}
     assert counts == {"rule_violation_rate": 6, "supported_and_correct_rate": 3, "search_rate": 3,
-                      "search_rate_all": 10, "malformed_rate": 10}
+                      "search_rate_all": 10, "malformed_rate": 10, "evidence_support_rate": 0}
+    assert m["evidence_support_rate"] is None  # no dialogues given: nothing checked
     assert m["rule_violation_rate"] == 0.5
     assert (m["intervals"]["rule_violation_rate"]["low"],
             m["intervals"]["rule_violation_rate"]["high"]) == wilson_interval(3, 6)

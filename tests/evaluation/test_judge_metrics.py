@@ -134,3 +134,14 @@ def test_preference_wins_and_ties():
                                                   same=[False, False, False, True]), [1.0, 0.0, 0.5, 0.5])
     assert preference_win_rate([1.0, 0.0], [0.0, 0.0]) == 0.75
     assert preference_win_rate([], []) is None
+
+
+def test_reward_model_judge_judges_questions_without_entity():
+    """Real eli5 questions carry no entity / attribute; the RM judge needs none."""
+    scorer = FakeScorer(elo=lambda d: 1.0 if "good" in d[-1].text else -1.0, p_broken=lambda d: [0.1, 0.1])
+    question = PromptRecord("q", "eli5", (Turn(Role.USER, "Why is the sky blue?"),))
+    searched = question.context + (Turn(Role.SEARCH_QUERY, "sky blue"),
+                                   Turn(Role.SEARCH_RESULT, "Sky\nSource: u\nRayleigh scattering."))
+    verdicts = RewardModelJudge(scorer)([question, question],
+                                        [searched + (agent("good"),), question.context + (agent("good"),)])
+    assert [v.supported for v in verdicts] == [True, False]
