@@ -158,8 +158,8 @@ def create_app(db_path: str, source, rules: Sequence, *, num_candidates: int = 4
             raise StoreError(f"no comparison item {item_id!r}")
         if not st.assigned(item_id, me()):  # handed to this rater (their own judgements included)
             raise StoreError(f"item {item_id} was not given to you")
-        chosen, supported = limits.parse_comparison(flask.request.form, item["has_evidence"])
-        st.save_comparison(item_id, me(), chosen, supported)  # committed on return
+        chosen, supported, plausible = limits.parse_comparison(flask.request.form, item["has_evidence"])
+        st.save_comparison(item_id, me(), chosen, supported, plausible)  # committed on return
         probe_id = item["sampling"].get("probe_id")
         if probe_id is not None and item["created_by"] == me():  # compared within the rater's own chat
             probe = st.probe(int(probe_id), me())

@@ -3,7 +3,8 @@
 Writes to OUT:
   preferences.{train,test}.jsonl   one PreferenceRecord per comparison judgement that picked a candidate
                                    (id `<item>.r<rater>`; "none acceptable" has no PreferenceRecord form and
-                                   is counted in stats.json instead); supported per evidence candidate;
+                                   is counted in stats.json instead); supported and plausible per
+                                   evidence candidate (the pref RM's auxiliary target needs both);
   rule_ratings.{train,test}.jsonl  one RuleRatingRecord per probe turn rated broken / not broken for the
                                    probe's rule (the dialogue up to that agent turn), plus broken=True for
                                    each other rule the rater flagged on that turn; "unsure" is counted only;
@@ -60,9 +61,10 @@ def preference_objects(items: dict[str, dict], judgements: Iterable[dict]) -> li
             continue
         item = items[j["item_id"]]
         supported = [s if e else None for s, e in zip(j["supported"], item["has_evidence"])]
+        plausible = [p if e else None for p, e in zip(j["plausible"], item["has_evidence"])]
         obj = {"id": f"{item['id']}.r{j['rater_id']}", "context": item["context"],
                "candidates": item["candidates"], "chosen": j["chosen"],
-               "has_evidence": item["has_evidence"], "supported": supported,
+               "has_evidence": item["has_evidence"], "supported": supported, "plausible": plausible,
                "rating": _provenance(j, "comparison")}
         out.append((item["id"], obj))
     return out

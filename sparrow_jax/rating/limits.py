@@ -43,9 +43,9 @@ def parse_token(form: Mapping[str, str]) -> str:
     return token
 
 
-def parse_comparison(form: Mapping[str, str], has_evidence: Sequence[bool]) -> tuple[int, list]:
-    """(chosen: -1 for "none acceptable" or a candidate index, supported per candidate: True/False for
-    a candidate with evidence, None without). Every candidate with evidence needs an answer."""
+def parse_comparison(form: Mapping[str, str], has_evidence: Sequence[bool]) -> tuple[int, list, list]:
+    """(chosen: -1 for "none acceptable" or a candidate index, supported and plausible per candidate:
+    True/False for a candidate with evidence, None without). Every candidate with evidence needs both."""
     n = len(has_evidence)
     raw = _field(form, "chosen")
     if raw == "none":
@@ -57,16 +57,17 @@ def parse_comparison(form: Mapping[str, str], has_evidence: Sequence[bool]) -> t
             raise FormError(f"chosen must be a candidate number or 'none', got {raw[:20]!r}") from None
         if not 0 <= chosen < n:
             raise FormError(f"chosen must be 0..{n - 1} or 'none', got {chosen}")
-    supported: list = []
-    for k, evidence in enumerate(has_evidence):
-        if not evidence:
-            supported.append(None)
-            continue
-        value = _field(form, f"supported_{k}")
-        if value not in ("yes", "no"):
-            raise FormError(f"supported_{k} must be 'yes' or 'no'")
-        supported.append(value == "yes")
-    return chosen, supported
+    answers: dict[str, list] = {"supported": [], "plausible": []}
+    for name, values in answers.items():
+        for k, evidence in enumerate(has_evidence):
+            if not evidence:
+                values.append(None)
+                continue
+            value = _field(form, f"{name}_{k}")
+            if value not in ("yes", "no"):
+                raise FormError(f"{name}_{k} must be 'yes' or 'no'")
+            values.append(value == "yes")
+    return chosen, answers["supported"], answers["plausible"]
 
 
 def parse_probe_rating(form: Mapping[str, str], getlist, dialogue: Sequence[dict], rule_id: str,

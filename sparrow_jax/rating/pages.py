@@ -56,7 +56,10 @@ COMPARE = """{% extends "base" %}{% from "turns" import turns with context %}{% 
 {% for t in cand if t.role == 'search_result' %}<div class="evidence">{{ t.text }}</div>{% endfor %}
 <fieldset><legend>Does this evidence support the reply?</legend>
 <label><input type="radio" name="supported_{{ k }}" value="yes" id="supported-{{ k }}-yes" {% if previous and previous.supported[k] == true %}checked{% endif %}> yes</label>
-<label><input type="radio" name="supported_{{ k }}" value="no" id="supported-{{ k }}-no" {% if previous and previous.supported[k] == false %}checked{% endif %}> no</label></fieldset>{% endif %}
+<label><input type="radio" name="supported_{{ k }}" value="no" id="supported-{{ k }}-no" {% if previous and previous.supported[k] == false %}checked{% endif %}> no</label></fieldset>
+<fieldset><legend>Is the reply plausible (a sensible answer, whatever the evidence)?</legend>
+<label><input type="radio" name="plausible_{{ k }}" value="yes" id="plausible-{{ k }}-yes" {% if previous and previous.plausible[k] == true %}checked{% endif %}> yes</label>
+<label><input type="radio" name="plausible_{{ k }}" value="no" id="plausible-{{ k }}-no" {% if previous and previous.plausible[k] == false %}checked{% endif %}> no</label></fieldset>{% endif %}
 </div>{% endfor %}
 <label><input type="radio" name="chosen" value="none" id="chosen-none" {% if previous and previous.chosen == -1 %}checked{% endif %}> None is acceptable</label>
 <p><button id="submit-compare">Submit</button></p></form>{% endblock %}"""

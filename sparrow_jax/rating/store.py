@@ -60,6 +60,9 @@ MIGRATIONS: list[list[str]] = [
                rater_id INTEGER NOT NULL REFERENCES raters(id), assigned_at REAL NOT NULL,
                PRIMARY KEY (probe_id, rater_id))""",
     ],
+    [   # 4: whether each evidence candidate is plausible (with supported: the pref RM's auxiliary target)
+        "ALTER TABLE comparisons ADD COLUMN plausible_json TEXT NOT NULL DEFAULT '[]'",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 VERDICTS = ("broken", "not_broken", "unsure")
@@ -207,24 +210,29 @@ class Store:
         return [_item(r) for r in self.conn.execute("SELECT * FROM items ORDER BY created_at, id")]
 
     # ------------------------------------------------------------------ comparison judgements
-    def save_comparison(self, item_id: str, rater_id: int, chosen: int, supported: list) -> int:
-        """Insert or change `rater_id`'s judgement of `item_id` (committed on return); its row id."""
+    def save_comparison(self, item_id: str, rater_id: int, chosen: int, supported: list,
+                        plausible: list | None = None) -> int:
+        """Insert or change `rater_id`'s judgement of `item_id` (committed on return); its row id.
+        supported / plausible: one true/false/null per candidate (plausible None: not asked)."""
         item = self.item(item_id)
         if item is None:
             raise StoreError(f"no comparison item {item_id!r}")
         n = len(item["candidates"])
         if not -1 <= chosen < n:
             raise StoreError(f"chosen must be -1 (none acceptable) or 0..{n - 1}, got {chosen}")
-        if len(supported) != n or any(s not in (True, False, None) for s in supported):
-            raise StoreError(f"supported needs {n} entries of true/false/null")
+        plausible = [None] * n if plausible is None else list(plausible)
+        for name, values in (("supported", supported), ("plausible", plausible)):
+            if len(values) != n or any(v not in (True, False, None) for v in values):
+                raise StoreError(f"{name} needs {n} entries of true/false/null")
         now = time.time()
         self._write(
-            """INSERT INTO comparisons (item_id, rater_id, chosen, supported_json, checkpoint, step,
-                   sampling_json, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)
+            """INSERT INTO comparisons (item_id, rater_id, chosen, supported_json, plausible_json, checkpoint,
+                   step, sampling_json, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?)
                ON CONFLICT(item_id, rater_id) DO UPDATE SET chosen = excluded.chosen,
-                   supported_json = excluded.supported_json, updated_at = excluded.updated_at""",
-            (item_id, rater_id, chosen, json.dumps(supported), item["checkpoint"], item["step"],
-             json.dumps(item["sampling"]), now, now))
+                   supported_json = excluded.supported_json, plausible_json = excluded.plausible_json,
+                   updated_at = excluded.updated_at""",
+            (item_id, rater_id, chosen, json.dumps(supported), json.dumps(plausible), item["checkpoint"],
+             item["step"], json.dumps(item["sampling"]), now, now))
         row = self.conn.execute("SELECT id FROM comparisons WHERE item_id = ? AND rater_id = ?",
                                 (item_id, rater_id)).fetchone()
         return int(row[0])
@@ -238,6 +246,8 @@ class Store:
         for row in self.conn.execute(sql + " ORDER BY id", args).fetchall():
             d = dict(row)
             d["supported"] = json.loads(d.pop("supported_json"))
+            plausible = json.loads(d.pop("plausible_json"))  # [] in rows written before schema v4
+            d["plausible"] = plausible or [None] * len(d["supported"])
             d["sampling"] = json.loads(d.pop("sampling_json"))
             out.append(d)
         return out

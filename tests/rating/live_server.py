@@ -80,7 +80,7 @@ class Rater:
         item_id = re.search(r'name="item_id" value="([^"]+)"', html).group(1)
         form = {"item_id": item_id, "chosen": str(chosen)}
         for k in set(re.findall(r'name="supported_(\d+)"', html)):
-            form[f"supported_{k}"] = "yes"
+            form[f"supported_{k}"] = form[f"plausible_{k}"] = "yes"
         start = time.perf_counter()
         status, _ = self.post("/compare", form)
         return item_id, status, time.perf_counter() - start

@@ -45,8 +45,9 @@ def item_id_of(html: str) -> str:
 
 
 def answer_compare(client, csrf, html, chosen="0"):
-    """Submit the comparison shown in `html`: `chosen`, "yes" for every evidence candidate."""
+    """Submit the comparison shown in `html`: `chosen`, supported and plausible "yes" for every
+    evidence candidate."""
     data = {"csrf_token": csrf, "item_id": item_id_of(html), "chosen": chosen}
     for k in sorted(set(re.findall(r'name="supported_(\d+)"', html))):
-        data[f"supported_{k}"] = "yes"
+        data[f"supported_{k}"] = data[f"plausible_{k}"] = "yes"
     return client.post("/compare", data=data)

@@ -60,7 +60,7 @@ def test_live_candidates_judged_exported_and_trained(sft_workdir, rating_tok, tm
     for p in prefs:
         item = items[p.id.split(".")[0]]
         assert [[t.to_json() for t in c] for c in p.candidates] == item["candidates"]
-        assert p.has_evidence == (True, False) and p.supported == (True, None)
+        assert p.has_evidence == (True, False) and p.supported == (True, None) and p.plausible == (True, None)
         assert p.extra["rating"]["checkpoint"] == agent.label and p.extra["rating"]["step"] == agent.step
     rules = _read(out, "rule_ratings")
     assert sorted((r.id.split(".")[0], r.rule_id, r.broken) for r in rules) == sorted(

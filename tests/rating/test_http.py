@@ -90,7 +90,8 @@ def test_forged_or_missing_csrf_is_refused(world):
     alice, csrf = sign_in(app, tokens["alice"])
     html = alice.get("/compare").get_data(as_text=True)
     item_id = re.search(r'name="item_id" value="([^"]+)"', html).group(1)
-    form = {"item_id": item_id, "chosen": "0", "supported_0": "yes", "supported_1": "yes"}
+    form = {"item_id": item_id, "chosen": "0", "supported_0": "yes", "supported_1": "yes",
+            "plausible_0": "no", "plausible_1": "yes"}
     for forged in ({}, {"csrf_token": ""}, {"csrf_token": csrf[:-1] + ("A" if csrf[-1] != "A" else "B")}):
         assert alice.post("/compare", data={**form, **forged}).status_code == 403
     # another session's token is not this session's
@@ -101,6 +102,10 @@ def test_forged_or_missing_csrf_is_refused(world):
     assert store.comparisons() == []
     store.close()
     assert alice.post("/compare", data={**form, "csrf_token": csrf}).status_code == 303
+    store = open_store(str(db))
+    [row] = store.comparisons()
+    store.close()
+    assert row["supported"] == [True, True, None, None] and row["plausible"] == [False, True, None, None]
 
 
 def test_limits_and_bad_forms_get_400(world):

@@ -167,7 +167,7 @@ def test_a_version_1_database_is_migrated_with_its_data(tmp_path):
     token = auth.add_rater(old, "alice")
     conn.close()
     store = open_store(path)
-    assert store.conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert store.conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert store.rater_by_hash(auth.hash_token(token))["name"] == "alice"
     assert store.assigned("nothing", 1) is False and store.take_review(1, lambda _: True) is None
     store.close()
