@@ -92,6 +92,7 @@ class EvalResult:
     metrics: dict
     timings: dict
     baseline: str | None = None
+    judge_notes: tuple = ()  # how the judge decided (e.g. its threshold), for the report's notes
 
 
 def load_prompts(data_dir: str, split: str = "test", max_prompts: int = 0,
@@ -214,4 +215,4 @@ def evaluate_agent(agent: Agent, prompts: Sequence[PromptRecord], judge: Judge,
                "judging_seconds": end - sampled,
                "prompts_per_second": len(answers) / max(end - start, 1e-9)}
     return EvalResult(name, agent, settings, judge.name, tuple(answers), tuple(verdicts), summary,
-                      timings, baseline_label)
+                      timings, baseline_label, tuple(getattr(judge, "notes", ())))

@@ -157,7 +157,7 @@ def answers_jsonl(result: EvalResult) -> str:
 def write_eval_report(result: EvalResult, out_dir: str, baseline: EvalResult | None = None) -> dict:
     """Write report.json, report.md, answers.jsonl and the plots to `out_dir`; return the report."""
     os.makedirs(out_dir, exist_ok=True)
-    notes, files = [], {}
+    notes, files = list(result.judge_notes), {}
     files["rule_violations"] = plots.plot_rule_violations(
         result.metrics["per_rule"], os.path.join(out_dir, PLOT_FILES["rule_violations"]),
         f"Rule violations: {result.name} ({result.judge})")

@@ -64,3 +64,5 @@ def test_public_files_to_reward_models_to_an_evaluation_with_intervals(tmp_path)
         assert m[key] is not None and m["intervals"][key]["n"] > 0, key
         assert m["intervals"][key]["low"] <= m[key] <= m["intervals"][key]["high"]
     assert set(m["per_rule"]) <= {"no_insults", "no_hate_or_harassment"}
+    assert any("held-out rule ratings" in note for note in report["notes"])  # the judge's threshold
+    assert "evidence_support_rate" in m["intervals"]
