@@ -32,6 +32,8 @@ def add_arguments(parser) -> None:
                        help="a `sparrow eval` report.json: probes cycle over the rules broken most")
     serve.add_argument("--focus-top", type=int, default=5, help="how many of those rules")
     serve.add_argument("--scripted", action="store_true", help="no model: scripted candidates")
+    serve.add_argument("--secure-cookies", action="store_true",
+                       help="send the session cookie over https only (behind a TLS proxy)")
     add = sub.add_parser("add-rater", help="create a rater and print their sign-in token")
     add.add_argument("--db", required=True)
     add.add_argument("--name", required=True)
@@ -59,7 +61,8 @@ def build_app(args, overrides=()):
         k = args.num_candidates or int(agent.cfg.data.num_candidates)
     focus = queue.focus_rules([r.id for r in rules], queue.violation_rates(args.eval_report),
                               top=args.focus_top)
-    app = create_app(args.db, source, rules, num_candidates=k, double_share=args.double_share, focus=focus)
+    app = create_app(args.db, source, rules, num_candidates=k, double_share=args.double_share, focus=focus,
+                     secure_cookies=args.secure_cookies)
     return app, source, focus
 
 

@@ -44,9 +44,11 @@ def render(name: str, status: int = 200, **context):
 
 
 def create_app(db_path: str, source, rules: Sequence, *, num_candidates: int = 4,
-               double_share: float = 0.2, focus: Sequence[str] | None = None) -> flask.Flask:
+               double_share: float = 0.2, focus: Sequence[str] | None = None,
+               secure_cookies: bool = False) -> flask.Flask:
     """The WSGI app over the database at `db_path` (migrated here). rules: `dialogue.rules.Rule`s the
-    probes can target; focus: the rule ids probes cycle over (default all, see queue.focus_rules)."""
+    probes can target; focus: the rule ids probes cycle over (default all, see queue.focus_rules);
+    secure_cookies: the session cookie only over https (serving behind a TLS proxy)."""
     if num_candidates < 2:
         raise ValueError(f"a comparison needs at least 2 candidates, got {num_candidates}")
     setup = open_store(db_path)
@@ -59,7 +61,8 @@ def create_app(db_path: str, source, rules: Sequence, *, num_candidates: int = 4
 
     app = flask.Flask(__name__)
     app.config.update(SECRET_KEY=secret, MAX_CONTENT_LENGTH=limits.MAX_REQUEST_BYTES,
-                      SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax")
+                      SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
+                      SESSION_COOKIE_SECURE=secure_cookies)
 
     def store() -> Store:
         if "store" not in flask.g:
@@ -249,8 +252,9 @@ def create_app(db_path: str, source, rules: Sequence, *, num_candidates: int = 4
     @signed_in()
     def judgements():
         comparisons = [dict(j, updated=_when(j["updated_at"])) for j in store().comparisons(me())]
+        reviews = sorted({r["probe_id"] for r in store().probe_ratings(me()) if r["task"] == "probe_review"})
         return render("judgements", title="My judgements", comparisons=comparisons,
-                      probes=store().probes(me()))
+                      probes=store().probes(me()), reviews=reviews)
 
     @app.get("/admin")
     @signed_in(admin=True)

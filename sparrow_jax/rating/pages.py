@@ -89,7 +89,8 @@ JUDGEMENTS = """{% extends "base" %}{% block body %}
 <td>{{ 'none' if j.chosen < 0 else j.chosen + 1 }}</td><td>{{ j.updated }}</td></tr>{% endfor %}</table>
 <h2>Probes</h2><table><tr><th>probe</th><th>rule</th><th>turns</th><th>finished</th></tr>
 {% for p in probes %}<tr><td><a href="/probe/{{ p.id }}">{{ p.id }}</a></td><td>{{ p.rule_id }}</td>
-<td>{{ p.dialogue|length }}</td><td>{{ p.finished }}</td></tr>{% endfor %}</table>{% endblock %}"""
+<td>{{ p.dialogue|length }}</td><td>{{ p.finished }}</td></tr>{% endfor %}</table>
+{% if reviews %}<h2>Probes you reviewed</h2><p id="reviews">{{ reviews|join(', ') }}</p>{% endif %}{% endblock %}"""
 
 ADMIN = """{% extends "base" %}{% block body %}
 <h2>Raters</h2><table><tr><th>id</th><th>name</th><th>admin</th></tr>

@@ -29,8 +29,12 @@ def _probe_with_turn(client, csrf, message="hello"):
     return location
 
 
-def test_pages_need_sign_in_and_a_known_token(world):
+def test_pages_need_sign_in_and_a_known_token(world, tmp_path):
     app, _, _ = world
+    cookie = app.test_client().get("/login").headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+    secure = make_app(tmp_path / "s.sqlite", secure_cookies=True).test_client()
+    assert "Secure" in secure.get("/login").headers["Set-Cookie"]
     client = app.test_client()
     for path in ("/", "/compare", "/probe", "/judgements", "/admin"):
         response = client.get(path)
@@ -216,4 +220,5 @@ def test_a_second_rater_reviews_a_finished_probe_and_agreement_is_counted(tmp_pa
     store.close()
     assert tasks == ["probe", "probe_review"]
     assert stats["agreement"]["probe_verdict"] == {"items": 1, "pairs": 1, "agreement": 0.0}
+    assert 'id="reviews">1<' in bob.get("/judgements").get_data(as_text=True)
     assert stats["written"] == {"rule_ratings.train": 2}
