@@ -3,6 +3,8 @@
   lm, sft   agent_nll: mean NLL per agent / search-query token of held-out dialogues
   pref_rm   accuracy: share of held-out comparisons whose chosen candidate has the top Elo
   rule_rm   auc/<rule id> per rule and macro auc over rules with both labels present
+  both RMs  temperature, ece_before, ece_after: one temperature fitted on half the held-out set,
+            expected calibration error on the other half before / after it (`calibration.py`)
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from scipy import stats
 
 from sparrow_jax import distributed
 from sparrow_jax.model import hydra
-from sparrow_jax.train import stages
+from sparrow_jax.train import calibration, stages
 from sparrow_jax.train.trainable import merge_params
 
 
@@ -99,7 +101,8 @@ class StageEvaluator:
     def _metrics_pref_rm(elo_BxK, host):
         masked = np.where(host["candidate_valid_BxK"], elo_BxK, -np.inf)
         accuracy = float(np.mean(masked.argmax(axis=1) == host["chosen_B"]))
-        return {"accuracy": accuracy, "eval_examples": float(len(elo_BxK))}
+        calibrated = calibration.calibrate_choice(masked, host["chosen_B"]) or {}
+        return {"accuracy": accuracy, "eval_examples": float(len(elo_BxK)), **calibrated}
 
     def _metrics_rule_rm(self, p_broken_B, host):
         labels, rule_index = host["broken_B"], host["rule_index_B"]
@@ -114,4 +117,5 @@ class StageEvaluator:
         metrics["macro_auc"] = float(np.mean(aucs)) if aucs else float("nan")
         metrics["auc_pooled"] = roc_auc(p_broken_B, labels)
         metrics["eval_examples"] = float(len(labels))
+        metrics.update(calibration.calibrate_binary(p_broken_B, labels) or {})
         return metrics
