@@ -56,7 +56,7 @@ def test_layout_is_split_by_conversation_and_seeded(tmp_path):
     again = prepare(str(tmp_path / "again"), sources, test_fraction=0.3, seed=1, build=False)
     assert again["counts"] == summary["counts"]
     assert read(str(tmp_path / "again"), "prompts", "test") == read(out, "prompts", "test")
-    other = prepare(str(tmp_path / "other"), sources, test_fraction=0.3, seed=2, build=False)
+    prepare(str(tmp_path / "other"), sources, test_fraction=0.3, seed=2, build=False)
     assert [r.id for r in read(str(tmp_path / "other"), "preferences", "test")] != \
         [r.id for r in read(out, "preferences", "test")]
 

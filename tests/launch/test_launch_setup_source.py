@@ -1,5 +1,4 @@
 """`launch/tpu.py setup` ships what git tracks at HEAD, nothing else lying in the checkout."""
-import os
 import subprocess
 import tarfile
 
