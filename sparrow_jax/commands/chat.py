@@ -122,7 +122,9 @@ def run(args, overrides) -> int:
         print(f"chatting with {agent.label} ({agent.stage}); one line per turn, Ctrl-D to end",
               file=sys.stderr)
     # Bytes that are not UTF-8 become U+FFFD (via surrogateescape and clean_text), never a crash.
-    lines = (raw.decode("utf-8", "surrogateescape") for raw in sys.stdin.buffer)
+    raw_stdin = getattr(sys.stdin, "buffer", None)  # None: a text stream (e.g. a test's)
+    lines = sys.stdin if raw_stdin is None else (
+        raw.decode("utf-8", "surrogateescape") for raw in raw_stdin)
     chat_loop(agent, env, lines, sys.stdout, scorer=scorer, n_best=args.n_best, verbose=args.verbose,
               seed=args.seed, interactive=interactive)
     return 0
