@@ -45,7 +45,7 @@ from sparrow_jax.rl import checkpoint as rl_checkpoint
 from sparrow_jax.rl.rollout import Environment, RolloutConfig, rollout
 from sparrow_jax.rl.selfplay import ContextBuffer, EpisodeSource, ShardedSource, play
 from sparrow_jax.sampling import layout
-from sparrow_jax.search import make_engine
+from sparrow_jax.search.data_engine import data_dir_engine
 from sparrow_jax.train import init_from, stage_data, stages, storage
 from sparrow_jax.train.checkpoints import Checkpointer
 from sparrow_jax.train.fingerprint import fingerprint
@@ -232,7 +232,9 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
     rules = shd.rules_from_config(cfg.mesh)
     tokenizer = stage_data.load_tokenizer(cfg)
     data_dir = stage_data.data_dir(cfg)
-    engine = make_engine("bm25", index_dir=os.path.join(data_dir, "search_index"))
+    # The data dir's index, else one built from its corpus into the workdir (never the data dir).
+    engine = data_dir_engine(data_dir, cache_dir=None if storage.is_url(workdir)
+                             else os.path.join(workdir, "search_index"))
     prompts = schemas.read_all(os.path.join(data_dir, "prompts.train.jsonl"))
     # The sampler decodes in its own layout (mesh.decode_logical_axis_rules; the training rules
     # if unset): a copy of trunk + policy top resharded once per step; rows come in by the
