@@ -36,14 +36,15 @@ Questions (one per line, ELI5 style): prompt records with source `eli5`.
 from __future__ import annotations
 
 import collections
-import gzip
-import json
 import os
 import re
-from typing import Any, Collection, Iterator
+from typing import TYPE_CHECKING, Any, Collection, Iterator
 
-from sparrow_jax.data import schemas
+from sparrow_jax.data import jsonl, schemas
 from sparrow_jax.dialogue.turns import Role, Turn
+
+if TYPE_CHECKING:
+    from sparrow_jax.search.corpus import Document
 
 _GENERAL = ("general_harm",)
 PKU_HARM_TO_RULES: dict[str, tuple[str, ...]] = {
@@ -66,25 +67,8 @@ class Skip(Exception):
     """A readable line with no faithful conversion; counted, not written."""
 
 
-def _open(path: str):
-    path = os.fspath(path)
-    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(
-        path, encoding="utf-8")
-
-
 def _json_lines(path) -> Iterator[tuple[int, dict]]:
-    with _open(path) as f:
-        for line_number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise schemas.SchemaError(os.fspath(path), line_number, "<json>",
-                                          f"malformed JSON: {err.msg} at column {err.colno}") from None
-            if not isinstance(obj, dict):
-                raise schemas.SchemaError(os.fspath(path), line_number, "<json>", "expected an object")
-            yield line_number, obj
+    return jsonl.json_lines(path, "converter input")
 
 
 def _field(obj: dict, name: str, kind, path, line: int):
@@ -181,10 +165,9 @@ def pku_records(path) -> Iterator[tuple[schemas.PreferenceRecord, list[schemas.R
 
 
 def question_records(path) -> Iterator[schemas.PromptRecord]:
-    with _open(path) as f:
-        for line, text in enumerate(f, 1):
-            if text.strip():
-                yield schemas.PromptRecord(f"eli5-{line}", "eli5", (Turn(Role.USER, text.strip()),))
+    for line, text in jsonl.text_lines(path, "question list"):
+        if text.strip():
+            yield schemas.PromptRecord(f"eli5-{line}", "eli5", (Turn(Role.USER, text.strip()),))
 
 
 def title_text_documents(path) -> Iterator["Document"]:

@@ -124,6 +124,11 @@ def parse_object(line: str, path: str, number: int) -> dict:
                           f"{err.colno}") from None
     except RecursionError:
         raise SchemaError(path, number, "<json>", f"nested more than {MAX_DEPTH} deep") from None
+    return check_object(obj, path, number)
+
+
+def check_object(obj: Any, path: str, number: int) -> dict:
+    """`obj` if it is a dict within MAX_DEPTH whose strings are valid Unicode; SchemaError."""
     if not isinstance(obj, dict):
         raise SchemaError(path, number, "<json>", f"expected an object, got {type(obj).__name__}")
     problem = _check_value(obj, "<json>")

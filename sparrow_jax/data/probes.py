@@ -39,7 +39,7 @@ import json
 import os
 from typing import Iterator
 
-from sparrow_jax.data import converters, schemas
+from sparrow_jax.data import converters, jsonl, schemas
 from sparrow_jax.dialogue.turns import Role, Turn
 
 HH_INVALID_TAG = "N/A - Invalid attempt"
@@ -90,19 +90,19 @@ def pku_probes(path, counts: collections.Counter) -> Iterator[tuple[str, schemas
 
 def _hh_attempts(path) -> Iterator[tuple[int, dict]]:
     """(index from 1, object) of a JSON array file or a JSONL file (optionally .gz)."""
-    with converters._open(path) as f:
-        text = f.read()
+    text = "\n".join(line for _, line in jsonl.text_lines(path, "HH red-team attempts"))
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)
         except json.JSONDecodeError as err:
             raise schemas.SchemaError(os.fspath(path), err.lineno, "<json>",
                                       f"malformed JSON: {err.msg}") from None
-        for index, obj in enumerate(items, 1):
-            if not isinstance(obj, dict):
-                raise schemas.SchemaError(os.fspath(path), index, "<json>",
-                                          "expected an object (array item)")
-            yield index, obj
+        except RecursionError:
+            raise schemas.SchemaError(os.fspath(path), 1, "<json>", "nested too deeply") from None
+        if not isinstance(items, list):
+            raise schemas.SchemaError(os.fspath(path), 1, "<json>", "expected an array")
+        for index, obj in enumerate(items, 1):  # index: the array item, counted from 1
+            yield index, jsonl.check_object(obj, os.fspath(path), index)
     else:
         yield from converters._json_lines(path)
 

@@ -65,7 +65,7 @@ def corrupted(draw, text: str) -> bytes:
     lines = data.split(b"\n")
     kind = draw(st.sampled_from(["truncate", "insert", "surrogate", "drop_field", "nest",
                                  "duplicate", "empty", "not_object", "wrong_type"]))
-    row = draw(st.integers(0, max(0, len([x for x in lines if x]) - 1)))
+    row = draw(st.sampled_from([i for i, x in enumerate(lines) if x.strip()]))
     if kind == "truncate":
         return data[:draw(st.integers(0, len(data)))]
     if kind == "insert":
@@ -91,6 +91,13 @@ def corrupted(draw, text: str) -> bytes:
         line = json.dumps(obj).encode()
     lines[row] = line
     return b"\n".join(lines)
+
+
+def _fresh(tmp_path):
+    """A new directory per hypothesis example (a function's tmp_path outlives one example)."""
+    path = tmp_path / f"example{len(os.listdir(tmp_path))}"
+    path.mkdir()
+    return path
 
 
 def _copy_world(world: str, root) -> str:
@@ -120,6 +127,34 @@ def test_data_build(world, tmp_path, capsys, data, name):
             files for _, _, files in os.walk(os.path.join(jsonl_dir, "tfds")))
 
 
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "fixtures")
+
+
+@BUDGET
+@given(data=st.data(), fmt=st.sampled_from(["hh", "pku", "questions"]))
+def test_data_convert(tmp_path, capsys, data, fmt):
+    source = {"hh": "hh.jsonl", "pku": "pku.jsonl", "questions": "questions.txt"}[fmt]
+    with open(os.path.join(FIXTURES, source), encoding="utf-8") as f:
+        text = f.read()
+    tmp_path = _fresh(tmp_path)
+    path = tmp_path / source
+    if fmt == "questions":  # a text file: corrupt its bytes
+        raw = text.encode()
+        at = data.draw(st.integers(0, len(raw)))
+        path.write_bytes(raw[:at] + data.draw(st.binary(min_size=1, max_size=4)) + raw[at:])
+    else:
+        path.write_bytes(data.draw(corrupted(text)))
+    out = tmp_path / "out"
+    out.mkdir()
+    outputs = {"hh": ["--dialogues-out", str(out / "dialogues.jsonl")],
+               "pku": ["--rule-ratings-out", str(out / "rule_ratings.jsonl")], "questions": []}[fmt]
+    code, err = _run(["data", "convert", "--format", fmt, "--in", str(path),
+                      "--out", str(out / "main.jsonl"), *outputs], capsys)
+    _one_clear_line(code, err, source)
+    if code:
+        assert os.listdir(out) == []  # nothing partial
+
+
 KEYS = ["train.steps", "train.learning_rate", "train.warmup_steps", "train.log_every",
         "train.seq_len", "train.keep_checkpoints", "train.batch_size", "model", "model.d_model",
         "model.n_heads", "mesh.logical_axis_rules", "mesh.shape.data", "rl.top_p", "rl.prompt_mix",
@@ -141,6 +176,7 @@ def test_train_overrides(tmp_path, capsys, key, value):
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_eval_prompts(world, sft, tmp_path, capsys, data):
+    tmp_path = _fresh(tmp_path)
     data_dir = _copy_world(world, tmp_path)
     path = os.path.join(data_dir, "prompts.test.jsonl")
     with open(path, encoding="utf-8") as f:
