@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+from sparrow_jax.data.jsonl import clean_text
+
 MAX_REQUEST_BYTES = 64 * 1024   # whole request body (Flask MAX_CONTENT_LENGTH)
 MAX_MESSAGE_CHARS = 2000        # one chat message of a probe
 MAX_PROBE_TURNS = 40            # turns of a probe dialogue, agent turns included
@@ -25,15 +27,16 @@ def _field(form: Mapping[str, str], name: str) -> str:
 
 
 def parse_message(form: Mapping[str, str]) -> str:
-    """The chat message: 1..MAX_MESSAGE_CHARS characters after stripping, kept verbatim otherwise."""
-    text = _field(form, "message")
-    if not text.strip():
+    """The chat message: 1..MAX_MESSAGE_CHARS characters after the boundary rule for typed text
+    (`data.jsonl.clean_text`: control characters dropped, lone surrogates -> U+FFFD) and
+    stripping, kept verbatim otherwise."""
+    raw = _field(form, "message")
+    if len(raw) > MAX_MESSAGE_CHARS:
+        raise FormError(f"the message has {len(raw)} characters; at most {MAX_MESSAGE_CHARS}")
+    text = clean_text(raw).strip()
+    if not text:
         raise FormError("the message is empty")
-    if len(text) > MAX_MESSAGE_CHARS:
-        raise FormError(f"the message has {len(text)} characters; at most {MAX_MESSAGE_CHARS}")
-    if "\x00" in text:
-        raise FormError("the message holds a NUL character")
-    return text.strip()
+    return text
 
 
 def parse_token(form: Mapping[str, str]) -> str:

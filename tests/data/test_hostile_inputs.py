@@ -121,3 +121,11 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(ValueError, match="is a directory"):
         with jsonl.atomic_write(tmp_path):
             pass
+
+
+def test_rating_form_text_passes_the_same_boundary_rule():
+    from sparrow_jax.rating.limits import FormError, parse_message
+    assert parse_message({"message": " hi\x00 \x1b[31mthere\udc80 "}) == jsonl.clean_text(
+        "hi\x00 \x1b[31mthere\udc80")
+    with pytest.raises(FormError, match="empty"):
+        parse_message({"message": "\x00\x07"})
