@@ -1,10 +1,6 @@
 """Fingerprints of param trees: equal trees agree, a one-ulp change anywhere does not, the
 sharding (one device, a mesh, two processes) does not matter."""
-import json
 import os
-import socket
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from multiprocess_runs import one_and_two_processes
 from sparrow_jax.train.fingerprint import fingerprint, leaf_lanes
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "multiprocess_frozen_sources.py")
@@ -87,40 +84,13 @@ def test_sharded_arrays_reduce_on_their_devices_to_the_host_value():
         assert fingerprint(sharded) == expected
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _last_json(out: str) -> dict:
-    return json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
-
 
 def test_two_processes_fingerprint_save_and_reread_frozen_parts_like_one(tmp_path):
     """Global arrays spanning two processes: fingerprints, an rl checkpoint without its frozen parts,
     and a restore that re-reads them from the source (each process its own shards) agree with one
     process holding all 8 devices."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    single = subprocess.run([sys.executable, SCRIPT, "--root", str(tmp_path / "one"), "--local-devices", "8"],
-                            env=env, capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr[-3000:]
-    port = _free_port()
-    procs = [subprocess.Popen([sys.executable, SCRIPT, "--root", str(tmp_path / "two"), "--local-devices", "4",
-                               "--num-processes", "2", "--process-id", str(i), "--port", str(port)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
-    outs = []
-    for p in procs:
-        try:
-            out, err = p.communicate(timeout=300)
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-        assert p.returncode == 0, err[-3000:]
-        outs.append(_last_json(out))
-    ref = _last_json(single.stdout)
+    ref, outs = one_and_two_processes(SCRIPT, ["--root", str(tmp_path / "one")],
+                                      ["--root", str(tmp_path / "two")])
     assert set(ref["fingerprints"]) == {"trunk", "teacher", "pref_rm", "rule_rm"}
     assert ref["restored"]["frozen"] == ref["fingerprints"]
     assert ref["restored"]["params"] == ref["restored"]["params_before"]
