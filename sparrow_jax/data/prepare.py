@@ -33,6 +33,7 @@ import os
 from typing import Collection, Iterator, Sequence
 
 from sparrow_jax.data import converters, probes, schemas
+from sparrow_jax.data.jsonl import atomic_write
 
 FORMATS = ("hh", "pku", "questions", "hh-red-team", "corpus")
 SPLITS = ("train", "test")
@@ -169,7 +170,7 @@ def prepare(out_dir: str, sources: Sequence[tuple[str, str]], *, test_fraction: 
     summary = {"sources": [{"format": fmt, "path": os.fspath(path)} for fmt, path in sources],
                "test_fraction": test_fraction, "seed": seed, "counts": counts,
                "skipped": dict(sorted(skipped.items())), "tfds": "tfds" if build else None}
-    with open(os.path.join(out_dir, SUMMARY_FILE), "w", encoding="utf-8") as f:
+    with atomic_write(os.path.join(out_dir, SUMMARY_FILE)) as f:
         json.dump(summary, f, indent=1)
         f.write("\n")
     if build:

@@ -17,6 +17,7 @@ import math
 import os
 from typing import Mapping
 
+from sparrow_jax.data.jsonl import atomic_write
 from sparrow_jax.evaluation import plots
 from sparrow_jax.evaluation.evaluator import EvalResult, paired_count, win_rate_against
 from sparrow_jax.evaluation.metrics import INTERVAL_METHOD, rate_interval
@@ -138,9 +139,9 @@ def write_demo_report(report: Mapping, out_dir: str, *, results: Mapping[str, Ev
     if rl_workdir:
         files["training_curves"] = plots.plot_training_curves(rl_workdir, path("training_curves"))
     files = {k: (os.path.basename(v) if v else None) for k, v in files.items()}
-    with open(os.path.join(out_dir, "report.json"), "w", encoding="utf-8") as f:
+    with atomic_write(os.path.join(out_dir, "report.json")) as f:
         json.dump(report, f, indent=2)
         f.write("\n")
-    with open(os.path.join(out_dir, "report.md"), "w", encoding="utf-8") as f:
+    with atomic_write(os.path.join(out_dir, "report.md")) as f:
         f.write(demo_markdown(report, files))
     return files

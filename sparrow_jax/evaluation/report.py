@@ -9,6 +9,7 @@ import json
 import os
 from typing import Mapping
 
+from sparrow_jax.data.jsonl import atomic_write
 from sparrow_jax.dialogue.turns import to_json as turns_json
 from sparrow_jax.evaluation import plots
 from sparrow_jax.evaluation.evaluator import EvalResult
@@ -179,11 +180,11 @@ def write_eval_report(result: EvalResult, out_dir: str, baseline: EvalResult | N
         intervals=intervals)
     plot_files = {k: (os.path.basename(v) if v else None) for k, v in files.items()}
     report = build_eval_report(result, baseline, plot_files, notes)
-    with open(os.path.join(out_dir, "report.json"), "w", encoding="utf-8") as f:
+    with atomic_write(os.path.join(out_dir, "report.json")) as f:
         json.dump(report, f, indent=2)
         f.write("\n")
-    with open(os.path.join(out_dir, "report.md"), "w", encoding="utf-8") as f:
+    with atomic_write(os.path.join(out_dir, "report.md")) as f:
         f.write(eval_markdown(report))
-    with open(os.path.join(out_dir, "answers.jsonl"), "w", encoding="utf-8") as f:
+    with atomic_write(os.path.join(out_dir, "answers.jsonl")) as f:
         f.write(answers_jsonl(result))
     return report

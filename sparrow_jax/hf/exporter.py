@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 
+from sparrow_jax.data.jsonl import atomic_write
 from sparrow_jax.hf.families import HFImportError, tensor_plan
 
 
@@ -102,7 +103,7 @@ def run_export(workdir: str, out: str, role: str = "policy", step: int | None = 
     hf["torch_dtype"] = dtype
     os.makedirs(out, exist_ok=True)
     save_file(tensors, os.path.join(out, "model.safetensors"), metadata={"format": "pt"})
-    with open(os.path.join(out, "config.json"), "w") as f:
+    with atomic_write(os.path.join(out, "config.json")) as f:
         json.dump(hf, f, indent=2, sort_keys=True)
     tokenizer = stage_data.checkpoint_tokenizer(workdir)
     if tokenizer is not None:

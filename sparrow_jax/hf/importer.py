@@ -21,6 +21,7 @@ import shutil
 import time
 from functools import partial
 
+from sparrow_jax.data.jsonl import atomic_write
 from sparrow_jax.hf.families import (HFImportError, check_tensor, family_of, model_overrides,
                                      tensor_plan)
 
@@ -228,11 +229,11 @@ def run_import(hf_dir: str, workdir: str, n_frozen_layers: int | None = None, ov
     report["seconds"] = time.perf_counter() - start
     report["peak_rss_bytes"] = _peak_rss_bytes()
     report["peak_rss_before_bytes"] = rss_before
-    with open(os.path.join(workdir, "config.json"), "w") as f:
+    with atomic_write(os.path.join(workdir, "config.json")) as f:
         json.dump(cfg.to_dict(), f, indent=1)
-    with open(os.path.join(workdir, "experiment.py"), "w") as f:
+    with atomic_write(os.path.join(workdir, "experiment.py")) as f:
         f.write(EXPERIMENT_PY)
-    with open(os.path.join(workdir, "import.json"), "w") as f:
+    with atomic_write(os.path.join(workdir, "import.json")) as f:
         json.dump(report, f, indent=1)
     log(f"imported {family} {hf_dir} -> {workdir}: {report['params']:,} params, "
         f"{stats['tensors']} tensors, {report['mb_per_second']:.1f} MB/s")

@@ -23,6 +23,7 @@ import json
 import os
 from typing import Iterable, Sequence
 
+from sparrow_jax.data.jsonl import atomic_write
 from sparrow_jax.data.schemas import record_from_json, write_jsonl
 
 SPLITS = ("train", "test")
@@ -156,6 +157,6 @@ def export(store, out_dir: str, test_share: float = 0.1, rule_ids=None) -> dict:
              "probe_ratings": len(ratings), "unsure": sum(r["verdict"] == "unsure" for r in ratings),
              "raters": len({j["rater_id"] for j in judgements} | {r["rater_id"] for r in ratings}),
              "agreement": agreement(items, judgements, ratings), "per_rule": per_rule_counts(ratings)}
-    with open(os.path.join(out_dir, "stats.json"), "w", encoding="utf-8") as f:
+    with atomic_write(os.path.join(out_dir, "stats.json")) as f:
         json.dump(stats, f, indent=2)
     return stats

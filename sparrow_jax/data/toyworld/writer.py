@@ -13,6 +13,7 @@ import os
 import random
 from typing import Any, Callable, Iterable, Sequence
 
+from sparrow_jax.data.jsonl import atomic_write
 from sparrow_jax.data.toyworld.config import ToyWorldConfig
 from sparrow_jax.data.toyworld.dialogues import Evidence, SplitWorld, generate_dialogues
 from sparrow_jax.data.toyworld.entities import (
@@ -82,7 +83,7 @@ def world_json(world: World) -> dict[str, Any]:
 
 
 def _write_jsonl(path: str, records: Iterable[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
@@ -106,7 +107,7 @@ def generate(out_dir: str | os.PathLike, config: ToyWorldConfig | None = None) -
              "lm": os.path.join(out_dir, "lm.txt")}
     write_corpus(paths["corpus"], world.docs)
     world.engine.save(paths["search_index"])
-    with open(paths["world"], "w", encoding="utf-8") as f:
+    with atomic_write(paths["world"]) as f:
         json.dump(world_json(world), f, indent=1, ensure_ascii=False)
         f.write("\n")
 
@@ -133,7 +134,7 @@ def generate(out_dir: str | os.PathLike, config: ToyWorldConfig | None = None) -
     # Held-out and unfamiliar entities' documents stay out of the LM text.
     held_out_ids = {f"{e.type}-{e.name.lower()}" for e in world.entities
                     if e.held_out or e.unfamiliar}
-    with open(paths["lm"], "w", encoding="utf-8") as f:
+    with atomic_write(paths["lm"]) as f:
         for doc in world.docs:
             if doc.id not in held_out_ids:
                 f.write(f"{doc.title}\n{doc.text}\n\n")
