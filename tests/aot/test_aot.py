@@ -60,6 +60,7 @@ def check_rl_lengths(report):
         assert length == 8 * -(-(prompt + new + 1) // 8)
 
 
+@pytest.mark.slow  # 2-3 min; the in-process tiny aot tests cover the same steps by default
 def test_aot_70b_shape_two_layers_json():
     report, _ = run_cli("--config", CONFIG_70B, "--layers", "2", "--json")
     check_report(report, aot.AOT_STEPS)  # the default --steps: every step

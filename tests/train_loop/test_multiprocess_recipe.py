@@ -7,7 +7,6 @@ run resumes to the uninterrupted run's state.
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 
 from loop_helpers import REPO, TINY, make_world, state_leaves, tiny_overrides
+from multiprocess_runs import free_port
 from sparrow_jax.config import model_parallel_decode_rules
 
 STAGES = (("lm", None), ("sft", "lm"), ("pref_rm", "sft"), ("rule_rm", "sft"), ("rl", "sft"))
@@ -28,16 +28,10 @@ STEPS = 3
 TIMEOUT = 600
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(args: list[str], processes: int, log_prefix: str) -> list[subprocess.Popen]:
     """`sparrow ARGS` as `processes` processes sharing 4 CPU devices, logs to LOG_PREFIX.<i>."""
     devices = 4 // processes
-    port = _free_port()
+    port = free_port()
     procs = []
     for index in range(processes):
         env = dict(os.environ, JAX_PLATFORMS="cpu",
@@ -101,21 +95,20 @@ def _figures(tree, prefix=""):
     return {}
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    base = tmp_path_factory.mktemp("multiprocess")
-    world = make_world(str(base / "world"))
-    out = {"world": world}
+def test_two_processes_equal_one_and_resume_after_a_kill(tmp_path):
+    """One test, so that xdist runs the recipe once (a module fixture would run in each worker)."""
+    world = make_world(str(tmp_path / "world"))
+    runs = {"world": world}
     for processes in (1, 2):
-        root = str(base / f"p{processes}")
-        os.makedirs(root)
-        _run_recipe(root, world, processes)
-        out[processes] = root
-    return out
-
-
-def test_every_stage_and_eval_in_two_processes_equal_one_process(runs):
+        runs[processes] = str(tmp_path / f"p{processes}")
+        os.makedirs(runs[processes])
+        _run_recipe(runs[processes], world, processes)
     one, two = runs[1], runs[2]
+    _check_equal(one, two)
+    _check_kill_and_resume(runs, str(tmp_path / "killed"))
+
+
+def _check_equal(one: str, two: str) -> None:
     for stage, _ in STAGES:
         summaries = [json.load(open(os.path.join(root, stage, "summary.json"))) for root in (one, two)]
         assert all(s["finished"] and s["step"] == STEPS for s in summaries), stage
@@ -139,11 +132,11 @@ def test_every_stage_and_eval_in_two_processes_equal_one_process(runs):
             assert "Traceback" not in f.read()
 
 
-def test_killing_one_process_then_rerunning_both_resumes(runs, tmp_path):
+def _check_kill_and_resume(runs: dict, root: str) -> None:
     """SIGKILL process 1 of a 2-process RL run after its first checkpoint (the pod loses a
     host; the survivor is stopped too, as a slice restart does), rerun both: the run resumes
     and ends in the uninterrupted 2-process run's state."""
-    root = str(tmp_path)
+    os.makedirs(root)
     for stage in ("sft", "pref_rm", "rule_rm"):
         os.symlink(os.path.join(runs[2], stage), os.path.join(root, stage))
     args = _stage_args("rl", root, runs["world"])
