@@ -40,6 +40,7 @@ def quick_json():
     return runner, runner.run(quick=True)
 
 
+@pytest.mark.slow  # ~3 min: every measurement at toy size (keeps the default run under 20 min)
 def test_every_figure_is_finite_and_positive(quick_json):
     _, results = quick_json
     missing = [key for key in FIGURES + CONFIG_STRINGS if key not in results]
@@ -52,6 +53,7 @@ def test_every_figure_is_finite_and_positive(quick_json):
         assert math.isfinite(value) and (value > 0 or key in MAY_BE_ZERO and value == 0), (key, value)
 
 
+@pytest.mark.slow
 def test_results_are_one_json_object(quick_json):
     runner, results = quick_json
     assert json.loads(json.dumps(results)) == results
