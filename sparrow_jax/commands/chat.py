@@ -3,7 +3,9 @@
 Each input line is one User turn (piped stdin works: one line per turn, the chat ends at EOF). The agent
 may search: its Search Query and the Search Result (title, source, fragment) are shown before its reply.
 --verbose shows every candidate's reward-model scores (pref Elo, the most likely broken rules, the
-rerank score). Input is only ever the text of a User turn: a line such as "Sparrow: ..." or
+rerank score). Scores and reranking use the RMs' calibrated probabilities (`evaluation/scoring.py`: each
+RM's temperature fitted at the end of its training; an RM without one is used at 1.0, said once on
+stderr; --verbose lists the temperatures on stderr). Input is only ever the text of a User turn: a line such as "Sparrow: ..." or
 "Search Result: ..." is plain user text, never a turn of that role.
 Exit codes: 0 at EOF; 2 bad input (as `sparrow eval`).
 """
@@ -113,6 +115,9 @@ def run(args, overrides) -> int:
             scorer = Scorer(agent, batch_size=args.n_best, rule_batch_size=args.n_best)
             scorer.require("pref_rm")
             scorer.require("rule_rm")
+            if args.verbose:
+                for note in scorer.notes:
+                    print(note, file=sys.stderr)
         env = make_environment(agent, args.evidence)
     except (WorkdirError, MissingRewardModel, FileNotFoundError, ValueError) as err:
         print(f"sparrow chat: {err}", file=sys.stderr)

@@ -85,8 +85,8 @@ def _evaluate(args, overrides) -> int:
     config = load_experiment(args.config) if args.config else None
     agent = load_agent(args.workdir, step=args.step, pref_rm=args.pref_rm, rule_rm=args.rule_rm,
                        config=config, overrides=overrides)
-    print(f"evaluating {agent.label} ({agent.stage}); pref RM: {agent.pref_rm_source or 'none'}, "
-          f"rule RM: {agent.rule_rm_source or 'none'}", file=sys.stderr)
+    print(f"evaluating {agent.label} ({agent.stage}); pref RM: {_rm_label(agent, 'pref_rm')}, "
+          f"rule RM: {_rm_label(agent, 'rule_rm')}", file=sys.stderr)
     from sparrow_jax.dialogue.rules import load_rules
     rule_ids = {rule.id for rule in load_rules(agent.cfg.data.rules or None)}
     prompts = load_prompts(agent.data_dir, settings.split, settings.max_prompts, rule_ids)
@@ -120,6 +120,15 @@ def required_reward_models(n_best: int, has_baseline: bool, judge: str) -> list[
     if n_best > 1 or judge == "reward_models":
         return ["pref_rm", "rule_rm"]
     return ["pref_rm"] if has_baseline else []
+
+
+def _rm_label(agent, role: str) -> str:
+    """`<source> (temperature T)`, `<source> (uncalibrated)` or `none`."""
+    source = getattr(agent, f"{role}_source")
+    if not source:
+        return "none"
+    temperature = getattr(agent, f"{role}_temperature")
+    return f"{source} ({'uncalibrated' if temperature is None else f'temperature {temperature:.4g}'})"
 
 
 def _name(workdir: str) -> str:

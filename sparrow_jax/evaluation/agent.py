@@ -11,6 +11,9 @@ Where each reward model comes from, first match wins:
   3. the policy config's `rl.pref_rm_from` / `rl.rule_rm_from` (an `rl` run's sources);
   4. the sibling workdir `<workdir>/../pref_rm` / `<workdir>/../rule_rm` when it has checkpoints.
 A missing RM is None: what needs it (reranking, the reward-model judge, win rates) says so.
+Each RM comes with the temperature its training fitted for that checkpoint (`train/calibration.py`,
+read from the RM workdir's summary.json or eval log); `evaluation.scoring.Scorer` applies it. An RM
+without one (trained before calibration, or held inside an older rl checkpoint) has None: scored at 1.0.
 
 Every model shares one frozen trunk (the hydra): an RM whose trunk differs from the policy's (compared by
 fingerprint) is an error.
@@ -32,6 +35,7 @@ from sparrow_jax.dialogue.tokenizer import Tokenizer
 from sparrow_jax.evaluation.checkpoint_params import (FrozenSourceError, StoredParams, WorkdirError,
                                                       checkpoint_steps, read_config, read_params,
                                                       shape_differences)
+from sparrow_jax.train import calibration
 from sparrow_jax.train.fingerprint import fingerprint
 from sparrow_jax.train.stage_data import select_rules
 from sparrow_jax.model import hydra
@@ -58,6 +62,8 @@ class Agent:
     params: {trunk, policy, pref_rm?, rule_rm?} hydra params.  cfg: the policy run's config.
     pref_rm_source / rule_rm_source: where each RM came from ("<workdir>@<step>"), None if absent.
     pref_seq_len / rule_seq_len: dialogue width (tokens) each RM was trained at, used to score.
+    pref_rm_temperature / rule_rm_temperature: the calibration temperature fitted for each RM
+    checkpoint, None when there is none (or no RM); *_temperature_source: where it was read, or why not.
     rules: the rules the rule RM scores, in index order (`select_rules`).
     """
     workdir: str
@@ -71,6 +77,10 @@ class Agent:
     rule_rm_source: str | None = None
     pref_seq_len: int = 0
     rule_seq_len: int = 0
+    pref_rm_temperature: float | None = None
+    rule_rm_temperature: float | None = None
+    pref_rm_temperature_source: str = ""
+    rule_rm_temperature_source: str = ""
 
     @property
     def model_cfg(self):
@@ -149,6 +159,8 @@ class _RewardModel:
     source: str       # "<workdir>@<step>", + " (rl.pref_rm_from of <rl workdir>@<step>)" when the policy's
                       # rl checkpoint names it; "<rl workdir>@<step> (rl checkpoint)" when stored inside
     cfg: ml_collections.ConfigDict  # the run that trained it (its seq_len, data dir, rules file)
+    temperature: float | None = None  # fitted for this checkpoint (`calibration.read_temperature`)
+    temperature_source: str = ""      # where it was read, or why there is none
 
 
 def _load_rm(role: str, explicit: str | None, policy: StoredParams, cfg, device) -> _RewardModel | None:
@@ -156,10 +168,13 @@ def _load_rm(role: str, explicit: str | None, policy: StoredParams, cfg, device)
     if not explicit and role in policy.params:
         named, policy_label = policy.sources.get(role), f"{policy.workdir}@{policy.step}"
         if named is None:  # an older rl checkpoint, holding its reward models
-            return _RewardModel(policy.params[role], f"{policy_label} ({policy.stage} checkpoint)", cfg)
+            return _RewardModel(policy.params[role], f"{policy_label} ({policy.stage} checkpoint)", cfg,
+                                None, f"held inside the {policy.stage} checkpoint {policy_label}, "
+                                "which names no RM workdir to read a fitted temperature from")
         rm_cfg = read_config(named.workdir, named.step)
         rm_cfg = ml_collections.ConfigDict(_fill(default_config().to_dict(), rm_cfg)) if rm_cfg else cfg
-        return _RewardModel(policy.params[role], f"{named.label} ({named.via} of {policy_label})", rm_cfg)
+        return _RewardModel(policy.params[role], f"{named.label} ({named.via} of {policy_label})", rm_cfg,
+                            *calibration.read_temperature(named.workdir, named.step))
     for workdir in _rm_candidates(role, explicit, policy, cfg):
         try:
             stored = read_params(workdir, device=device, roles=("trunk", role))
@@ -179,7 +194,8 @@ def _load_rm(role: str, explicit: str | None, policy: StoredParams, cfg, device)
             raise WorkdirError(f"the {role} in {workdir} was trained with another tokenizer than the "
                                f"policy in {policy.workdir}")
         rm_cfg = ml_collections.ConfigDict(_fill(default_config().to_dict(), stored.config))
-        return _RewardModel(stored.params[role], f"{workdir}@{stored.step}", rm_cfg)
+        return _RewardModel(stored.params[role], f"{workdir}@{stored.step}", rm_cfg,
+                            *calibration.read_temperature(workdir, stored.step))
     return None
 
 
@@ -221,4 +237,6 @@ def load_agent(workdir: str, *, step: int | None = None, pref_rm: str | None = N
                  rules=select_rules(load_rules(rule_cfg.data.rules or None), rule_cfg.data.dir, rule_scope),
                  pref_rm_source=rms["pref_rm"] and rms["pref_rm"].source,
                  rule_rm_source=rms["rule_rm"] and rms["rule_rm"].source,
-                 pref_seq_len=seq_len["pref_rm"], rule_seq_len=seq_len["rule_rm"])
+                 pref_seq_len=seq_len["pref_rm"], rule_seq_len=seq_len["rule_rm"],
+                 **{f"{role}_{key}": getattr(rm, key) for role, rm in rms.items() if rm is not None
+                    for key in ("temperature", "temperature_source")})

@@ -92,7 +92,7 @@ class EvalResult:
     metrics: dict
     timings: dict
     baseline: str | None = None
-    judge_notes: tuple = ()  # how the judge decided (e.g. its threshold), for the report's notes
+    judge_notes: tuple = ()  # how the judge decided (e.g. its threshold) and the RM calibration used
 
 
 def load_prompts(data_dir: str, split: str = "test", max_prompts: int = 0,
@@ -214,5 +214,7 @@ def evaluate_agent(agent: Agent, prompts: Sequence[PromptRecord], judge: Judge,
     timings = {"wall_seconds": end - start, "sampling_seconds": sampled - start,
                "judging_seconds": end - sampled,
                "prompts_per_second": len(answers) / max(end - start, 1e-9)}
+    used_scorer = settings.n_best > 1 or judge.name == "reward_models" or baseline is not None
+    notes = tuple(getattr(judge, "notes", ())) + (tuple(getattr(scorer, "notes", ())) if used_scorer else ())
     return EvalResult(name, agent, settings, judge.name, tuple(answers), tuple(verdicts), summary,
-                      timings, baseline_label, tuple(getattr(judge, "notes", ())))
+                      timings, baseline_label, notes)

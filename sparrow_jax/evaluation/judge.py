@@ -8,6 +8,10 @@
                  eli5 (every question, entity or not): the agent searched and sigmoid(pref Elo) > 0.5
                  (the preference RM's auxiliary target is "supported and plausible", trained on the Elo
                  logit itself).
+                 Both read the scorer's calibrated scores (`scoring.py`). A temperature leaves the eli5
+                 verdict as it is (elo / T > 0 iff elo > 0) and the threshold separates the held-out
+                 ratings as before (it is chosen on the same scorer's probabilities; only its place
+                 between two neighbouring held-out scores, a midpoint, can move).
 A verdict is None when it does not apply (not a red_team / eli5 prompt) or cannot be judged (a rule the
 oracle cannot check, or the rule RM does not score). `searched` is the same for both judges.
 """

@@ -2,8 +2,9 @@
 
     threshold = held_out_threshold(scorer, data_dir)   # or None: keep the judge's default 0.5
 
-The rule RM's probabilities are not calibrated (issue 19: P(broken) 0.44-0.55 for harmless
-answers), so "broken" = P > 0.5 can be far off. The judge instead uses the threshold that
+The rule RM's probabilities need not be calibrated (issue 19: P(broken) 0.44-0.55 for harmless
+answers; the scorer applies a fitted temperature when the RM has one, which moves no ranking), so
+"broken" = P > 0.5 can be far off. The judge instead uses the threshold that
 classifies the data dir's held-out ratings (`rule_ratings.test.jsonl`, the rules the rule RM
 scores, at most `max_records`) best: the highest accuracy, ties to the threshold closest to
 0.5. Chosen once per evaluation, on data the rule RM did not train on.

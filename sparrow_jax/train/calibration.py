@@ -6,8 +6,14 @@ RM and softmax(elo / T) over a comparison's candidates for the preference RM. T 
 a log-spaced grid) on the even rows of the held-out set and the expected calibration error is
 measured before and after on the odd rows, so the "after" figure is not measured on what T was
 fitted to. `stage_eval` reports `temperature`, `ece_before`, `ece_after` in summary.json.
+
+Inference applies it (`evaluation.scoring.Scorer`, the one scorer of chat, reranking and the
+reward-model judge): `read_temperature` finds the temperature fitted for an RM checkpoint,
+`calibrated_probs` / `calibrated_elo` apply it. The RL reward keeps the raw scores.
 """
 from __future__ import annotations
+
+import json
 
 import numpy as np
 
@@ -81,3 +87,53 @@ def calibrate_choice(logits_BxK: np.ndarray, target_B: np.ndarray) -> dict[str, 
     t = _fit(nll)
     return {"temperature": t, "ece_before": top_label_ece(_softmax(logits_BxK[test]), target_B[test]),
             "ece_after": top_label_ece(_softmax(logits_BxK[test] / t), target_B[test])}
+
+
+def calibrated_probs(p: np.ndarray, temperature: float) -> np.ndarray:
+    """sigmoid(logit(p) / T): the rule RM's P(broken) under its fitted temperature (float32).
+    T = 1 returns p as is; otherwise p is clipped to [1e-7, 1 - 1e-7] first, as in the fit."""
+    p = np.asarray(p, np.float32)
+    if temperature == 1.0:
+        return p
+    return _sigmoid(binary_logits(p) / temperature).astype(np.float32)
+
+
+def calibrated_elo(elo: np.ndarray, temperature: float) -> np.ndarray:
+    """elo / T: softmax over candidates (and sigmoid of a difference) becomes the calibrated
+    choice probability the preference RM's temperature was fitted for (float32)."""
+    return (np.asarray(elo, np.float32) / np.float32(temperature)).astype(np.float32)
+
+
+def read_temperature(workdir: str, step: int) -> tuple[float | None, str]:
+    """(the temperature stage_eval fitted for `workdir`'s checkpoint at `step`, where it was read)
+    or (None, why not). Looks in summary.json (written at the end of training) when it is of that
+    step, else for the eval record of that step in logs/metrics.jsonl (the last one wins)."""
+    from sparrow_jax.train import storage
+    summary = storage.run_path(storage.join(workdir, "summary.json"))
+    if summary.exists():
+        try:
+            record = json.loads(summary.read_text())
+        except ValueError:
+            record = {}
+        value = record.get("eval", {}).get("temperature")
+        if record.get("step") == step and _usable(value):
+            return float(value), str(summary)
+    metrics = storage.run_path(storage.join(workdir, "logs", "metrics.jsonl"))
+    found = None
+    if metrics.exists():
+        for line in metrics.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a killed run
+            if record.get("split") == "eval" and record.get("step") == step \
+                    and _usable(record.get("temperature")):
+                found = float(record["temperature"])
+        if found is not None:
+            return found, f"{metrics} (eval at step {step})"
+    return None, (f"no temperature fitted for step {step} in {summary} or {metrics} (trained before "
+                  "calibration, or no held-out eval at that step)")
+
+
+def _usable(value) -> bool:
+    return isinstance(value, (int, float)) and np.isfinite(value) and value > 0
