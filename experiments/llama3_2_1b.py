@@ -1,0 +1,88 @@
+"""Sparrow recipe from Llama 3.2 1B's open weights (`sparrow import`), on a TPU VM or a slice.
+
+Shape: meta-llama/Llama-3.2-1B's config.json (HF_CONFIG below; the model keys are what
+`sparrow_jax.hf.families.model_overrides` makes of it, as `sparrow import` does): 16 layers,
+d_model 2048, 32 query heads of 64 on 8 key/value heads (grouped-query), SwiGLU FFW 8192,
+128256-id vocabulary, RoPE base 500000 with Llama 3.1's scaling (factor 32, low / high
+frequency factors 1 / 4, original context 8192), LM head tied to the embedding: 1.24e9
+parameters (0.26e9 of them the embedding). The bottom 12 of 16 layers are the frozen shared
+trunk (`sparrow import`'s default, Sparrow's 64 of 80), so each role's own top is 4 layers.
+
+Tokenizer: Llama 3's is a byte-level BPE `tokenizer.json`, which `sparrow import` refuses (only
+SentencePiece models are supported). Import the weights alone (move the tokenizer files out of
+the directory) and give the runs a SentencePiece model with Llama 3's ids as
+`--config.data.tokenizer`, else the recipe cannot tokenise the data with the model's ids. The
+vocabulary then stays 128256 (VOCAB_SIZE) as long as that model's ids, Sparrow's control ids
+included, fit in it. This config is the shape for `sparrow aot` and for runs with such a
+tokenizer; gemma_2b.py is the family whose tokenizer the import takes as is.
+
+Start: `sparrow import --hf LLAMA_DIR --workdir IMPORTED` (default --n-frozen-layers 12), then
+every stage with `--config.train.init_from` (launch/README.md, "Starting from open weights");
+`train.init_from` below is that placeholder.
+
+Variants are named after the TPU type. v5e counts chips (v5e-8 = 8 chips, one host; v5e-32 = 32
+chips on 4 hosts); v4 and v5p count TensorCores, 2 per chip (v4-8 and v5p-8 = 4 chips, one
+host). JAX sees one device per chip. The mesh is FSDP over every chip. Default: `v5e_8`.
+
+Sizes, and why: the stage is rl (as the pod configs): 64 episodes per step, sampled and
+rule-scored at once, prompts of 1536 tokens and agent turns of 128 (`pod_config`). The update
+runs microbatches of MICROBATCH_PER_DEVICE sequences per chip: a 2048-token sequence's logits
+over 128256 ids are 0.5 GiB in bfloat16 (1 GiB as float32 log-probabilities), the largest
+activation, made by the policy and by the teacher. The sampler decodes model-parallel (weights
+split over fsdp by heads / MLP / vocabulary), as gemma_2b.py. Full rematerialisation, float32
+params with bfloat16 compute, Adafactor. `sparrow aot --config experiments/llama3_2_1b.py:<variant>`
+reports each step's per-chip memory (README, the open-weight table).
+"""
+from sparrow_jax.config import pod_config
+from sparrow_jax.hf.families import model_overrides
+
+# meta-llama/Llama-3.2-1B config.json (the fields the import reads).
+HF_CONFIG = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128256,
+    "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "hidden_act": "silu",
+    "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "rope_theta": 500000.0,
+    "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                     "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+    "tie_word_embeddings": True, "attention_bias": False, "mlp_bias": False,
+}
+VOCAB_SIZE = HF_CONFIG["vocab_size"]
+N_FROZEN_LAYERS = 12  # sparrow_jax.hf.importer.default_frozen_layers(16)
+
+MESHES = {
+    # name: (devices = chips, HBM budget name)
+    "v5e_8": (8, "v5e"),
+    "v4_8": (4, "v4"),
+    "v5p_8": (4, "v5p"),
+    "v5e_32": (32, "v5e"),   # 4 hosts
+}
+EPISODES_PER_STEP = 64
+MICROBATCH_PER_DEVICE = 2
+IMPORTED = "runs/llama3_2_1b/imported"   # placeholder: the `sparrow import --workdir` directory
+
+
+def get_config(variant: str = "v5e_8"):
+    if variant not in MESHES:
+        raise ValueError(f"unknown variant {variant!r}; choose from {sorted(MESHES)}")
+    devices, hbm = MESHES[variant]
+    hf = HF_CONFIG
+    cfg = pod_config(f"llama3_2_1b_{variant}", d_model=hf["hidden_size"],
+                     n_heads=hf["num_attention_heads"], d_ff=hf["intermediate_size"],
+                     n_layers=hf["num_hidden_layers"], n_frozen_layers=N_FROZEN_LAYERS,
+                     devices=devices, hbm=hbm, microbatch=MICROBATCH_PER_DEVICE,
+                     value_hidden=1024, learning_rate=5e-6, batch_size=EPISODES_PER_STEP,
+                     decode="model_parallel")
+    for key, value in model_overrides(hf).items():
+        cfg.model[key] = value
+    cfg.model.vocab_size = VOCAB_SIZE
+    cfg.model.max_len = cfg.train.seq_len   # rotary: no table; the longest sequence used
+    cfg.train.init_from = IMPORTED
+    return cfg
+
+
+def get_sweep(variant: str = "v5e_8"):
+    """RL learning rate x KL weight alpha: 4 runs from one shared sft workdir and one pair of
+    reward models (no model key varies)."""
+    from sparrow_jax.sweeps import product, sweep_axis
+    return product(sweep_axis("train.learning_rate", [2e-6, 5e-6]),
+                   sweep_axis("rl.alpha", [0.05, 0.1]))
