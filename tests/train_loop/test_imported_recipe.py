@@ -57,7 +57,8 @@ def _commands(tmp: str, world: str, hf: str) -> list[list[str]]:
         ["train", "--config", f"{exp}:rl", "--workdir", w("rl"), *common,
          f"--config.train.init_from={w('sft')}", f"--config.rl.pref_rm_from={w('pref_rm')}",
          f"--config.rl.rule_rm_from={w('rule_rm')}", "--config.rl.normaliser_batches=1",
-         "--config.rl.max_prompt_len=64", "--config.rl.max_new_tokens=8"],
+         "--config.rl.max_prompt_len=64", "--config.rl.max_new_tokens=8",
+         "--config.rl.rule_chunk=1"],   # one rule per scorer step: one program, not a search
         ["eval", "--workdir", w("rl"), "--max-prompts", "4", "--batch-size", "4"],
         ["export", "--workdir", w("rl"), "--out", w("export")],
     ]
