@@ -29,7 +29,9 @@ rule-scored at once, prompts of 1536 tokens and agent turns of 128 (`pod_config`
 runs microbatches of MICROBATCH_PER_DEVICE sequences per chip: a 2048-token sequence's logits
 over 128256 ids are 0.5 GiB in bfloat16 (1 GiB as float32 log-probabilities), the largest
 activation, made by the policy and by the teacher. The sampler decodes model-parallel (weights
-split over fsdp by heads / MLP / vocabulary), as gemma_2b.py. Full rematerialisation, float32
+split over fsdp by heads / MLP / vocabulary), as gemma_2b.py, and here also by the 8 key/value
+heads, which splits the KV cache (64 episodes x 1672 positions x 16 layers: 3.5 GB in bfloat16)
+over 8 chips: replicated, it put the v5e-8 sampler over 16 GiB (16.32). Full rematerialisation, float32
 params with bfloat16 compute, Adafactor. `sparrow aot --config experiments/llama3_2_1b.py:<variant>`
 reports each step's per-chip memory (README, the open-weight table).
 """
@@ -75,6 +77,10 @@ def get_config(variant: str = "v5e_8"):
     for key, value in model_overrides(hf).items():
         cfg.model[key] = value
     cfg.model.vocab_size = VOCAB_SIZE
+    # Decoding splits the 8 key/value heads (weights and cache) over fsdp like the 32 query
+    # heads; without it every chip holds the whole batch's cache (replicated 'kv_heads').
+    cfg.mesh.decode_logical_axis_rules = [*cfg.mesh.decode_logical_axis_rules,
+                                          ("kv_heads", "fsdp")]
     cfg.model.max_len = cfg.train.seq_len   # rotary: no table; the longest sequence used
     cfg.train.init_from = IMPORTED
     return cfg

@@ -50,11 +50,12 @@ def lm_params(hf: dict, vocab: int) -> int:
 
 
 def start_cli(spec, *argv):
-    """`sparrow aot --json` in a fresh process (it sets its own simulated device count)."""
+    """`sparrow aot --json` in a fresh process (it sets its own simulated device count). The
+    rule scorer at one rule per step: aot compiles one rl.rule_chunk, not the measured choice."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
     proc = subprocess.Popen([sys.executable, "-m", "sparrow_jax", "aot", "--config", spec,
-                             "--json", *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             "--json", *argv, "--config.rl.rule_chunk=1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     return proc, time.time()
 
