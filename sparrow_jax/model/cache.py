@@ -4,12 +4,21 @@ A cache is a plain pytree:
   {'index':     int32 []          next slot to fill (the same for every row),
    'positions': int32 [B, S]      position of the token in each slot,
    'valid':     bool  [B, S]      slot holds a real token (False = empty or padding),
-   'layers':    {stack: {'k': [layers, B, S, G, K], 'v': [layers, B, S, G, K]}}}
+   'layers':    {stack: {'k': [layers, B, G, S, K], 'v': [layers, B, G, S, K],
+                         'last_k': [layers, B, G, K] (model.smeared_keys only)}}}
 (G = the key/value heads: model.n_kv_heads, or n_heads when it is 0)
 with one stack for the trunk (absent when it has no layers) and one per top
 (`policy`, `teacher`, `pref_rm`, `rule_rm`). Keys/values are in the compute
-dtype; keys are stored after rotary rotation. Slots are shared by all stacks,
-so every call that writes the cache must run every stack in it.
+dtype; keys are stored after rotary rotation and, with smeared keys, smeared
+(each key mixed with its token's previous one when it is written); `last_k` is
+each row's newest token's key before smearing, which the next token's smearing
+reads. Slots are shared by all stacks, so every call that writes the cache must
+run every stack in it.
+
+The slot axis sits after the heads so that a decode step reads the cache in
+place: attention is a matmul batched over (row, head) with the slots as its
+free axis, and a step writes only its own slots (no per-step copy or transpose
+of the cache).
 """
 from __future__ import annotations
 
@@ -49,11 +58,14 @@ def init_cache(model_cfg, batch: int, cache_len: int, tops: Iterable[str] = ("po
     `tops` names roles whose tops get a stack ('value' means the policy top).
     """
     spec = ModelSpec.of(model_cfg)
-    shape = (batch, cache_len, spec.kv_heads, spec.head_dim)
-    layers = {
-        name: {"k": jnp.zeros((n,) + shape, spec.dtype), "v": jnp.zeros((n,) + shape, spec.dtype)}
-        for name, n in _stack_sizes(spec, tops_for(tops)).items()
-    }
+    shape = (batch, spec.kv_heads, cache_len, spec.head_dim)
+    layers = {}
+    for name, n in _stack_sizes(spec, tops_for(tops)).items():
+        layers[name] = {"k": jnp.zeros((n,) + shape, spec.dtype),
+                        "v": jnp.zeros((n,) + shape, spec.dtype)}
+        if spec.smeared_keys:
+            layers[name]["last_k"] = jnp.zeros((n, batch, spec.kv_heads, spec.head_dim),
+                                               spec.dtype)
     return {
         "index": jnp.zeros((), jnp.int32),
         "positions": jnp.zeros((batch, cache_len), jnp.int32),
@@ -65,12 +77,15 @@ def init_cache(model_cfg, batch: int, cache_len: int, tops: Iterable[str] = ("po
 def cache_logical_axes(model_cfg, tops: Iterable[str] = ("policy",)):
     """The cache tree with PartitionSpec leaves of logical axis names."""
     spec = ModelSpec.of(model_cfg)
-    kv = P("layers", "batch", "length", spec.kv_heads_axis, "kv")
+    kv = P("layers", "batch", spec.kv_heads_axis, "length", "kv")
+    stack = {"k": kv, "v": kv}
+    if spec.smeared_keys:
+        stack["last_k"] = P("layers", "batch", spec.kv_heads_axis, "kv")
     return {
         "index": P(),
         "positions": P("batch", "length"),
         "valid": P("batch", "length"),
-        "layers": {name: {"k": kv, "v": kv} for name in _stack_sizes(spec, tops_for(tops))},
+        "layers": {name: dict(stack) for name in _stack_sizes(spec, tops_for(tops))},
     }
 
 
@@ -94,10 +109,12 @@ def write_slots(cache_BxS: jax.Array, new_BxT: jax.Array, index: jax.Array) -> j
     return jax.lax.dynamic_update_slice(cache_BxS, new_BxT.astype(cache_BxS.dtype), (0, index))
 
 
-def write_kv(stack_kv: dict, new_k: jax.Array, new_v: jax.Array, index: jax.Array) -> dict:
-    """Write this call's keys/values [layers, B, T, H, K] at slot `index` of a stack."""
-    start = (0, 0, index, 0, 0)
-    return {
-        "k": jax.lax.dynamic_update_slice(stack_kv["k"], new_k.astype(stack_kv["k"].dtype), start),
-        "v": jax.lax.dynamic_update_slice(stack_kv["v"], new_v.astype(stack_kv["v"].dtype), start),
-    }
+def write_kv(stack_kv: dict, new: dict, index: jax.Array) -> dict:
+    """A stack after a call: its keys/values `new['k']`, `new['v']` [layers, B, G, T, K]
+    written at slots [index, index + T), and `new['last_k']` (smeared keys) replacing the old."""
+    start = (0, 0, 0, index, 0)
+    out = {name: jax.lax.dynamic_update_slice(stack_kv[name], new[name].astype(stack_kv[name].dtype),
+                                              start) for name in ("k", "v")}
+    if "last_k" in stack_kv:
+        out["last_k"] = new["last_k"].astype(stack_kv["last_k"].dtype)
+    return out

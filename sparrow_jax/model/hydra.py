@@ -28,7 +28,8 @@ from sparrow_jax.losses.sft import next_token_targets, token_log_probs
 from sparrow_jax.model.cache import broadcast_cache, cache_logical_axes, init_cache, tops_for
 from sparrow_jax.model.heads import Embed, RoleHead, ValueHead
 from sparrow_jax.model.spec import ModelSpec
-from sparrow_jax.model.stack import apply_stack, attention_context, init_stack
+from sparrow_jax.model.stack import (apply_stack, attention_context,
+                                     cached_attention_context, init_stack)
 
 __all__ = ["init_params", "param_logical_axes", "forward", "extend", "count_params",
            "init_cache", "broadcast_cache", "cache_logical_axes", "head_kind", "lm_head_tops"]
@@ -196,7 +197,7 @@ def forward(params, model_cfg, tokens_BxL, positions_BxL=None, valid_BxL=None,
 
 
 def extend(params, model_cfg, tokens_BxT, positions_BxT, valid_BxT, cache,
-           roles: Iterable[str] = ("policy",)):
+           roles: Iterable[str] = ("policy",), last_only: bool = False):
     """Append T tokens per row to the cache and return the roles' outputs for them.
 
     The new keys/values are written at slots [index, index + T); each new token
@@ -207,7 +208,8 @@ def extend(params, model_cfg, tokens_BxT, positions_BxT, valid_BxT, cache,
     the cache. The caller keeps index + T <= cache_len (not checked under jit).
 
     Returns (outputs as in `forward` with L = T, but no 'pref_rm_next_logp': the token after
-    the last is not known here; new cache).
+    the last is not known here; new cache). `last_only`: the heads read only the last column
+    (outputs with L = 1: a prefill that samples after the prompt needs no more).
     """
     spec = ModelSpec.of(model_cfg)
     roles = tuple(roles)
@@ -221,19 +223,16 @@ def extend(params, model_cfg, tokens_BxT, positions_BxT, valid_BxT, cache,
         valid_BxT = jnp.ones((batch, length), bool)
     index = jnp.asarray(cache["index"], jnp.int32)
     positions_BxT = positions_BxT.astype(jnp.int32)
-    k_pos_BxS = kv_cache.write_slots(cache["positions"], positions_BxT, index)
-    k_valid_BxS = kv_cache.write_slots(cache["valid"], valid_BxT.astype(bool), index)
-    q_slot_T = index + jnp.arange(length, dtype=jnp.int32)
-    k_slot_S = jnp.arange(k_pos_BxS.shape[1], dtype=jnp.int32)
-    ctx = attention_context(spec, positions_BxT, k_pos_BxS, k_valid_BxS, q_slot_T, k_slot_S,
-                            index=index)
+    valid_BxT = valid_BxT.astype(bool)
+    ctx = cached_attention_context(spec, positions_BxT, valid_BxT, cache["positions"],
+                                   cache["valid"], index)
 
     new_layers = {}
 
     def run_stack(name, layers, x):
         stack_kv = cache["layers"][name]
-        x, (new_k, new_v) = apply_stack(layers, spec, x, ctx, (stack_kv["k"], stack_kv["v"]))
-        new_layers[name] = kv_cache.write_kv(stack_kv, new_k, new_v, index)
+        x, new_kv = apply_stack(layers, spec, x, ctx, stack_kv)
+        new_layers[name] = kv_cache.write_kv(stack_kv, new_kv, index)
         return x
 
     x = Embed(spec).apply({"params": {"embedding": params["trunk"]["embedding"]}}, tokens_BxT)
@@ -242,7 +241,10 @@ def extend(params, model_cfg, tokens_BxT, positions_BxT, valid_BxT, cache,
     outputs = {}
     for top in run_tops:
         layers, _ = _split_top(params[top])
-        _run_head(params, spec, top, run_stack(top, layers, x), roles, outputs)
-    new_cache = {"index": index + length, "positions": k_pos_BxS, "valid": k_valid_BxS,
+        top_x = run_stack(top, layers, x)
+        _run_head(params, spec, top, top_x[:, -1:] if last_only else top_x, roles, outputs)
+    new_cache = {"index": index + length,
+                 "positions": kv_cache.write_slots(cache["positions"], positions_BxT, index),
+                 "valid": kv_cache.write_slots(cache["valid"], valid_BxT, index),
                  "layers": new_layers}
     return outputs, new_cache

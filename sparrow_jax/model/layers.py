@@ -4,13 +4,15 @@ Every parameter carries logical axis names (nn.with_logical_partitioning);
 key activations carry logical constraints, which are no-ops outside a
 logical-axis-rules context.
 
-`ctx` is the per-call attention context shared by every layer (see
-`hydra._attention_context`):
+`ctx` is the per-call attention context shared by every layer: for a plain
+forward (`stack.attention_context`)
   mask_BxTxS       bool, which keys each query may attend to
   q_pos_BxT        int32 positions of the queries (rotary)
   distance_BxTxS   int32 query_pos - key_pos, clipped (relative)
   rel_table_MxD    sinusoidal encodings of distances [0, max_len) (relative)
-  index            int32 scalar fill index of the KV cache (cached calls only)
+  prev_slot_BxS, has_prev_BxS   each token's previous one (smeared keys);
+for a call on a KV cache, `stack.cached_attention_context` (the same per part:
+the cache's slots and the new block).
 """
 from __future__ import annotations
 
@@ -153,12 +155,13 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array, ctx: dict[str, Any],
-                 layer_kv: tuple[jax.Array, jax.Array] | None = None):
+                 layer_kv: dict[str, jax.Array] | None = None):
         """Returns (y_BxTxD, new_kv): new_kv is None without a cache, else this call's
-        keys and values (k_BxTxHxK, v_BxTxHxK).
+        keys and values for the cache ('k', 'v' [B, G, T, K]; keys smeared if the model
+        smears them) and, with smeared keys, 'last_k' [B, G, K] (`cache.py`).
 
-        With `layer_kv` (the layer's cache, [B, S, H, K] each) the new keys and
-        values are written at ctx['index'] and the queries attend to all S slots.
+        With `layer_kv` (the layer's cache: 'k', 'v' [B, G, S, K], maybe 'last_k') the
+        queries attend to the cache's valid slots and to the new block (`attend_cached`).
         """
         s = self.spec
         dt = s.dtype
@@ -184,23 +187,9 @@ class Attention(nn.Module):
             scaling = s.rotary_scaling_spec
             q = positions.apply_rotary(q, ctx["q_pos_BxT"], s.rotary_base, scaling)
             k = positions.apply_rotary(k, ctx["q_pos_BxT"], s.rotary_base, scaling)
-        # Without a cache nothing needs the new keys, so none are returned
-        # (a scan would otherwise materialise them for every layer).
-        new_kv = None if layer_kv is None else (k, v)
-
-        if layer_kv is None:
-            k_all, v_all = k, v
-        else:
-            start = (0, ctx["index"], 0, 0)
-            k_all = jax.lax.dynamic_update_slice(layer_kv[0], k.astype(layer_kv[0].dtype), start)
-            v_all = jax.lax.dynamic_update_slice(layer_kv[1], v.astype(layer_kv[1].dtype), start)
         if s.smeared_keys:
-            # The cache holds plain keys; smearing reads the previous token's key,
-            # which may sit in the cache, so it is applied to all slots here.
             smear_H = logical_param(self, "smear", (s.kv_heads,), (s.kv_heads_axis,),
                                     nn.initializers.zeros)
-            k_all = smear_keys(k_all, ctx["prev_slot_BxS"], ctx["has_prev_BxS"], smear_H)
-
         if s.position == "relative":
             w_r = logical_param(self, "rel_proj", qkv_shape, qkv_axes, init)
             u = logical_param(self, "u_bias", (s.n_heads, s.head_dim), ("heads", "kv"),
@@ -209,24 +198,52 @@ class Attention(nn.Module):
                                    nn.initializers.zeros)
             r_MxHxK = project("md,dhk->mhk", ctx["rel_table_MxD"].astype(dt), w_r.astype(dt), s)
             q_content, q_position = q + u.astype(dt), q + v_bias.astype(dt)
+            position = (q_position, r_MxHxK)
         else:
-            r_MxHxK, q_content, q_position = None, q, None
-        attended_BxTxHxK = attend(q_content, k_all, v_all, ctx, s.head_dim ** -0.5,
-                                  None if r_MxHxK is None else (q_position, r_MxHxK),
-                                  s.causal_block)
+            q_content, position = q, None
+        scale = s.head_dim ** -0.5
+
+        if layer_kv is None:  # a plain forward: nothing needs the new keys afterwards
+            if s.smeared_keys:
+                k = smear_keys(k, ctx["prev_slot_BxS"], ctx["has_prev_BxS"], smear_H)
+            attended_BxTxHxK = attend(q_content, k, v, ctx, scale, position, s.causal_block)
+            new_kv = None
+        else:
+            plain_k = k
+            if s.smeared_keys:
+                k_ext = jnp.concatenate([layer_kv["last_k"][:, None].astype(dt), k], axis=1)
+                prev_BxT = ctx["prev_new_BxT"] + 1  # index into k_ext (0 = the cache's newest)
+                k = smear_keys(k_ext, prev_BxT, ctx["has_prev_new_BxT"], smear_H,
+                               keys_from=slice(1, None))
+            attended_BxTxHxK = attend_cached(q_content, layer_kv["k"], layer_kv["v"], k, v, ctx,
+                                             scale, position)
+            new_kv = {"k": jnp.transpose(k, (0, 2, 1, 3)), "v": jnp.transpose(v, (0, 2, 1, 3))}
+            if s.smeared_keys:
+                new_kv["last_k"] = newest_key(plain_k, ctx["new_valid_BxT"], layer_kv["last_k"])
         y_BxTxD = project("bthk,hkd->btd", attended_BxTxHxK, w_o.astype(dt), s)
         return y_BxTxD, new_kv
 
 
 def smear_keys(k_BxSxHxK: jax.Array, prev_slot_BxS: jax.Array, has_prev_BxS: jax.Array,
-               smear_H: jax.Array) -> jax.Array:
+               smear_H: jax.Array, keys_from: slice = slice(None)) -> jax.Array:
     """k'_s = w k_s + (1 - w) k_prev(s) with w = sigmoid(smear) per head; k_s alone at a
-    sequence's first token."""
+    sequence's first token. `keys_from`: smear only these slots of k (prev_slot_BxS
+    indexes all of k and has their length); a cached call passes the cache's newest
+    key followed by the new ones, and smears the new ones."""
     k_prev = jnp.take_along_axis(k_BxSxHxK, prev_slot_BxS[:, :, None, None], axis=1)
+    k_BxSxHxK = k_BxSxHxK[:, keys_from]
     keep_H = jax.nn.sigmoid(smear_H.astype(jnp.float32)).astype(k_BxSxHxK.dtype)
     mixed = keep_H[:, None] * k_BxSxHxK + (1 - keep_H[:, None]) * k_prev
     return jnp.where(has_prev_BxS[:, :, None, None], mixed, k_BxSxHxK)
 
+
+def newest_key(k_BxTxGxK: jax.Array, valid_BxT: jax.Array, last_BxGxK: jax.Array) -> jax.Array:
+    """[B, G, K]: each row's key of its last valid new token, or `last_BxGxK` if none."""
+    length = k_BxTxGxK.shape[1]
+    last_t_B = jnp.max(jnp.where(valid_BxT, jnp.arange(length), -1), axis=1)
+    picked = jnp.take_along_axis(k_BxTxGxK, jnp.maximum(last_t_B, 0)[:, None, None, None],
+                                 axis=1)[:, 0]
+    return jnp.where((last_t_B >= 0)[:, None, None], picked.astype(last_BxGxK.dtype), last_BxGxK)
 
 
 def query_blocks(ctx: dict[str, Any], n_queries: int, n_keys: int, causal_block: int):
@@ -298,13 +315,49 @@ def attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, ctx: dict[str, Any], scale: float,
     return jnp.transpose(out_HxBxTxK, (1, 2, 0, 3))
 
 
+def attend_cached(q_BxTxHxK, cache_k_BxGxSxK, cache_v_BxGxSxK, k_BxTxGxK, v_BxTxGxK,
+                  ctx: dict[str, Any], scale: float, position=None) -> jax.Array:
+    """`attend` for T new tokens over a KV cache (ctx from `cached_attention_context`): one
+    softmax over the cache's slots and the new block, each read where it lies. The cache is
+    read in its own layout ([B, G, S, K]: a matmul batched over row and key head), never
+    copied or transposed, so a decode step costs what its T tokens read. Returns [B, T, H, K].
+    """
+    dt = cache_v_BxGxSxK.dtype
+    batch, length, n_heads, k_dim = q_BxTxHxK.shape
+    n_kv = cache_k_BxGxSxK.shape[1]
+    # [B, G, R, T, K]: query head h = g * R + r reads key head g (R = H / G).
+    grouped = lambda a: jnp.transpose(a, (0, 2, 1, 3)).reshape(
+        batch, n_kv, n_heads // n_kv, length, a.shape[-1])
+    q = grouped(q_BxTxHxK)
+    k_new, v_new = (jnp.transpose(a, (0, 2, 1, 3)).astype(dt) for a in (k_BxTxGxK, v_BxTxGxK))
+    scores_cache = jnp.einsum("bgrtk,bgsk->bgrts", q, cache_k_BxGxSxK).astype(jnp.float32)
+    scores_new = jnp.einsum("bgrtk,bguk->bgrtu", q, k_new).astype(jnp.float32)
+    if position is not None:
+        q_position, r_MxHxK = position
+        by_distance = jnp.einsum("bgrtk,mgrk->bgrtm", grouped(q_position),
+                                 r_MxHxK.reshape((r_MxHxK.shape[0], n_kv, -1, k_dim)))
+        gather = lambda d_BxTxN: jnp.take_along_axis(
+            by_distance, d_BxTxN[:, None, None], axis=-1).astype(jnp.float32)
+        scores_cache = scores_cache + gather(ctx["distance_cache_BxTxS"])
+        scores_new = scores_new + gather(ctx["distance_new_BxTxT"])
+    mask = jnp.concatenate([ctx["mask_cache_BxTxS"], ctx["mask_new_BxTxT"]], axis=-1)
+    mask = mask[:, None, None]
+    scores = jnp.concatenate([scores_cache, scores_new], axis=-1)
+    scores = jnp.where(mask, scores * scale, _MASKED_SCORE)
+    probs = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0).astype(dt)
+    n_slots = cache_k_BxGxSxK.shape[2]
+    out = (jnp.einsum("bgrts,bgsk->bgrtk", probs[..., :n_slots], cache_v_BxGxSxK)
+           + jnp.einsum("bgrtu,bguk->bgrtk", probs[..., n_slots:], v_new))
+    return jnp.transpose(out.reshape(batch, n_heads, length, k_dim), (0, 2, 1, 3))
+
+
 class Block(nn.Module):
     """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(x))."""
     spec: ModelSpec
 
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array, ctx: dict[str, Any],
-                 layer_kv: tuple[jax.Array, jax.Array] | None = None):
+                 layer_kv: dict[str, jax.Array] | None = None):
         """Returns (x_BxTxD, new_kv) as Attention does; the signature fits nn.scan (carry, ys)."""
         y, new_kv = Attention(self.spec, name="attn")(
             RMSNorm(self.spec, name="attn_norm")(x_BxTxD), ctx, layer_kv)

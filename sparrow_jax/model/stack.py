@@ -19,7 +19,7 @@ from sparrow_jax.model import positions
 from sparrow_jax.model.layers import Block
 from sparrow_jax.model.spec import ModelSpec
 
-KV = tuple[jax.Array, jax.Array]
+KV = dict[str, jax.Array]  # one stack's cache: 'k', 'v' [n_layers, B, G, S, K] (+ 'last_k')
 
 
 def _block_class(spec: ModelSpec):
@@ -75,6 +75,51 @@ def attention_context(spec: ModelSpec, q_pos_BxT, k_pos_BxS, k_valid_BxS,
     return ctx
 
 
+def cached_attention_context(spec: ModelSpec, q_pos_BxT, q_valid_BxT, cache_pos_BxS,
+                             cache_valid_BxS, index) -> dict[str, Any]:
+    """The context of a cached call (`hydra.extend`): T new tokens at slots
+    [index, index + T) of a cache whose slots before `index` hold earlier tokens
+    (positions and validity as before this call; slots from `index` on are empty).
+
+    Attention reads the cache and the new block separately (`layers.attend_cached`):
+      mask_cache_BxTxS, mask_new_BxTxT   bool, as `attention_mask` for each part
+      distance_cache_BxTxS, distance_new_BxTxT, rel_table_MxD   (relative)
+      prev_new_BxT, has_prev_new_BxT     (smeared keys) index in the block of each new
+                                         token's previous token, -1 = the cache's newest
+      q_pos_BxT, new_valid_BxT, index
+    """
+    length = q_pos_BxT.shape[1]
+    q_slot_T = index + jnp.arange(length, dtype=jnp.int32)
+    k_slot_S = jnp.arange(cache_pos_BxS.shape[1], dtype=jnp.int32)
+    ctx = {
+        "mask_cache_BxTxS": positions.attention_mask(q_slot_T, k_slot_S, q_pos_BxT,
+                                                     cache_pos_BxS, cache_valid_BxS),
+        "mask_new_BxTxT": positions.attention_mask(q_slot_T, q_slot_T, q_pos_BxT, q_pos_BxT,
+                                                   q_valid_BxT),
+        "q_pos_BxT": q_pos_BxT,
+        "new_valid_BxT": q_valid_BxT,
+        "index": index,
+    }
+    if spec.position == "relative":
+        ctx["distance_cache_BxTxS"] = positions.relative_distance(q_pos_BxT, cache_pos_BxS,
+                                                                  spec.max_len)
+        ctx["distance_new_BxTxT"] = positions.relative_distance(q_pos_BxT, q_pos_BxT,
+                                                                spec.max_len)
+        ctx["rel_table_MxD"] = positions.sinusoidal_table(spec.max_len, spec.d_model, spec.dtype)
+    if spec.smeared_keys:
+        start = (0, index)
+        all_pos_BxS = jax.lax.dynamic_update_slice(cache_pos_BxS, q_pos_BxT, start)
+        all_valid_BxS = jax.lax.dynamic_update_slice(cache_valid_BxS, q_valid_BxT, start)
+        prev_BxS, has_prev_BxS = positions.previous_token_slot(k_slot_S, all_pos_BxS,
+                                                               all_valid_BxS)
+        prev_BxT = jax.lax.dynamic_slice_in_dim(prev_BxS, index, length, axis=1)
+        # The nearest earlier valid slot is in the block, or else the cache's newest token.
+        ctx["prev_new_BxT"] = jnp.where(prev_BxT >= index, prev_BxT - index, -1)
+        ctx["has_prev_new_BxT"] = jax.lax.dynamic_slice_in_dim(has_prev_BxS, index, length,
+                                                               axis=1)
+    return ctx
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def init_stack(spec: ModelSpec, n_layers: int, rng: jax.Array):
     """Boxed (nn.Partitioned) params of an n_layers stack; leading axis 'layers'.
@@ -96,11 +141,13 @@ def apply_stack(params, spec: ModelSpec, x_BxTxD: jax.Array, ctx: dict[str, Any]
     Args:
       params: unboxed stack params, leaves [n_layers, ...].
       x_BxTxD: input activations (compute dtype).
-      ctx: attention context from `attention_context`.
-      kv: optional cache of this stack, (k, v) each [n_layers, B, S, H, K].
+      ctx: attention context from `attention_context`, or `cached_attention_context`
+        with a cache.
+      kv: optional cache of this stack ('k', 'v' [n_layers, B, G, S, K], maybe 'last_k').
     Returns:
-      (x_BxTxD, new_kv): new_kv is None without a cache, else this call's keys
-      and values (k, v) each [n_layers, B, T, H, K], to be written at the fill index.
+      (x_BxTxD, new_kv): new_kv is None without a cache, else this call's keys and
+      values ('k', 'v' [n_layers, B, G, T, K], and 'last_k' with smeared keys), to be
+      written at the fill index (`cache.write_kv`).
     """
     n_layers = jax.tree.leaves(params)[0].shape[0]
     if spec.scan_layers:

@@ -102,7 +102,7 @@ def test_cache_layout_and_errors():
     cfg = tiny_model_cfg()
     cache = hydra.init_cache(cfg, batch=2, cache_len=7, tops=("value", "pref_rm"))
     assert set(cache["layers"]) == {"trunk", "policy", "pref_rm"}
-    slots = (2, 7, cfg.n_heads, cfg.head_dim)
+    slots = (2, cfg.n_heads, 7, cfg.head_dim)  # [B, G, S, K]
     assert cache["layers"]["trunk"]["k"].shape == (cfg.n_frozen_layers,) + slots
     assert cache["layers"]["policy"]["v"].shape == (cfg.n_layers - cfg.n_frozen_layers,) + slots
     assert cache["positions"].dtype == jnp.int32 and cache["valid"].dtype == jnp.bool_
