@@ -1,23 +1,26 @@
 """The RL environment: extend a batch of dialogues by one agent step, searching when the agent chooses to.
 
-Host-side Python orchestrates turns; the jitted sampler (`sampling.sampler.sample`) draws the tokens. One
-step for a batch of contexts (each a sequence of Turns, usually ending with a User turn):
-  1. pick the speaker per row by the evidence mode:
+Host-side Python orchestrates turns; the jitted sampler draws the tokens. One step for a batch of
+contexts (each a sequence of Turns, usually ending with a User turn), in at most two sampler calls:
+  1. `sampler.sample_step` encodes the dialogue once, picks the speaker per row by the evidence mode
        always: Search Query;  never: Sparrow;
-       choose: the likelier of Search Query and Sparrow under `next_role_logprobs` (ties: Sparrow);
-       free:   `sample_role` restricted to those two (temperature `role_temperature`).
-  2. rows that search sample a Search Query turn; the environment runs the engine and inserts a Search
-     Result turn: `format_evidence` of the top result, or `no_results_text` with the episode flagged
-     malformed "no_results";
-  3. every row samples its Sparrow turn.
+       choose: the likelier of the Search Query and Sparrow role tokens (ties: Sparrow);
+       free:   drawn from those two (temperature `role_temperature`),
+     and, on the same cache, samples each row's turn: the query of a row that searches, the Sparrow
+     turn of a row that does not (so a row that answers directly pays for no query);
+  2. for the rows that searched, the environment runs the engine and inserts a Search Result turn:
+     `format_evidence` of the top result, or `no_results_text` with the episode flagged malformed
+     "no_results"; then those rows (only) sample their Sparrow turn after the evidence
+     (`sampler.sample` with `live_B`), their prompt cut to the width as a whole.
 Malformed kinds (the format penalty reads them): a policy turn that is empty ("empty"), has no eot within
 max_new_tokens ("over_length"), holds a control id ("control_token"), or a query with no results
 ("no_results"); an episode's flag is the first of its step, in turn order.
 
 Prompts are left-padded to a FIXED width `max_prompt_len` (one compilation per batch size); a context too
 long for it is cut from the left keeping whole final turns (`sequence.cut_left`), counted per row.
-RNG: the role draw uses fold_in(rng, 0), the query fold_in(rng, 1), the Sparrow turn fold_in(rng, 2), a
-`sample_turns` call fold_in(rng, 3); a seed gives the same rollouts.
+RNG: the role draw uses fold_in(rng, 0), the query fold_in(rng, 1), the Sparrow turn fold_in(rng, 2) (in
+either call: a row's draws do not depend on which call samples it), a `sample_turns` call
+fold_in(rng, 3); a seed gives the same rollouts.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from sparrow_jax import distributed
 from sparrow_jax.data.jsonl import clean_text
 from sparrow_jax.dialogue.tokenizer import Tokenizer
 from sparrow_jax.dialogue.turns import Dialogue, Role, Turn
+from sparrow_jax.rl import phases
 from sparrow_jax.rl import sequence as seq_lib
 from sparrow_jax.rl.sequence import Block
 from sparrow_jax.sampling import sampler
@@ -192,21 +196,31 @@ def _prompts(env: Environment, rows: Sequence[list[Block]], open_role: Role | No
     return [c[0] for c in cut], [c[1] for c in cut], tokens, valid
 
 
-def _sample_blocks(env: Environment, params, rows: Sequence[list[Block]], role: Role, rng,
-                   config: SamplingConfig) -> tuple[list[Block], list[SampledTurn], list[bool]]:
-    """Sample one `role` turn per row: (new blocks, SampledTurns, was_cut per row)."""
-    _, was_cut, tokens, valid = _prompts(env, rows, role)
-    out = sampler.sample(params, env.model_cfg, tokens, valid, rng, config, env.token_ids,
-                         mesh=env.mesh, rules=env.rules, row_rules=env.row_rules)
-    out = jax.device_get(out)
-    turns = sampled_turns(env.tokenizer, role, out.tokens_BxN, out.token_valid_BxN)
+def _turn_blocks(env: Environment, roles: Sequence[Role], out) -> tuple[list[Block], list[SampledTurn]]:
+    """A sampler output (host numpy) as one (Block, SampledTurn) per row, row b as roles[b]'s turn."""
+    turns = sampled_turns(env.tokenizer, roles, out.tokens_BxN, out.token_valid_BxN)
     blocks = []
-    for row, st in enumerate(turns):
+    for row, (role, st) in enumerate(zip(roles, turns)):
         lp = out.logprobs_BxN[row]
         n = len(st.text_ids)
         blocks.append(Block(role, st.text_ids, new=True, sampled_text=True,
                             text_logprobs=tuple(float(x) for x in lp[:n]),
                             eot_logprob=float(lp[n]) if st.finished else None))
+    return blocks, turns
+
+
+def _sample_blocks(env: Environment, params, rows: Sequence[list[Block]], role: Role, rng,
+                   config: SamplingConfig, live_B=None
+                   ) -> tuple[list[Block], list[SampledTurn], list[bool]]:
+    """Sample one `role` turn per row (only the `live_B` rows, if given: the others' turns are
+    empty and meaningless): (new blocks, SampledTurns, was_cut per row)."""
+    _, was_cut, tokens, valid = _prompts(env, rows, role)
+    with phases.phase("sample"):
+        out = jax.device_get(sampler.sample(
+            params, env.model_cfg, tokens, valid, rng, config, env.token_ids, live_B=live_B,
+            mesh=env.mesh, rules=env.rules, row_rules=env.row_rules))
+    phases.count("sampler_calls")
+    blocks, turns = _turn_blocks(env, [role] * len(rows), out)
     return blocks, turns, was_cut
 
 
@@ -224,24 +238,30 @@ def sample_turns(env: Environment, params, contexts: Sequence[Sequence[Turn]], r
     return turns, was_cut
 
 
-def _choose_speakers(env: Environment, params, rows, rng) -> tuple[np.ndarray, np.ndarray | None,
-                                                                   np.ndarray | None, list[bool]]:
-    """(search_B bool, role_logprobs_Bx2 or None, sampled role log-prob_B or None, was_cut_B)."""
-    b = len(rows)
+def _speak(env: Environment, params, rows, rng):
+    """Step 1 of the module docstring: (search_B bool, role_logprobs_Bx2 or None, sampled role
+    log-prob_B or None, the first turn's (Block, SampledTurn) per row, was_cut_B)."""
     mode = env.config.evidence
-    if mode in ("always", "never"):
-        return np.full(b, mode == "always"), None, None, [False] * b
-    # The open role token follows the choice: its slot is reserved, so this is the turn's prompt less it.
     _, was_cut, tokens, valid = _prompts(env, rows, None, reserve=1)
-    role_ids = [env.tokenizer.role_id(r) for r in _CHOICE_ROLES]
-    kw = dict(mesh=env.mesh, rules=env.rules, row_rules=env.row_rules)
-    logprobs = np.asarray(sampler.next_role_logprobs(params, env.model_cfg, tokens, valid, role_ids, **kw))
-    if mode == "choose":
-        return logprobs[:, 0] > logprobs[:, 1], logprobs, None, was_cut
-    picked = jax.device_get(sampler.sample_role(params, env.model_cfg, tokens, valid, role_ids,
-                                                jax.random.fold_in(rng, 0),
-                                                env.config.role_temperature, **kw))
-    return np.asarray(picked.index_B) == 0, logprobs, np.asarray(picked.logprob_B), was_cut
+    choice = {"always": "first", "never": "second", "choose": "choose", "free": "free"}[mode]
+    with phases.phase("sample"):
+        out = jax.device_get(sampler.sample_step(
+            params, env.model_cfg, tokens, valid,
+            [env.tokenizer.role_id(r) for r in _CHOICE_ROLES], choice,
+            [jax.random.fold_in(rng, i) for i in range(3)],
+            (env.config.query_config, env.config.agent), env.token_ids,
+            env.config.role_temperature, mesh=env.mesh, rules=env.rules, row_rules=env.row_rules))
+    phases.count("sampler_calls")
+    index_B = np.asarray(out.role_index_B)
+    blocks, turns = _turn_blocks(env, [_CHOICE_ROLES[i] for i in index_B], out.turn)
+    logprobs = None if mode in ("always", "never") else np.asarray(out.role_logprobs_Bx2)
+    picked = None if mode != "free" else logprobs[np.arange(len(index_B)), index_B]
+    return index_B == 0, logprobs, picked, list(zip(blocks, turns)), was_cut
+
+
+def sampled_length(turn: SampledTurn) -> int:
+    """Tokens the sampler drew for a kept turn: its text and, if it ended, the eot."""
+    return len(turn.text_ids) + int(turn.finished)
 
 
 def _first(*kinds):
@@ -257,40 +277,42 @@ def rollout(env: Environment, params, contexts: Sequence[Sequence[Turn]], rng: j
         raise ValueError("rollout needs at least one context")
     tok, cfg = env.tokenizer, env.config
     rows = [seq_lib.context_blocks(c, tok) for c in contexts]
-    search_B, role_logprobs, role_lp_B, cut_B = _choose_speakers(env, params, rows, rng)
+    search_B, role_logprobs, role_lp_B, first, cut_B = _speak(env, params, rows, rng)
     malformed: list[str | None] = [None] * len(rows)
     new_turns: list[list[Turn]] = [[] for _ in rows]
-    if distributed.any_process(search_B.any()):
-        # Every row samples a query (one compiled shape); only the searching rows keep theirs.
-        # The decision is every process's alike: the sampler is one program over all of them.
-        q_blocks, q_turns, q_cut = _sample_blocks(env, params, rows, Role.SEARCH_QUERY,
-                                                  jax.random.fold_in(rng, 1), cfg.query_config)
-        for row in np.flatnonzero(search_B):
-            query = q_turns[row]
-            block = q_blocks[row]
-            if role_lp_B is not None:
-                block = dataclasses.replace(block, role_logprob=float(role_lp_B[row]))
+    answers = [None if search_B[row] else first[row] for row in range(len(rows))]
+    for row in np.flatnonzero(search_B):
+        block, query = first[row]
+        if role_lp_B is not None:
+            block = dataclasses.replace(block, role_logprob=float(role_lp_B[row]))
+        with phases.phase("search"):
             results = env.engine.search(query.turn.text, k=1)
-            # An engine's text (any SearchEngine, maybe a remote one) passes the boundary rule.
-            evidence = clean_text(format_evidence(results[0])) if results else cfg.no_results_text
-            malformed[row] = _first(query.malformed, None if results else NO_RESULTS)
-            result_turn = Turn(Role.SEARCH_RESULT, evidence)
-            rows[row] = rows[row] + [block, Block(Role.SEARCH_RESULT, tuple(tok.encode_turn(evidence)),
-                                                  new=True)]
-            new_turns[row] += [query.turn, result_turn]
-            cut_B[row] = cut_B[row] or q_cut[row]
-    a_blocks, a_turns, a_cut = _sample_blocks(env, params, rows, Role.AGENT,
-                                              jax.random.fold_in(rng, 2), cfg.agent)
+        # An engine's text (any SearchEngine, maybe a remote one) passes the boundary rule.
+        evidence = clean_text(format_evidence(results[0])) if results else cfg.no_results_text
+        malformed[row] = _first(query.malformed, None if results else NO_RESULTS)
+        rows[row] = rows[row] + [block, Block(Role.SEARCH_RESULT, tuple(tok.encode_turn(evidence)),
+                                              new=True)]
+        new_turns[row] += [query.turn, Turn(Role.SEARCH_RESULT, evidence)]
+    if distributed.any_process(search_B.any()):
+        # The decision is every process's alike: the sampler is one program over all of them.
+        a_blocks, a_turns, a_cut = _sample_blocks(env, params, rows, Role.AGENT,
+                                                  jax.random.fold_in(rng, 2), cfg.agent,
+                                                  live_B=search_B)
+        for row in np.flatnonzero(search_B):
+            answers[row] = (a_blocks[row], a_turns[row])
+            cut_B[row] = cut_B[row] or a_cut[row]
     budget = cfg.max_prompt_len - 2
     rollouts = []
-    for row, (blocks, a_block, a_turn) in enumerate(zip(rows, a_blocks, a_turns)):
+    for row, (blocks, (a_block, a_turn)) in enumerate(zip(rows, answers)):
         if role_lp_B is not None and not search_B[row]:
             a_block = dataclasses.replace(a_block, role_logprob=float(role_lp_B[row]))
         kept, _ = seq_lib.cut_left(blocks, budget)  # exactly the Sparrow prompt the sampler saw
         sequence = seq_lib.assemble(kept + [a_block], tok)
         new_turns[row].append(a_turn.turn)
+        phases.count("generated_tokens", sampled_length(a_turn) + (
+            sampled_length(first[row][1]) if search_B[row] else 0))
         rollouts.append(Rollout(
             context=tuple(contexts[row]), new_turns=tuple(new_turns[row]), searched=bool(search_B[row]),
-            malformed=_first(malformed[row], a_turn.malformed), truncated=bool(cut_B[row] or a_cut[row]),
+            malformed=_first(malformed[row], a_turn.malformed), truncated=bool(cut_B[row]),
             sequence=sequence, reward_index=len(sequence) - 1))
     return RolloutBatch(tuple(rollouts), role_logprobs, sum(r.truncated for r in rollouts))

@@ -151,12 +151,13 @@ def _batch_constrain(x):
     return shd.constrain(x, ("batch",) + (None,) * (x.ndim - 1))
 
 
-def _generate(first_logits_BxV, model_state, advance: Advance, rng, config: SamplingConfig,
-              ids: TokenIds) -> SampleOutput:
-    """The loop both samplers share; `advance(state, step, token_B, live_B) -> (logits_BxV, state)`
-    feeds token `step` to the model and returns the logits for token `step + 1`."""
+def _generate(first_logits_BxV, model_state, advance: Advance, draw, n: int, ids: TokenIds,
+              done_B=None) -> SampleOutput:
+    """The loop every sampler shares: `draw(logits_BxV, step) -> token_B` picks token `step`,
+    `advance(state, step, token_B, live_B) -> (logits_BxV, state)` feeds it to the model and
+    returns the logits for token `step + 1`. At most n steps; rows in `done_B` (default none)
+    never start."""
     batch = first_logits_BxV.shape[0]
-    n = config.max_new_tokens
     carry = {
         "step": jnp.zeros((), jnp.int32),
         "logits": first_logits_BxV,
@@ -164,7 +165,7 @@ def _generate(first_logits_BxV, model_state, advance: Advance, rng, config: Samp
         "tokens": jnp.full((batch, n), ids.pad_id, jnp.int32),
         "valid": jnp.zeros((batch, n), bool),
         "logprobs": jnp.zeros((batch, n), jnp.float32),
-        "done": jnp.zeros((batch,), bool),
+        "done": jnp.zeros((batch,), bool) if done_B is None else done_B.astype(bool),
     }
 
     def cond(c):
@@ -173,8 +174,7 @@ def _generate(first_logits_BxV, model_state, advance: Advance, rng, config: Samp
     def body(c):
         step = c["step"]
         live = ~c["done"]
-        token = sample_token(c["logits"], jax.random.fold_in(rng, step), config, ids)
-        token = jnp.where(live, token, ids.pad_id)
+        token = jnp.where(live, draw(c["logits"], step), ids.pad_id)
         logprob = jnp.where(live, _token_logprob(c["logits"], token), 0.0)
         logits, state = advance(c["state"], step, token, live)
         return {
@@ -199,23 +199,39 @@ def _constrain_cache(spec: ModelSpec, cache):
                         is_leaf=lambda a: isinstance(a, P))
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "config", "ids", "sharding_key"))
-def _sample_cached(params, tokens_BxP, valid_BxP, rng, *, spec, config, ids, sharding_key):
-    del sharding_key  # only keys the jit cache (the logical rules are not part of jax's)
-    batch, prompt_len = tokens_BxP.shape
-    positions_BxP = prompt_positions(valid_BxP)
-    cache = _constrain_cache(spec, hydra.init_cache(spec, batch, prompt_len + config.max_new_tokens,
-                                                    tops=_POLICY))
-    out, cache = hydra.extend(params, spec, tokens_BxP, positions_BxP, valid_BxP, cache,
-                              roles=_POLICY)
-    next_position_B = valid_BxP.sum(1).astype(jnp.int32)
+def _draw_with(rng, config: SamplingConfig, ids: TokenIds):
+    return lambda logits_BxV, step: sample_token(logits_BxV, jax.random.fold_in(rng, step),
+                                                 config, ids)
 
+
+def _prefill(params, spec: ModelSpec, tokens_BxP, valid_BxP, cache_len: int):
+    """(last prompt token's policy logits_BxV, cache) for left-padded prompts."""
+    cache = _constrain_cache(spec, hydra.init_cache(spec, tokens_BxP.shape[0], cache_len,
+                                                    tops=_POLICY))
+    out, cache = hydra.extend(params, spec, tokens_BxP, prompt_positions(valid_BxP), valid_BxP,
+                              cache, roles=_POLICY, last_only=True)
+    return out["policy"][:, -1], _constrain_cache(spec, cache)
+
+
+def _cached_advance(params, spec: ModelSpec, first_position_B):
+    """`advance` for the cached loop: token `step` sits at first_position_B + step."""
     def advance(cache, step, token_B, live_B):
-        out, cache = hydra.extend(params, spec, token_B[:, None], (next_position_B + step)[:, None],
+        out, cache = hydra.extend(params, spec, token_B[:, None], (first_position_B + step)[:, None],
                                   live_B[:, None], cache, roles=_POLICY)
         return out["policy"][:, 0], _constrain_cache(spec, cache)
+    return advance
 
-    return _generate(out["policy"][:, -1], cache, advance, rng, config, ids)
+
+@functools.partial(jax.jit, static_argnames=("spec", "config", "ids", "sharding_key"))
+def _sample_cached(params, tokens_BxP, valid_BxP, rng, live_B=None, *, spec, config, ids,
+                   sharding_key):
+    del sharding_key  # only keys the jit cache (the logical rules are not part of jax's)
+    logits_BxV, cache = _prefill(params, spec, tokens_BxP, valid_BxP,
+                                 tokens_BxP.shape[1] + config.max_new_tokens)
+    advance = _cached_advance(params, spec, valid_BxP.sum(1).astype(jnp.int32))
+    done_B = None if live_B is None else ~live_B
+    return _generate(logits_BxV, cache, advance, _draw_with(rng, config, ids),
+                     config.max_new_tokens, ids, done_B)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "config", "ids", "sharding_key"))
@@ -242,51 +258,57 @@ def _sample_uncached(params, tokens_BxP, valid_BxP, rng, *, spec, config, ids, s
                       valid=buffer["valid"].at[:, column].set(live_B))
         return logits_at(buffer, column), buffer
 
-    return _generate(logits_at(buffer, prompt_len - 1), buffer, advance, rng, config, ids)
+    return _generate(logits_at(buffer, prompt_len - 1), buffer, advance,
+                     _draw_with(rng, config, ids), n, ids)
 
 
-# ---------------------------------------------------------------------------- next speaker
+# ---------------------------------------------------------------------------- speaker and turn
 
-def _last_logprobs(params, spec, tokens_BxP, valid_BxP):
-    logits = hydra.forward(params, spec, tokens_BxP, prompt_positions(valid_BxP), valid_BxP,
-                           roles=_POLICY)["policy"][:, -1]
-    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-
-
-@functools.partial(jax.jit, static_argnames=("spec", "role_ids", "sharding_key"))
-def _next_role_logprobs(params, tokens_BxP, valid_BxP, *, spec, role_ids, sharding_key):
-    del sharding_key
-    return _last_logprobs(params, spec, tokens_BxP, valid_BxP)[:, jnp.asarray(role_ids)]
+ROLE_CHOICES = ("first", "second", "choose", "free")
 
 
 @flax.struct.dataclass
-class RoleSample:
-    """The sampled next speaker per row.
+class StepSample:
+    """A speaker chosen between two roles, and its turn, from one prefill (`sample_step`).
 
-    index_B: int32 index into `role_ids`.   token_B: int32 the role token id.
-    logprob_B: float32 log-prob of the token under the full-vocabulary policy (temperature 1).
-    restricted_logprob_B: float32 log-prob under the policy renormalised over `role_ids`.
+    role_index_B: int32, 0 = the first role, 1 = the second.
+    role_logprobs_Bx2: float32 full-vocabulary log-probs (temperature 1) of both role tokens
+      as the next token after the prompt.
+    turn: the chosen speaker's turn (SampleOutput).
     """
-    index_B: jax.Array
-    token_B: jax.Array
-    logprob_B: jax.Array
-    restricted_logprob_B: jax.Array
+    role_index_B: jax.Array
+    role_logprobs_Bx2: jax.Array
+    turn: SampleOutput
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "role_ids", "temperature", "sharding_key"))
-def _sample_role(params, tokens_BxP, valid_BxP, rng, *, spec, role_ids, temperature,
-                 sharding_key):
+@functools.partial(jax.jit, static_argnames=("spec", "role_ids", "choice", "temperature",
+                                             "configs", "ids", "sharding_key"))
+def _sample_step(params, tokens_BxP, valid_BxP, role_rng, first_rng, second_rng, *, spec,
+                 role_ids, choice, temperature, configs, ids, sharding_key):
     del sharding_key
-    logprob_BxR = _last_logprobs(params, spec, tokens_BxP, valid_BxP)[:, jnp.asarray(role_ids)]
-    restricted_BxR = jax.nn.log_softmax(logprob_BxR, axis=-1)
-    if temperature == 0:
-        index_B = jnp.argmax(logprob_BxR, axis=-1)
+    n = configs[0].max_new_tokens
+    logits_BxV, cache = _prefill(params, spec, tokens_BxP, valid_BxP, tokens_BxP.shape[1] + 1 + n)
+    logprob_Bx2 = jax.nn.log_softmax(logits_BxV.astype(jnp.float32), axis=-1)[:, jnp.asarray(role_ids)]
+    batch = tokens_BxP.shape[0]
+    if choice == "choose":  # ties go to the second role
+        index_B = jnp.where(logprob_Bx2[:, 0] > logprob_Bx2[:, 1], 0, 1)
+    elif choice == "free" and temperature == 0:
+        index_B = jnp.argmax(logprob_Bx2, axis=-1)
+    elif choice == "free":
+        index_B = jax.random.categorical(role_rng, logprob_Bx2 / temperature, axis=-1)
     else:
-        index_B = jax.random.categorical(rng, logprob_BxR / temperature, axis=-1)
-    pick = lambda a: jnp.take_along_axis(a, index_B[:, None], axis=-1)[:, 0]  # noqa: E731
-    return RoleSample(index_B=index_B.astype(jnp.int32),
-                      token_B=jnp.asarray(role_ids, jnp.int32)[index_B],
-                      logprob_B=pick(logprob_BxR), restricted_logprob_B=pick(restricted_BxR))
+        index_B = jnp.full((batch,), ROLE_CHOICES.index(choice))
+    index_B = index_B.astype(jnp.int32)
+    role_position_B = valid_BxP.sum(1).astype(jnp.int32)
+    out, cache = hydra.extend(params, spec, jnp.asarray(role_ids, jnp.int32)[index_B][:, None],
+                              role_position_B[:, None], jnp.ones((batch, 1), bool), cache,
+                              roles=_POLICY)
+    draws = (_draw_with(first_rng, configs[0], ids), _draw_with(second_rng, configs[1], ids))
+    draw = lambda logits_BxV, step: jnp.where(  # noqa: E731
+        index_B == 0, draws[0](logits_BxV, step), draws[1](logits_BxV, step))
+    turn = _generate(out["policy"][:, 0], _constrain_cache(spec, cache),
+                     _cached_advance(params, spec, role_position_B + 1), draw, n, ids)
+    return StepSample(role_index_B=index_B, role_logprobs_Bx2=logprob_Bx2, turn=turn)
 
 
 # ---------------------------------------------------------------------------- public API
@@ -303,8 +325,8 @@ def _check_prompt(tokens_BxP, valid_BxP):
                          "ending in the last column")
 
 
-def _call(fn, params, model_cfg, tokens_BxP, valid_BxP, *extra, mesh=None, rules=None,
-          row_rules=None, **static):
+def _call(fn, params, model_cfg, tokens_BxP, valid_BxP, *extra, live_B=None, mesh=None,
+          rules=None, row_rules=None, **static):
     """Run a jitted sampler; on `mesh` (traced under `rules`) the prompts are THIS PROCESS's
     rows of the global batch, placed by the 'batch' rule of `row_rules` (default `rules`; the
     training rules when the sampler decodes in its own layout), and so are the outputs, as host
@@ -315,6 +337,8 @@ def _call(fn, params, model_cfg, tokens_BxP, valid_BxP, *extra, mesh=None, rules
         tokens_BxP = jnp.asarray(tokens_BxP, jnp.int32)
         valid_BxP = jnp.asarray(valid_BxP, bool)
         _check_prompt(tokens_BxP, valid_BxP)
+        if live_B is not None:
+            static["live_B"] = jnp.asarray(live_B, bool)
         return fn(params, tokens_BxP, valid_BxP, *extra, spec=spec, sharding_key=None, **static)
     if rules is None:
         raise ValueError("a mesh needs its logical axis rules")
@@ -323,7 +347,13 @@ def _call(fn, params, model_cfg, tokens_BxP, valid_BxP, *extra, mesh=None, rules
     arrays = {"tokens": np.asarray(tokens_BxP, np.int32), "valid": np.asarray(valid_BxP, bool)}
     _check_prompt(arrays["tokens"], arrays["valid"])
     placement = batch_sharding(mesh, row_rules, arrays["tokens"].shape)
-    arrays = distributed.host_local_to_global(arrays, mesh, placement)
+    placements = {"tokens": placement, "valid": placement}
+    if live_B is not None:
+        arrays["live_B"] = np.asarray(live_B, bool)
+        placements["live_B"] = _rows_like(placement, 1)
+    arrays = distributed.host_local_to_global(arrays, mesh, placements)
+    if live_B is not None:
+        static["live_B"] = arrays.pop("live_B")
     rows = distributed.process_batch_slice(arrays["tokens"].shape[0], placement)
     with shd.activation_sharding(mesh, rules):
         out = fn(params, arrays["tokens"], arrays["valid"], *extra, spec=spec,
@@ -350,8 +380,8 @@ def batch_sharding(mesh, rules, local_shape: tuple[int, int]):
 
 
 def sample(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, rng: jax.Array,
-           config: SamplingConfig, ids: TokenIds, *, mesh=None, rules=None, row_rules=None
-           ) -> SampleOutput:
+           config: SamplingConfig, ids: TokenIds, *, live_B=None, mesh=None, rules=None,
+           row_rules=None) -> SampleOutput:
     """Sample one turn per row with a KV cache (prefill + while_loop decode).
 
     Args:
@@ -360,12 +390,45 @@ def sample(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, rng: jax.Arra
       prompt_tokens_BxP / prompt_valid_BxP: left-padded prompts ending with the open role token.
       rng: PRNG key; step i uses fold_in(rng, i).
       config, ids: sampling knobs and special ids (static: a new value recompiles).
+      live_B: optional bool per row; rows that are False sample nothing (all tokens invalid)
+        and cost no decode steps of their own: the loop ends when the live rows are done.
       mesh, rules: optional; activations are constrained by `rules`, and the prompts are this
         process's rows, placed by `row_rules`' 'batch' rule (default `rules`), returned as numpy.
-    Compiled once per (B, P, config, ids, mesh, rules).
+    Compiled once per (B, P, config, ids, mesh, rules, whether live_B is given).
     """
     return _call(_sample_cached, params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, rng,
-                 mesh=mesh, rules=rules, row_rules=row_rules, config=config, ids=ids)
+                 live_B=live_B, mesh=mesh, rules=rules, row_rules=row_rules, config=config,
+                 ids=ids)
+
+
+def sample_step(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, role_ids: Sequence[int],
+                choice: str, rngs: Sequence[jax.Array], configs: Sequence[SamplingConfig],
+                ids: TokenIds, temperature: float = 1.0, *, mesh=None, rules=None,
+                row_rules=None) -> StepSample:
+    """Choose each row's next speaker between two roles and sample its turn, with ONE prefill.
+
+    The prompt is a left-padded dialogue ending with eot (no open role). `choice` (ROLE_CHOICES):
+    'first' / 'second' = that role for every row; 'choose' = the likelier role token (ties: the
+    second); 'free' = drawn from the two role tokens' probabilities renormalised, at
+    `temperature` (0 = the likelier). The chosen role token is appended and the turn decoded
+    on the same cache. rngs = (role draw key, first role's turn key, second role's turn key);
+    configs = (first role's SamplingConfig, second's), with the same max_new_tokens. A row's
+    tokens are those `sample` would draw with its role's key and config on the prompt plus
+    that role token (equal up to float rounding: the prompt and role token are encoded in two
+    calls), so a row pays for its own turn only.
+    """
+    if choice not in ROLE_CHOICES:
+        raise ValueError(f"choice must be one of {ROLE_CHOICES}, got {choice!r}")
+    configs = tuple(configs)
+    if len(configs) != 2 or configs[0].max_new_tokens != configs[1].max_new_tokens:
+        raise ValueError("sample_step needs two SamplingConfigs with the same max_new_tokens")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    return _call(_sample_step, params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, *rngs,
+                 mesh=mesh, rules=rules, row_rules=row_rules,
+                 role_ids=tuple(int(i) for i in role_ids), choice=choice,
+                 temperature=float(temperature) if choice == "free" else 1.0,
+                 configs=configs, ids=ids)
 
 
 def sample_uncached(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, rng: jax.Array,
@@ -377,31 +440,3 @@ def sample_uncached(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, rng:
     """
     return _call(_sample_uncached, params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, rng,
                  mesh=mesh, rules=rules, config=config, ids=ids)
-
-
-def next_role_logprobs(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP,
-                       role_ids: Sequence[int], *, mesh=None, rules=None, row_rules=None
-                       ) -> jax.Array:
-    """float32 [B, R]: full-vocabulary log-probs of each role token as the next token.
-
-    The prompt is a left-padded dialogue ending with eot (no open role). The "choose" evidence mode
-    compares e.g. the Search Query and Sparrow role tokens.
-    """
-    return _call(_next_role_logprobs, params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP,
-                 mesh=mesh, rules=rules, row_rules=row_rules,
-                 role_ids=tuple(int(i) for i in role_ids))
-
-
-def sample_role(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, role_ids: Sequence[int],
-                rng: jax.Array, temperature: float = 1.0, *, mesh=None, rules=None,
-                row_rules=None) -> RoleSample:
-    """Sample the next speaker's role token, restricted to `role_ids` (temperature 0 = the most likely).
-
-    The prompt is as for `next_role_logprobs`; append the sampled token to get `sample`'s prompt.
-    """
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    return _call(_sample_role, params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, rng,
-                 mesh=mesh, rules=rules, row_rules=row_rules,
-                 role_ids=tuple(int(i) for i in role_ids),
-                 temperature=float(temperature))

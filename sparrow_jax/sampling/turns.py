@@ -64,7 +64,7 @@ def sampled_turns(tokenizer: Tokenizer, roles: Role | str | Sequence[Role | str]
                   token_valid_BxN=None) -> list[SampledTurn]:
     """Every row of a sample (e.g. `SampleOutput.tokens_BxN`, `.token_valid_BxN`) as a SampledTurn.
 
-    `roles`: one role for all rows, or one per row (e.g. from `sample_role`).
+    `roles`: one role for all rows, or one per row (e.g. from `sample_step`'s role_index_B).
     """
     tokens = np.asarray(tokens_BxN)
     valid = None if token_valid_BxN is None else np.asarray(token_valid_BxN, bool)

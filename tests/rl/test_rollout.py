@@ -79,8 +79,11 @@ def test_choose_takes_the_likelier_role(params, model_cfg, tok, prompts, favour)
     env = make_env(model_cfg, tok, EchoEngine(), "choose")
     batch = rollout(env, params, contexts, jax.random.PRNGKey(3))
     tokens, valid = _left_padded(contexts, tok, env.config.max_prompt_len - 1)
-    lp = np.asarray(sampler.next_role_logprobs(params, model_cfg, tokens, valid,
-                                               [tok.role_id(Role.SEARCH_QUERY), tok.role_id(Role.AGENT)]))
+    positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
+    logits = hydra.forward(params, model_cfg, jnp.asarray(tokens), positions, jnp.asarray(valid),
+                           roles=("policy",))["policy"][:, -1]
+    role_ids = [tok.role_id(Role.SEARCH_QUERY), tok.role_id(Role.AGENT)]
+    lp = np.asarray(jax.nn.log_softmax(logits, axis=-1))[:, role_ids]
     np.testing.assert_allclose(batch.role_logprobs_Bx2, lp, rtol=1e-5, atol=1e-5)
     searched = np.array([r.searched for r in batch.rollouts])
     np.testing.assert_array_equal(searched, lp[:, 0] > lp[:, 1])
@@ -229,3 +232,39 @@ def test_rollout_on_a_mesh_matches_one_device(params, model_cfg, tok, prompts):
     assert [r.new_turns for r in one.rollouts] == [r.new_turns for r in eight.rollouts]
     np.testing.assert_allclose(one.training_arrays()["behaviour_logprobs_BxL"],
                                eight.training_arrays()["behaviour_logprobs_BxL"], atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_rollout_equals_sampling_every_phase_from_scratch(params, model_cfg, tok, prompts, seed):
+    """Before one prefill served the speaker choice and the first turn, the rollout encoded
+    the dialogue afresh for each phase: one `sample` call over all rows per phase, on that
+    phase's prompt (the Search Query with fold_in(rng, 1), the Sparrow turn with
+    fold_in(rng, 2)). The turns kept now are the tokens those calls drew."""
+    env = make_env(model_cfg, tok, EchoEngine(), "free")
+    rng = jax.random.PRNGKey(seed)
+    batch = rollout(env, params, contexts_from(prompts, B), rng)
+    width = env.config.max_prompt_len
+    searched = np.array([r.searched for r in batch.rollouts])
+    assert searched.any() and not searched.all()  # both kinds of row in one batch
+
+    def draws(prompts_, key, config):
+        tokens, valid = seq_lib.left_pad(prompts_, width, tok.pad_id)
+        out = sampler.sample(params, model_cfg, tokens, valid, key, config, env.token_ids)
+        return [np.asarray(t)[np.asarray(v)] for t, v in zip(out.tokens_BxN, out.token_valid_BxN)]
+
+    query_prompts = [seq_lib.assemble(seq_lib.cut_left(seq_lib.context_blocks(r.context, tok),
+                                                       width - 2)[0], tok,
+                                      Role.SEARCH_QUERY).token_ids_L for r in batch.rollouts]
+    queries = draws(query_prompts, jax.random.fold_in(rng, 1), env.config.query_config)
+    answer_prompts = [r.sequence.token_ids_L[:r.sequence.turn_spans[-1][0] + 1]
+                      for r in batch.rollouts]
+    answers = draws(answer_prompts, jax.random.fold_in(rng, 2), env.config.agent)
+    for row, r in enumerate(batch.rollouts):
+        ids = r.sequence.token_ids_L
+        start = r.sequence.turn_spans[-1][0]
+        # (a turn cut at max_new_tokens gets its eot in the sequence, not from the sampler)
+        np.testing.assert_array_equal(ids[start + 1:start + 1 + len(answers[row])], answers[row])
+        if r.searched:
+            q_start, _ = r.sequence.turn_spans[len(r.context)]
+            query = ids[q_start + 1:q_start + 1 + len(queries[row])]
+            np.testing.assert_array_equal(query, queries[row])

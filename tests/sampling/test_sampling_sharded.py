@@ -37,8 +37,11 @@ def test_sharded_matches_single_device():
 
     role_tokens, role_valid = ragged_prompts([7, 3, 5, 1, 2, 6, 4, 7], cfg.model.vocab_size,
                                              end=EOT)
-    np.testing.assert_allclose(
-        sampler.next_role_logprobs(sharded, cfg.model, role_tokens, role_valid, (5, 6),
-                                   mesh=mesh, rules=rules),
-        sampler.next_role_logprobs(params, cfg.model, role_tokens, role_valid, (5, 6)),
-        rtol=1e-5, atol=1e-6)
+    step_args = ((5, 6), "free", [jax.random.PRNGKey(i) for i in range(3)], (config, config), IDS)
+    one_step = sampler.sample_step(params, cfg.model, role_tokens, role_valid, *step_args)
+    eight_step = sampler.sample_step(sharded, cfg.model, role_tokens, role_valid, *step_args,
+                                     mesh=mesh, rules=rules)
+    np.testing.assert_allclose(eight_step.role_logprobs_Bx2, one_step.role_logprobs_Bx2,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(eight_step.role_index_B, one_step.role_index_B)
+    np.testing.assert_array_equal(eight_step.turn.tokens_BxN, one_step.turn.tokens_BxN)
