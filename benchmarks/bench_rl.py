@@ -16,13 +16,15 @@ RL_QUICK_WORLD = ("n_entities=24", "n_heldout=6", "n_unfamiliar=0", "n_dialogues
 RL_STEPS = 6  # timed: steps 2..RL_STEPS
 
 
-def _rl_loop_metrics(quick: bool, rl_steps: int) -> tuple[list[dict], object]:
+def _rl_loop_metrics(quick: bool, rl_steps: int) -> tuple[list[dict], object, object]:
     """Run the real tiny-config recipe in a temporary directory: a toy world, then lm,
     sft, pref_rm and rule_rm for 2 steps each (wired as `sparrow demo` wires them), then
-    `train_rl` for `rl_steps` steps logging every step. Returns (the rl stage's
-    metrics.jsonl records, its config). Progress output goes to stderr."""
+    `train_rl` for `rl_steps` steps logging every step, under a syncing PhaseClock.
+    Returns (the rl stage's metrics.jsonl records, its config, the clock). Progress
+    output goes to stderr."""
     import contextlib
     from sparrow_jax import demo
+    from sparrow_jax.rl import phases
     from sparrow_jax.rl.trainer import train_rl
     from sparrow_jax.train.loop import train_stage
     from sparrow_jax.train.metrics import read_metrics
@@ -42,9 +44,35 @@ def _rl_loop_metrics(quick: bool, rl_steps: int) -> tuple[list[dict], object]:
         for stage in ("lm", "sft", "pref_rm", "rule_rm"):
             train_stage(demo.stage_config(root, stage, settings), demo.stage_dir(root, stage))
         cfg = demo.stage_config(root, "rl", rl_settings)
-        train_rl(cfg, demo.stage_dir(root, "rl"))
+        # Syncing costs no overlap here: every phase but the update already waits for its
+        # results on the host, and the next step's sampling needs the update's params.
+        with phases.timing(phases.PhaseClock(sync=True)) as clock:
+            train_rl(cfg, demo.stage_dir(root, "rl"))
         records = read_metrics(os.path.join(demo.stage_dir(root, "rl"), "logs"), "train")
-    return records, cfg
+    return records, cfg, clock
+
+
+def _sampler_seconds(cfg, new_tokens: int, repeats: int = 3) -> float:
+    """Best wall seconds of one `sampler.sample` call at the RL step's shape (batch, prompt
+    width) with `new_tokens` tokens drawn for every row (eot banned), random params."""
+    import jax
+    import numpy as np
+    from sparrow_jax.model import hydra
+    from sparrow_jax.sampling import sampler
+    from bench_common import interleaved_best_seconds
+    batch, width = cfg.train.batch_size, cfg.rl.max_prompt_len
+    params = hydra.init_params(cfg.model, jax.random.PRNGKey(0), roles=("policy",))
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(8, cfg.model.vocab_size - 8, (batch, width)).astype(np.int32)
+    valid = np.ones((batch, width), bool)
+    eot = cfg.model.vocab_size - 1
+    ids = sampler.TokenIds(eot_id=eot, pad_id=0, banned_ids=(eot,))
+    config = sampler.SamplingConfig(max_new_tokens=new_tokens, temperature=float(cfg.rl.temperature))
+    return interleaved_best_seconds({"call": lambda: sampler.sample(
+        params, cfg.model, tokens, valid, jax.random.PRNGKey(1), config, ids)}, repeats)["call"]
+
+
+PHASES = ("prefill", "decode", "search", "rule_scoring", "update", "host_other")
 
 
 @measurement("rl_episodes")
@@ -66,10 +94,17 @@ def rl_episodes(results: dict, quick: bool = False, repeats: int = 0) -> dict:
     `rollout_fraction`, same differencing). With 2-step stages the policy is untrained:
     `rl_agent_turn_tokens` and `rl_search_rate` (means over the timed steps) say what
     its turns were like; a trained policy's turns end earlier and search more.
+
+    Phases (`_phase_figures`, from a `rl.phases.PhaseClock` over the same steps):
+    `rl_phase_<name>_seconds` / `_share` for prefill, decode, search, rule_scoring,
+    update (its one trunk pass also computes the preference RM's Elo) and host_other
+    (the rest of the step: prompt drawing, tokenising, sequence assembly, bookkeeping);
+    `rl_generated_tokens_per_second` (kept sampled tokens per second of self-play) and
+    `rl_rollout_efficiency` = that / `bare_sampler_tokens_per_second`.
     """
     del repeats
     rl_steps = 3 if quick else RL_STEPS
-    records, cfg = _rl_loop_metrics(quick, rl_steps)
+    records, cfg, clock = _rl_loop_metrics(quick, rl_steps)
     by_step = {int(r["step"]): r for r in records}
     batch = cfg.train.batch_size
 
@@ -82,11 +117,42 @@ def rl_episodes(results: dict, quick: bool = False, repeats: int = 0) -> dict:
                - by_step[first]["rollout_fraction"] * elapsed(first))
     timed = [by_step[k] for k in range(first + 1, last + 1)]
     mean = lambda key: sum(r[key] for r in timed) / len(timed)  # noqa: E731
-    return {"rl_episodes_per_second": (last - first) * batch / seconds,
-            "rl_step_seconds": seconds / (last - first),
-            "rl_rollout_fraction": rollout / seconds, "rl_episode_batch": batch,
-            "rl_timed_steps": last - first, "rl_max_new_tokens": cfg.rl.max_new_tokens,
-            "rl_agent_turn_tokens": mean("agent_turn_tokens"),
-            "rl_search_rate": mean("search_rate") + 0.0}
+    out = {"rl_episodes_per_second": (last - first) * batch / seconds,
+           "rl_step_seconds": seconds / (last - first),
+           "rl_rollout_fraction": rollout / seconds, "rl_episode_batch": batch,
+           "rl_timed_steps": last - first, "rl_max_new_tokens": cfg.rl.max_new_tokens,
+           "rl_agent_turn_tokens": mean("agent_turn_tokens"),
+           "rl_search_rate": mean("search_rate") + 0.0}
+    return {**out, **_phase_figures(cfg, clock, first, last)}
 
 
+def _phase_figures(cfg, clock, first: int, last: int) -> dict:
+    """Seconds per step and share of each phase over steps first+1..last (PHASES: prefill
+    and decode split the sampler calls' time by a prefill-only call at the same shape), the
+    kept tokens the rollouts generated per second of self-play, and that over the bare
+    sampler's tokens/s at the same batch and width (`rl_rollout_efficiency`)."""
+    (sec0, cnt0), (sec1, cnt1) = clock.history[first - 1], clock.history[last - 1]
+    steps = last - first
+    delta = lambda d1, d0, k: (d1.get(k, 0) - d0.get(k, 0))  # noqa: E731
+    per_step = {k: delta(sec1, sec0, k) / steps for k in sec1}
+    calls = delta(cnt1, cnt0, "sampler_calls") / steps
+    new_tokens = cfg.rl.max_new_tokens
+    prefill_call = _sampler_seconds(cfg, 1)
+    bare_call = _sampler_seconds(cfg, new_tokens)
+    phase = {"prefill": min(calls * prefill_call, per_step.get("sample", 0.0))}
+    phase["decode"] = per_step.get("sample", 0.0) - phase["prefill"]
+    for name in ("search", "rule_scoring", "update"):
+        phase[name] = per_step.get(name, 0.0)
+    phase["host_other"] = per_step["step"] - sum(phase.values())
+    out = {}
+    for name in PHASES:
+        out[f"rl_phase_{name}_seconds"] = phase[name]
+        out[f"rl_phase_{name}_share"] = phase[name] / per_step["step"]
+    generated = delta(cnt1, cnt0, "generated_tokens") / steps
+    tokens_per_second = generated / per_step["play"]
+    bare = cfg.train.batch_size * new_tokens / bare_call
+    out.update({"rl_sampler_calls_per_step": calls, "rl_generated_tokens_per_step": generated,
+                "rl_generated_tokens_per_second": tokens_per_second,
+                "bare_sampler_tokens_per_second": bare,
+                "rl_rollout_efficiency": tokens_per_second / bare})
+    return out

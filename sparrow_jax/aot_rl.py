@@ -160,7 +160,8 @@ def compile_rule_score(cfg, mesh, rl_state) -> dict[str, Any]:
     texts = [rule.text for rule in load_rules(cfg.data.rules or None)]
     valid_RxQ = estimated_rule_suffixes(texts)
     groups = group_rules_by_length(valid_RxQ)
-    rule_chunk = int(cfg.rl.rule_chunk) or None
+    # rl.rule_chunk=-1 is measured when the run starts; its smallest candidate is compiled here.
+    rule_chunk = max(int(cfg.rl.rule_chunk), 1) if int(cfg.rl.rule_chunk) else None
     full = merge_params(rl_state.params, rl_state.frozen)
     params = {k: full[k] for k in ("trunk", "rule_rm")}
     tokens, valid = _batch_inputs(mesh, rules, batch, length)

@@ -222,9 +222,11 @@ def rl_defaults() -> ml_collections.ConfigDict:
     # and scores 3x the rules.
     r.rule_scope = "rated"
     # Rules scored per step of the rule RM (lax.map over chunks): the shared dialogue cache is
-    # copied to batch * rule_chunk rows. 1 was fastest on the 2-core CPU (tiny_cpu, 16 dialogues
-    # x 23 rules: 3.1 s all at once, 2.1 s one at a time); 0 = all rules at once.
-    r.rule_chunk = 1
+    # copied to batch * rule_chunk rows; 0 = all rules at once. -1 = measured: on the first
+    # RL batch each candidate (1, 2, 4, ... and all) is compiled and timed, the fastest kept
+    # (process 0's choice; kept in the checkpoint, so a resumed run scores alike). A candidate
+    # that fails to compile or run (e.g. out of memory) is skipped.
+    r.rule_chunk = -1
     r.format_penalty = 2.0  # [paper, GopherCite]
     # A2C with a KL anchor to the frozen teacher.
     r.kl_mode = "loss"  # loss: alpha * KL + (1 - alpha) * A2C | reward: KL penalty in the reward
@@ -533,9 +535,9 @@ def _validate_rl(r) -> None:
     for key in ("temperature", "role_temperature", "value_lr_scale"):
         if r[key] <= 0:
             raise ConfigError(f"config key 'rl.{key}' must be positive, got {r[key]}")
-    if r.rule_chunk < 0:
-        raise ConfigError(f"config key 'rl.rule_chunk' must be >= 0 (0 = all rules at once), "
-                          f"got {r.rule_chunk}")
+    if r.rule_chunk < -1:
+        raise ConfigError(f"config key 'rl.rule_chunk' must be >= -1 (0 = all rules at once, "
+                          f"-1 = measured), got {r.rule_chunk}")
     if not 0 < r.top_p <= 1:
         raise ConfigError(f"config key 'rl.top_p' must be in (0, 1], got {r.top_p}")
     if not 0 <= r.alpha <= 1 or not 0 <= r.continue_prob <= 1:

@@ -57,7 +57,7 @@ def test_70b_config_validates():
 
 def test_negative_rule_chunk_is_named():
     cfg = config_lib.default_config()
-    cfg.rl.rule_chunk = -1
+    cfg.rl.rule_chunk = -2
     with pytest.raises(config_lib.ConfigError, match="rl.rule_chunk"):
         config_lib.validate(cfg)
 

@@ -21,7 +21,9 @@ import numpy as np
 from sparrow_jax import distributed
 from sparrow_jax.data.schemas import PROMPT_SOURCES, PromptRecord
 from sparrow_jax.dialogue.turns import Dialogue, Role, Turn
-from sparrow_jax.rl.rollout import Environment, RolloutBatch, rollout, sample_turns
+from sparrow_jax.rl import phases
+from sparrow_jax.rl.rollout import (Environment, RolloutBatch, rollout, sample_turns,
+                                     sampled_length)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,6 +275,7 @@ def play(env: Environment, params, source: EpisodeSource | ShardedSource, batch_
             if e.continued:
                 episodes[i] = dataclasses.replace(e, turns=e.turns + (users[i].turn,))
                 user_flags[i] = users[i].malformed
+                phases.count("generated_tokens", sampled_length(users[i]))
     batch = rollout(env, params, [e.turns for e in episodes], jax.random.fold_in(rng, 1))
     finished = []
     for row, (e, r) in enumerate(zip(episodes, batch.rollouts)):

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import time
+from typing import Any
 
 import jax
 import numpy as np
@@ -42,6 +43,7 @@ from sparrow_jax.rewards.rule_scoring import (group_rules_by_length, prepare_rul
                                               rule_violation_probs)
 from sparrow_jax.rl.lengths import sequence_length
 from sparrow_jax.rl import checkpoint as rl_checkpoint
+from sparrow_jax.rl import phases
 from sparrow_jax.rl.rollout import Environment, RolloutConfig, rollout
 from sparrow_jax.rl.selfplay import ContextBuffer, EpisodeSource, ShardedSource, play
 from sparrow_jax.sampling import layout
@@ -111,11 +113,60 @@ class RewardScorer:
             (self.rule_tokens_RxQ, self.rule_valid_RxQ), mesh, PartitionSpec())
         model_cfg = cfg.model
         self._elo = jax.jit(lambda p, t, v, i, s: pref_elo(p, model_cfg, t, v, i, s))
-        rule_chunk = int(cfg.rl.rule_chunk) or None
-        rule_groups = group_rules_by_length(self.rule_valid_RxQ)
-        self._rules = jax.jit(lambda p, t, v, rt, rv: rule_violation_probs(
-            p, model_cfg, t, v, rt, rv, rule_chunk=rule_chunk, rule_groups=rule_groups,
-            mesh=mesh, rules=rules))
+        self._rule_groups = group_rules_by_length(self.rule_valid_RxQ)
+        self._mesh_rules = rules
+        self._rule_fns: dict[int, Any] = {}
+        # -1: measured on the first batch (`measure_rule_chunk`), or set from a checkpoint.
+        self.rule_chunk = int(cfg.rl.rule_chunk)
+        self.rule_chunk_seconds: dict[int, float] = {}
+
+    def _rules_fn(self, chunk: int):
+        """The jitted rule scorer at `chunk` rules per step (0 = all at once)."""
+        if chunk not in self._rule_fns:
+            model_cfg, mesh, rules, groups = (self.cfg.model, self.mesh, self._mesh_rules,
+                                              self._rule_groups)
+            self._rule_fns[chunk] = jax.jit(lambda p, t, v, rt, rv: rule_violation_probs(
+                p, model_cfg, t, v, rt, rv, rule_chunk=chunk or None, rule_groups=groups,
+                mesh=mesh, rules=rules))
+        return self._rule_fns[chunk]
+
+    def rule_chunk_candidates(self) -> list[int]:
+        """1, 2, 4, ... below the largest rule group, then 0 (all at once)."""
+        largest = max(len(indices) for indices, _ in self._rule_groups)
+        chunks, c = [], 1
+        while c < largest:
+            chunks.append(c)
+            c *= 2
+        return chunks + [0]
+
+    def measure_rule_chunk(self, rm, tokens, valid, repeats: int = 2) -> int:
+        """Time every candidate on this batch (after a compiling call), keep the fastest;
+        every process takes process 0's choice (one program for all)."""
+        seconds = {}
+        for chunk in self.rule_chunk_candidates():
+            fn = self._rules_fn(chunk)
+            try:
+                jax.block_until_ready(fn(rm, tokens, valid, *self._rule_suffixes))
+                best = float("inf")
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    jax.block_until_ready(fn(rm, tokens, valid, *self._rule_suffixes))
+                    best = min(best, time.perf_counter() - start)
+                seconds[chunk] = best
+            except Exception as error:  # noqa: BLE001 (e.g. out of memory: not a candidate)
+                log.warning("rl.rule_chunk=%d cannot run here (%s): skipped", chunk,
+                            str(error).splitlines()[0][:200])
+        if not seconds:
+            raise RuntimeError("no rl.rule_chunk candidate could score the rules")
+        mine = min(seconds, key=seconds.get)
+        self.rule_chunk = int(distributed.allgather_objects(mine)[0])
+        self.rule_chunk_seconds = seconds
+        self._rule_fns = {self.rule_chunk: self._rules_fn(self.rule_chunk)}
+        log.info("rl.rule_chunk=-1: rules per step measured on the first batch (seconds: %s); "
+                 "using %d (0 = all %d at once)",
+                 ", ".join(f"{c}: {t:.3g}" for c, t in seconds.items()), self.rule_chunk,
+                 len(self.rule_ids))
+        return self.rule_chunk
 
     def _global(self, arrays, keys):
         local = {k: arrays[k] for k in keys}
@@ -131,7 +182,10 @@ class RewardScorer:
     def p_broken_BxR(self, params, arrays) -> np.ndarray:
         rm = {k: params[k] for k in ("trunk", "rule_rm")}
         batch = self._global(arrays, ("tokens_BxL", "valid_BxL"))
-        out = self._rules(rm, batch["tokens_BxL"], batch["valid_BxL"], *self._rule_suffixes)
+        if self.rule_chunk < 0:
+            self.measure_rule_chunk(rm, batch["tokens_BxL"], batch["valid_BxL"])
+        out = self._rules_fn(self.rule_chunk)(rm, batch["tokens_BxL"], batch["valid_BxL"],
+                                              *self._rule_suffixes)
         return distributed.host_rows(out, self.rows)
 
     def host_rewards(self, params, arrays) -> tuple[np.ndarray, dict]:
@@ -262,6 +316,8 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
         state = restored.state
         source.set_state(restored.meta["selfplay"])
         normaliser = EloNormaliser.from_state(restored.meta["normaliser"])
+        # The chunking measured when the run began: its scores, bit for bit.
+        scorer.rule_chunk = int(restored.meta.get("rule_chunk", scorer.rule_chunk))
         guard.total = int(restored.meta.get("nonfinite_total", 0))
         log.info("resuming rl from step %d", restored.step)
     else:
@@ -281,7 +337,8 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
         # What rl trains; the frozen parts by reference to their sources (rl/checkpoint.py).
         rl_checkpoint.save(ckpt, step, state, frozen_references,
                            meta={"selfplay": source.get_state(), "normaliser": normaliser.state(),
-                                 "config": cfg.to_dict(), "stage": "rl", "nonfinite_total": guard.total},
+                                 "config": cfg.to_dict(), "stage": "rl", "nonfinite_total": guard.total,
+                                 "rule_chunk": scorer.rule_chunk},
                            assets={"tokenizer.model": tokenizer.serialized_model})
 
     writer = MetricsWriter(storage.join(workdir, "logs"))
@@ -296,20 +353,26 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
     try:
         while step < total:
             tick = time.perf_counter()
-            params = merge_params(state.params, state.frozen)
-            decode_params = layout.to_decode_layout(params, decode_shardings)
-            step_play = play(env, decode_params, source, local_batch,
-                             jax.random.fold_in(base_key, step))
-            del decode_params  # a copy when the layouts differ: free it before the update
-            arrays = step_play.batch.training_arrays(length, tokenizer.pad_id)
-            rewards_BxL, reward_rows = scorer.host_rewards(params, arrays)
-            rollout_seconds += time.perf_counter() - tick
-            batch = {"tokens_BxL": arrays["tokens_BxL"], "valid_BxL": arrays["valid_BxL"],
-                     "policy_mask_BxL": arrays["policy_mask_BxL"].astype(np.float32),
-                     "sampled_mask_BxL": arrays["sampled_mask_BxL"].astype(np.float32),
-                     "rewards_BxL": rewards_BxL, "reward_index_B": arrays["reward_index_B"],
-                     "turn_start_B": arrays["turn_start_B"]}
-            state, metrics = step_fn(state, distributed.host_local_to_global(batch, mesh, in_shardings))
+            with phases.phase("step"):
+                params = merge_params(state.params, state.frozen)
+                decode_params = layout.to_decode_layout(params, decode_shardings)
+                with phases.phase("play"):
+                    step_play = play(env, decode_params, source, local_batch,
+                                     jax.random.fold_in(base_key, step))
+                del decode_params  # a copy when the layouts differ: free it before the update
+                arrays = step_play.batch.training_arrays(length, tokenizer.pad_id)
+                with phases.phase("rule_scoring"):
+                    rewards_BxL, reward_rows = scorer.host_rewards(params, arrays)
+                rollout_seconds += time.perf_counter() - tick
+                batch = {"tokens_BxL": arrays["tokens_BxL"], "valid_BxL": arrays["valid_BxL"],
+                         "policy_mask_BxL": arrays["policy_mask_BxL"].astype(np.float32),
+                         "sampled_mask_BxL": arrays["sampled_mask_BxL"].astype(np.float32),
+                         "rewards_BxL": rewards_BxL, "reward_index_B": arrays["reward_index_B"],
+                         "turn_start_B": arrays["turn_start_B"]}
+                with phases.phase("update"):
+                    state, metrics = phases.done(step_fn(
+                        state, distributed.host_local_to_global(batch, mesh, in_shardings)))
+            phases.step_done()
             step, steps_this_run = step + 1, steps_this_run + 1
             episodes_done += cfg.train.batch_size
             guard.observe(metrics)

@@ -13,7 +13,7 @@ import pytest
 from loop_helpers import TINY, check_sigkill_resume, make_world, sparrow, tiny_config, tiny_overrides
 from sparrow_jax import sharding as shd
 from sparrow_jax.config import ConfigError
-from sparrow_jax.rl import trainer
+from sparrow_jax.rl import phases, trainer
 from sparrow_jax.train import init_from, loop
 from sparrow_jax.train.checkpoints import Checkpointer
 from sparrow_jax.train.metrics import read_metrics
@@ -40,18 +40,40 @@ def _knobs(inputs, steps, **extra):
 
 
 def test_rl_smoke_run_logs_every_component_and_keeps_the_reward_models(inputs, tmp_path):
-    cfg = tiny_config("rl", inputs["world"], **_knobs(inputs, steps=3, **{"train.log_every": 1}))
-    summary = trainer.train_rl(cfg, str(tmp_path / "rl"))
-    assert summary["finished"] and summary["step"] == 3
+    steps = 5
+    cfg = tiny_config("rl", inputs["world"], **_knobs(inputs, steps=steps, **{
+        "train.log_every": 1, "rl.rule_chunk": -1}))
+    compiles_at_step = []  # steps finished when XLA compiled something
+
+    def on_event(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles_at_step.append(len(clock.history))
+
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    try:
+        with phases.timing(phases.PhaseClock()) as clock:
+            summary = trainer.train_rl(cfg, str(tmp_path / "rl"))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_event)
+    assert summary["finished"] and summary["step"] == steps
     records = read_metrics(str(tmp_path / "rl" / "logs"), split="train")
-    assert [r["step"] for r in records] == [1, 2, 3]
+    assert [r["step"] for r in records] == list(range(1, steps + 1))
     for key in ("reward", "elo", "rule_compliance", "format_penalty_rate", "kl", "entropy",
                 "value_loss", "explained_variance", "agent_turn_tokens", "search_rate",
                 "episodes_per_second"):
         assert all(np.isfinite(r[key]) for r in records), key
+    # Steady state compiles nothing: by step 3 every program of these steps has run (a search
+    # came, so the answer after evidence did; no dialogue was continued: the untrained
+    # policy's turns are all over length, and malformed dialogues are not kept).
+    first = records[:3]
+    assert any(r["search_rate"] > 0 for r in first)
+    assert all(r["continued_rate"] == 0 for r in records)
+    assert compiles_at_step and [s for s in compiles_at_step if s >= 3] == [], compiles_at_step
     # The workdir reads back as a whole agent: both reward models, unchanged (from their sources).
     ckpt = Checkpointer(str(tmp_path / "rl" / "checkpoints"))
-    meta = ckpt.read_meta(3)
+    meta = ckpt.read_meta(steps)
+    # rl.rule_chunk=-1 measured the candidates on the first batch; the checkpoint keeps the choice.
+    assert meta["rule_chunk"] in (1, 2, 4, 0)
     assert meta["normaliser"]["count"] == cfg.train.batch_size and all(
         "buffer" in shard for shard in meta["selfplay"].values())  # one state per batch shard
     params, _ = init_from.load_params(str(tmp_path / "rl"), cfg, shd.make_mesh(cfg.mesh))
