@@ -4,7 +4,7 @@ A cache is a plain pytree:
   {'index':     int32 []          next slot to fill (the same for every row),
    'positions': int32 [B, S]      position of the token in each slot,
    'valid':     bool  [B, S]      slot holds a real token (False = empty or padding),
-   'layers':    {stack: {'k': [layers, B, G, S, K], 'v': [layers, B, G, S, K],
+   'layers':    {stack: {'k': [layers, G, B, S, K], 'v': [layers, G, B, S, K],
                          'last_k': [layers, B, G, K] (model.smeared_keys only)}}}
 (G = the key/value heads: model.n_kv_heads, or n_heads when it is 0)
 with one stack for the trunk (absent when it has no layers) and one per top
@@ -15,10 +15,10 @@ each row's newest token's key before smearing, which the next token's smearing
 reads. Slots are shared by all stacks, so every call that writes the cache must
 run every stack in it.
 
-The slot axis sits after the heads so that a decode step reads the cache in
-place: attention is a matmul batched over (row, head) with the slots as its
-free axis, and a step writes only its own slots (no per-step copy or transpose
-of the cache).
+Heads lead and slots follow the rows so that a call reads the cache in place:
+attention is a matmul batched over (head, row) with the slots as its free axis,
+the layout `layers.attend` computes in, and a call writes only its own slots
+(no per-step copy or transpose of the cache).
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def init_cache(model_cfg, batch: int, cache_len: int, tops: Iterable[str] = ("po
     `tops` names roles whose tops get a stack ('value' means the policy top).
     """
     spec = ModelSpec.of(model_cfg)
-    shape = (batch, spec.kv_heads, cache_len, spec.head_dim)
+    shape = (spec.kv_heads, batch, cache_len, spec.head_dim)
     layers = {}
     for name, n in _stack_sizes(spec, tops_for(tops)).items():
         layers[name] = {"k": jnp.zeros((n,) + shape, spec.dtype),
@@ -77,7 +77,7 @@ def init_cache(model_cfg, batch: int, cache_len: int, tops: Iterable[str] = ("po
 def cache_logical_axes(model_cfg, tops: Iterable[str] = ("policy",)):
     """The cache tree with PartitionSpec leaves of logical axis names."""
     spec = ModelSpec.of(model_cfg)
-    kv = P("layers", "batch", spec.kv_heads_axis, "length", "kv")
+    kv = P("layers", spec.kv_heads_axis, "batch", "length", "kv")
     stack = {"k": kv, "v": kv}
     if spec.smeared_keys:
         stack["last_k"] = P("layers", "batch", spec.kv_heads_axis, "kv")
@@ -100,7 +100,9 @@ def broadcast_cache(cache, n: int):
         "index": cache["index"],
         "positions": jnp.repeat(cache["positions"], n, axis=0),
         "valid": jnp.repeat(cache["valid"], n, axis=0),
-        "layers": jax.tree.map(lambda a: jnp.repeat(a, n, axis=1), cache["layers"]),
+        "layers": {name: {part: jnp.repeat(a, n, axis=1 if part == "last_k" else 2)
+                          for part, a in stack.items()}
+                   for name, stack in cache["layers"].items()},
     }
 
 
@@ -110,7 +112,7 @@ def write_slots(cache_BxS: jax.Array, new_BxT: jax.Array, index: jax.Array) -> j
 
 
 def write_kv(stack_kv: dict, new: dict, index: jax.Array) -> dict:
-    """A stack after a call: its keys/values `new['k']`, `new['v']` [layers, B, G, T, K]
+    """A stack after a call: its keys/values `new['k']`, `new['v']` [layers, G, B, T, K]
     written at slots [index, index + T), and `new['last_k']` (smeared keys) replacing the old."""
     start = (0, 0, 0, index, 0)
     out = {name: jax.lax.dynamic_update_slice(stack_kv[name], new[name].astype(stack_kv[name].dtype),

@@ -197,7 +197,8 @@ def forward(params, model_cfg, tokens_BxL, positions_BxL=None, valid_BxL=None,
 
 
 def extend(params, model_cfg, tokens_BxT, positions_BxT, valid_BxT, cache,
-           roles: Iterable[str] = ("policy",), last_only: bool = False):
+           roles: Iterable[str] = ("policy",), last_only: bool = False,
+           empty_cache: bool = False):
     """Append T tokens per row to the cache and return the roles' outputs for them.
 
     The new keys/values are written at slots [index, index + T); each new token
@@ -210,6 +211,8 @@ def extend(params, model_cfg, tokens_BxT, positions_BxT, valid_BxT, cache,
     Returns (outputs as in `forward` with L = T, but no 'pref_rm_next_logp': the token after
     the last is not known here; new cache). `last_only`: the heads read only the last column
     (outputs with L = 1: a prefill that samples after the prompt needs no more).
+    `empty_cache`: the caller promises nothing was written to the cache yet (a prefill at
+    index 0): attention then skips the cache's empty slots and runs in causal blocks.
     """
     spec = ModelSpec.of(model_cfg)
     roles = tuple(roles)
@@ -225,7 +228,7 @@ def extend(params, model_cfg, tokens_BxT, positions_BxT, valid_BxT, cache,
     positions_BxT = positions_BxT.astype(jnp.int32)
     valid_BxT = valid_BxT.astype(bool)
     ctx = cached_attention_context(spec, positions_BxT, valid_BxT, cache["positions"],
-                                   cache["valid"], index)
+                                   cache["valid"], index, empty=empty_cache)
 
     new_layers = {}
 

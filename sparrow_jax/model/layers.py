@@ -157,10 +157,10 @@ class Attention(nn.Module):
     def __call__(self, x_BxTxD: jax.Array, ctx: dict[str, Any],
                  layer_kv: dict[str, jax.Array] | None = None):
         """Returns (y_BxTxD, new_kv): new_kv is None without a cache, else this call's
-        keys and values for the cache ('k', 'v' [B, G, T, K]; keys smeared if the model
+        keys and values for the cache ('k', 'v' [G, B, T, K]; keys smeared if the model
         smears them) and, with smeared keys, 'last_k' [B, G, K] (`cache.py`).
 
-        With `layer_kv` (the layer's cache: 'k', 'v' [B, G, S, K], maybe 'last_k') the
+        With `layer_kv` (the layer's cache: 'k', 'v' [G, B, S, K], maybe 'last_k') the
         queries attend to the cache's valid slots and to the new block (`attend_cached`).
         """
         s = self.spec
@@ -215,9 +215,12 @@ class Attention(nn.Module):
                 prev_BxT = ctx["prev_new_BxT"] + 1  # index into k_ext (0 = the cache's newest)
                 k = smear_keys(k_ext, prev_BxT, ctx["has_prev_new_BxT"], smear_H,
                                keys_from=slice(1, None))
-            attended_BxTxHxK = attend_cached(q_content, layer_kv["k"], layer_kv["v"], k, v, ctx,
-                                             scale, position)
-            new_kv = {"k": jnp.transpose(k, (0, 2, 1, 3)), "v": jnp.transpose(v, (0, 2, 1, 3))}
+            if "empty_cache" in ctx:  # a prefill: nothing to read in the cache
+                attended_BxTxHxK = attend(q_content, k, v, ctx, scale, position, s.causal_block)
+            else:
+                attended_BxTxHxK = attend_cached(q_content, layer_kv["k"], layer_kv["v"], k, v,
+                                                 ctx, scale, position)
+            new_kv = {"k": jnp.transpose(k, (2, 0, 1, 3)), "v": jnp.transpose(v, (2, 0, 1, 3))}
             if s.smeared_keys:
                 new_kv["last_k"] = newest_key(plain_k, ctx["new_valid_BxT"], layer_kv["last_k"])
         y_BxTxD = project("bthk,hkd->btd", attended_BxTxHxK, w_o.astype(dt), s)
@@ -315,40 +318,42 @@ def attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, ctx: dict[str, Any], scale: float,
     return jnp.transpose(out_HxBxTxK, (1, 2, 0, 3))
 
 
-def attend_cached(q_BxTxHxK, cache_k_BxGxSxK, cache_v_BxGxSxK, k_BxTxGxK, v_BxTxGxK,
+def attend_cached(q_BxTxHxK, cache_k_GxBxSxK, cache_v_GxBxSxK, k_BxTxGxK, v_BxTxGxK,
                   ctx: dict[str, Any], scale: float, position=None) -> jax.Array:
     """`attend` for T new tokens over a KV cache (ctx from `cached_attention_context`): one
     softmax over the cache's slots and the new block, each read where it lies. The cache is
-    read in its own layout ([B, G, S, K]: a matmul batched over row and key head), never
-    copied or transposed, so a decode step costs what its T tokens read. Returns [B, T, H, K].
+    read in its own layout ([G, B, S, K], the heads-first layout `attend` computes in), never
+    copied, so a decode step costs what its T tokens read. Returns [B, T, H, K].
     """
-    dt = cache_v_BxGxSxK.dtype
-    batch, length, n_heads, k_dim = q_BxTxHxK.shape
-    n_kv = cache_k_BxGxSxK.shape[1]
-    # [B, G, R, T, K]: query head h = g * R + r reads key head g (R = H / G).
-    grouped = lambda a: jnp.transpose(a, (0, 2, 1, 3)).reshape(
-        batch, n_kv, n_heads // n_kv, length, a.shape[-1])
-    q = grouped(q_BxTxHxK)
-    k_new, v_new = (jnp.transpose(a, (0, 2, 1, 3)).astype(dt) for a in (k_BxTxGxK, v_BxTxGxK))
-    scores_cache = jnp.einsum("bgrtk,bgsk->bgrts", q, cache_k_BxGxSxK).astype(jnp.float32)
-    scores_new = jnp.einsum("bgrtk,bguk->bgrtu", q, k_new).astype(jnp.float32)
+    dt = cache_v_GxBxSxK.dtype
+    heads_first = lambda a: jnp.transpose(a, (2, 0, 1, 3))
+    q, k_new, v_new = heads_first(q_BxTxHxK), heads_first(k_BxTxGxK), heads_first(v_BxTxGxK)
+    k_new, v_new = k_new.astype(dt), v_new.astype(dt)
+    n_heads, n_kv = q.shape[0], cache_k_GxBxSxK.shape[0]
+    if n_kv == n_heads:
+        qk = lambda q_, k_: jnp.einsum("hbtk,hbsk->hbts", q_, k_)
+        pv = lambda p_, v_: jnp.einsum("hbts,hbsk->hbtk", p_, v_)
+    else:
+        group = lambda a: a.reshape((n_kv, n_heads // n_kv) + a.shape[1:])
+        ungroup = lambda a: a.reshape((n_heads,) + a.shape[2:])
+        qk = lambda q_, k_: ungroup(jnp.einsum("grbtk,gbsk->grbts", group(q_), k_))
+        pv = lambda p_, v_: ungroup(jnp.einsum("grbts,gbsk->grbtk", group(p_), v_))
+    scores_cache = qk(q, cache_k_GxBxSxK).astype(jnp.float32)
+    scores_new = qk(q, k_new).astype(jnp.float32)
     if position is not None:
         q_position, r_MxHxK = position
-        by_distance = jnp.einsum("bgrtk,mgrk->bgrtm", grouped(q_position),
-                                 r_MxHxK.reshape((r_MxHxK.shape[0], n_kv, -1, k_dim)))
+        by_distance_HxBxTxM = jnp.einsum("hbtk,mhk->hbtm", heads_first(q_position), r_MxHxK)
         gather = lambda d_BxTxN: jnp.take_along_axis(
-            by_distance, d_BxTxN[:, None, None], axis=-1).astype(jnp.float32)
+            by_distance_HxBxTxM, d_BxTxN[None], axis=-1).astype(jnp.float32)
         scores_cache = scores_cache + gather(ctx["distance_cache_BxTxS"])
         scores_new = scores_new + gather(ctx["distance_new_BxTxT"])
-    mask = jnp.concatenate([ctx["mask_cache_BxTxS"], ctx["mask_new_BxTxT"]], axis=-1)
-    mask = mask[:, None, None]
+    mask = jnp.concatenate([ctx["mask_cache_BxTxS"], ctx["mask_new_BxTxT"]], axis=-1)[None]
     scores = jnp.concatenate([scores_cache, scores_new], axis=-1)
     scores = jnp.where(mask, scores * scale, _MASKED_SCORE)
     probs = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0).astype(dt)
-    n_slots = cache_k_BxGxSxK.shape[2]
-    out = (jnp.einsum("bgrts,bgsk->bgrtk", probs[..., :n_slots], cache_v_BxGxSxK)
-           + jnp.einsum("bgrtu,bguk->bgrtk", probs[..., n_slots:], v_new))
-    return jnp.transpose(out.reshape(batch, n_heads, length, k_dim), (0, 2, 1, 3))
+    n_slots = cache_k_GxBxSxK.shape[2]
+    out_HxBxTxK = pv(probs[..., :n_slots], cache_v_GxBxSxK) + pv(probs[..., n_slots:], v_new)
+    return jnp.transpose(out_HxBxTxK, (1, 2, 0, 3))
 
 
 class Block(nn.Module):

@@ -19,7 +19,7 @@ from sparrow_jax.model import positions
 from sparrow_jax.model.layers import Block
 from sparrow_jax.model.spec import ModelSpec
 
-KV = dict[str, jax.Array]  # one stack's cache: 'k', 'v' [n_layers, B, G, S, K] (+ 'last_k')
+KV = dict[str, jax.Array]  # one stack's cache: 'k', 'v' [n_layers, G, B, S, K] (+ 'last_k')
 
 
 def _block_class(spec: ModelSpec):
@@ -76,7 +76,7 @@ def attention_context(spec: ModelSpec, q_pos_BxT, k_pos_BxS, k_valid_BxS,
 
 
 def cached_attention_context(spec: ModelSpec, q_pos_BxT, q_valid_BxT, cache_pos_BxS,
-                             cache_valid_BxS, index) -> dict[str, Any]:
+                             cache_valid_BxS, index, empty: bool = False) -> dict[str, Any]:
     """The context of a cached call (`hydra.extend`): T new tokens at slots
     [index, index + T) of a cache whose slots before `index` hold earlier tokens
     (positions and validity as before this call; slots from `index` on are empty).
@@ -87,8 +87,18 @@ def cached_attention_context(spec: ModelSpec, q_pos_BxT, q_valid_BxT, cache_pos_
       prev_new_BxT, has_prev_new_BxT     (smeared keys) index in the block of each new
                                          token's previous token, -1 = the cache's newest
       q_pos_BxT, new_valid_BxT, index
+    `empty`: the caller promises the cache holds nothing yet (a prefill): the new block then
+    attends as a plain forward does (`attention_context`, causal blocks), marked "empty_cache".
     """
     length = q_pos_BxT.shape[1]
+    if empty:
+        slots_T = jnp.arange(length, dtype=jnp.int32)
+        ctx = attention_context(spec, q_pos_BxT, q_pos_BxT, q_valid_BxT, slots_T, slots_T,
+                                causal_slots=True)
+        ctx.update(new_valid_BxT=q_valid_BxT, index=index, empty_cache=None)
+        if spec.smeared_keys:
+            ctx["prev_new_BxT"], ctx["has_prev_new_BxT"] = ctx["prev_slot_BxS"], ctx["has_prev_BxS"]
+        return ctx
     q_slot_T = index + jnp.arange(length, dtype=jnp.int32)
     k_slot_S = jnp.arange(cache_pos_BxS.shape[1], dtype=jnp.int32)
     ctx = {
@@ -143,10 +153,10 @@ def apply_stack(params, spec: ModelSpec, x_BxTxD: jax.Array, ctx: dict[str, Any]
       x_BxTxD: input activations (compute dtype).
       ctx: attention context from `attention_context`, or `cached_attention_context`
         with a cache.
-      kv: optional cache of this stack ('k', 'v' [n_layers, B, G, S, K], maybe 'last_k').
+      kv: optional cache of this stack ('k', 'v' [n_layers, G, B, S, K], maybe 'last_k').
     Returns:
       (x_BxTxD, new_kv): new_kv is None without a cache, else this call's keys and
-      values ('k', 'v' [n_layers, B, G, T, K], and 'last_k' with smeared keys), to be
+      values ('k', 'v' [n_layers, G, B, T, K], and 'last_k' with smeared keys), to be
       written at the fill index (`cache.write_kv`).
     """
     n_layers = jax.tree.leaves(params)[0].shape[0]

@@ -179,7 +179,7 @@ def rule_violation_probs(params, model_cfg, dialogue_tokens_BxL, dialogue_valid_
     cache = hydra.init_cache(model_cfg, batch, length + max(q for _, q in groups), tops=_ROLES)
     cache = _constrain(cache, cache_axes, mesh, rules)
     _, cache = hydra.extend(params, model_cfg, dialogue_tokens_BxL, dialogue_positions_BxL,
-                            dialogue_valid_BxL, cache, roles=_ROLES)
+                            dialogue_valid_BxL, cache, roles=_ROLES, empty_cache=True)
     start_B = suffix_start(dialogue_positions_BxL, dialogue_valid_BxL)
 
     def score_chunk(chunk):

@@ -102,13 +102,13 @@ def test_cache_layout_and_errors():
     cfg = tiny_model_cfg()
     cache = hydra.init_cache(cfg, batch=2, cache_len=7, tops=("value", "pref_rm"))
     assert set(cache["layers"]) == {"trunk", "policy", "pref_rm"}
-    slots = (2, cfg.n_heads, 7, cfg.head_dim)  # [B, G, S, K]
+    slots = (cfg.n_heads, 2, 7, cfg.head_dim)  # [G, B, S, K]
     assert cache["layers"]["trunk"]["k"].shape == (cfg.n_frozen_layers,) + slots
     assert cache["layers"]["policy"]["v"].shape == (cfg.n_layers - cfg.n_frozen_layers,) + slots
     assert cache["positions"].dtype == jnp.int32 and cache["valid"].dtype == jnp.bool_
     assert cache["index"].shape == ()
     wide = hydra.broadcast_cache(hydra.init_cache(cfg, 1, 7), 4)
-    assert wide["layers"]["policy"]["k"].shape[1] == 4 and wide["valid"].shape == (4, 7)
+    assert wide["layers"]["policy"]["k"].shape[2] == 4 and wide["valid"].shape == (4, 7)
     axes = hydra.cache_logical_axes(cfg, tops=("value", "pref_rm"))
     assert jax.tree.structure(axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)) \
         == jax.tree.structure(cache)

@@ -106,7 +106,7 @@ def test_cached_decode_matches_full_forward(name):
     positions_ = jnp.maximum(jnp.arange(total)[None] - jnp.array([[0], [2]]), 0)
     full = jax.jit(lambda p: hydra.forward(p, cfg, tokens, positions_, valid, roles=roles))(params)
     cache = hydra.init_cache(cfg, batch=batch, cache_len=total, tops=roles)
-    assert cache["layers"]["policy"]["k"].shape[2] == FEATURES[name]["n_kv_heads"]
+    assert cache["layers"]["policy"]["k"].shape[1] == FEATURES[name]["n_kv_heads"]
     extend = jax.jit(lambda p, t, pos, v, c: hydra.extend(p, cfg, t, pos, v, c, roles=roles))
     outs, cache = extend(params, tokens[:, :prompt], positions_[:, :prompt], valid[:, :prompt],
                          cache)
@@ -125,9 +125,9 @@ def test_cache_and_params_shard_kv_heads_by_their_own_axis():
     axes = hydra.param_logical_axes(cfg, roles=ROLES)
     assert tuple(axes["policy"]["layers"]["attn"]["key"]) == ("layers", "embed", "kv_heads", "kv")
     assert tuple(axes["policy"]["layers"]["attn"]["query"]) == ("layers", "embed", "heads", "kv")
-    assert hydra.cache_logical_axes(cfg)["layers"]["policy"]["k"][2] == "kv_heads"
+    assert hydra.cache_logical_axes(cfg)["layers"]["policy"]["k"][1] == "kv_heads"
     plain = tiny_model_cfg(position="rotary")
-    assert hydra.cache_logical_axes(plain)["layers"]["policy"]["k"][2] == "heads"
+    assert hydra.cache_logical_axes(plain)["layers"]["policy"]["k"][1] == "heads"
 
 
 @pytest.mark.parametrize("key,value", [("n_kv_heads", 3), ("n_kv_heads", -1),
