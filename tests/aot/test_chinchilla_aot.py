@@ -1,10 +1,11 @@
 """`sparrow aot` on the Chinchilla 1B and 7B experiment configs.
 
 Default: the configs, their variants and sweeps load and validate; the real
-shapes have the hand-counted number of parameters; and every step of each config
-(the updates, the RL sampler and the rule scorer) compiles at 2 layers on its default
-variant's simulated mesh (the two configs compile in parallel subprocesses). With
---runslow: every variant at full depth compiles every step within its HBM budget.
+shapes have the hand-counted number of parameters. With --runslow: every step of
+each config (the updates, the RL sampler and the rule scorer) compiles at 2 layers
+on its default variant's simulated mesh (the two configs compile in parallel
+subprocesses), and every variant at full depth compiles every step within its HBM
+budget.
 """
 import json
 import os
@@ -126,6 +127,9 @@ def reduced_depth_reports():
     return {name: finish_cli(run)[0] for name, run in started.items()}
 
 
+# Slow since session 9 (132 s of the default run): the open-weight and 70B configs' aot tests
+# compile the same steps at reduced depth by default.
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_every_step_compiles_at_reduced_depth(name, reduced_depth_reports):
     report = reduced_depth_reports[name]

@@ -38,7 +38,8 @@ SHIPPED = shipped_sweeps()
 
 def test_every_experiment_file_is_covered():
     names = {os.path.basename(p) for p, _ in SHIPPED}
-    assert names == {"tiny_cpu.py", "chinchilla_1b.py", "chinchilla_7b.py", "sparrow_70b.py"}
+    assert names == {"tiny_cpu.py", "chinchilla_1b.py", "chinchilla_7b.py", "sparrow_70b.py",
+                     "gemma_2b.py", "llama3_2_1b.py"}
 
 
 @pytest.mark.parametrize("path,variant", SHIPPED, ids=[f"{os.path.basename(p)}:{v}"
