@@ -66,17 +66,33 @@ def served(sft_workdir, tmp_path):
 
 
 def test_a_rater_in_chromium_completes_a_comparison_and_a_probe(served, browser, tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
     base, db, token = served
     shots = os.environ.get("SPARROW_RATE_SCREENSHOTS")
 
+    def left(old):
+        """`ec.staleness_of`, also when chromium answers the check on a page being replaced
+        with "Node with given id does not belong to the document" (a stale node, worded so)."""
+        def check(driver):
+            try:
+                old.is_enabled()
+            except StaleElementReferenceException:
+                return True
+            except WebDriverException as error:
+                if "does not belong to the document" in str(error):
+                    return True
+                raise
+            return False
+        return check
+
     def submit(button_id, then_id):
         """Click `button_id` and wait (at most 120 s: sampling may compile) for the next page."""
         old = browser.find_element(By.TAG_NAME, "html")
         browser.find_element(By.ID, button_id).click()
-        WebDriverWait(browser, 120).until(ec.staleness_of(old))
+        WebDriverWait(browser, 120).until(left(old))
         WebDriverWait(browser, 120).until(ec.presence_of_element_located((By.ID, then_id)))
 
     def shot(name):
