@@ -268,6 +268,19 @@ def query_blocks(ctx: dict[str, Any], n_queries: int, n_keys: int, causal_block:
                  for t0 in range(0, n_queries, causal_block))
 
 
+def _head_matmuls(n_heads: int, n_kv: int):
+    """(qk, pv) for heads-first operands: scores [H, B, T, S] = q [H, B, T, K] . k [G, B, S, K]
+    and out [H, B, T, K] = p [H, B, T, S] . v [G, B, S, K]; with G < H the queries run as
+    [G, H / G, ...] groups, so no key/value is copied per query head."""
+    if n_kv == n_heads:
+        return (lambda q_, k_: jnp.einsum("hbtk,hbsk->hbts", q_, k_),
+                lambda p_, v_: jnp.einsum("hbts,hbsk->hbtk", p_, v_))
+    group = lambda a: a.reshape((n_kv, n_heads // n_kv) + a.shape[1:])  # noqa: E731
+    ungroup = lambda a: a.reshape((n_heads,) + a.shape[2:])  # noqa: E731
+    return (lambda q_, k_: ungroup(jnp.einsum("grbtk,gbsk->grbts", group(q_), k_)),
+            lambda p_, v_: ungroup(jnp.einsum("grbts,gbsk->grbtk", group(p_), v_)))
+
+
 def attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, ctx: dict[str, Any], scale: float,
            position=None, causal_block: int = 0) -> jax.Array:
     """softmax((q . k [+ position term]) * scale, masked by ctx) @ v: [B, T, H, K].
@@ -290,16 +303,7 @@ def attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, ctx: dict[str, Any], scale: float,
     heads_first = lambda a: jnp.transpose(a, (2, 0, 1, 3))
     q, k, v = heads_first(q_BxTxHxK), heads_first(k_BxSxHxK), heads_first(v_BxSxHxK)
     q_position = None if position is None else heads_first(position[0])
-    n_heads, n_kv = q.shape[0], k.shape[0]
-    if n_kv == n_heads:
-        qk = lambda q_, k_: jnp.einsum("hbtk,hbsk->hbts", q_, k_)
-        pv = lambda p_, v_: jnp.einsum("hbts,hbsk->hbtk", p_, v_)
-    else:
-        # Queries as [G, H / G, ...] groups: no key/value is copied per query head.
-        group = lambda a: a.reshape((n_kv, n_heads // n_kv) + a.shape[1:])
-        ungroup = lambda a: a.reshape((n_heads,) + a.shape[2:])
-        qk = lambda q_, k_: ungroup(jnp.einsum("grbtk,gbsk->grbts", group(q_), k_))
-        pv = lambda p_, v_: ungroup(jnp.einsum("grbts,gbsk->grbtk", group(p_), v_))
+    qk, pv = _head_matmuls(q.shape[0], k.shape[0])
     pieces = []
     for t0, t1, s1 in query_blocks(ctx, q.shape[2], k.shape[2], causal_block):
         scores = qk(q[:, :, t0:t1], k[:, :, :s1])
@@ -329,15 +333,7 @@ def attend_cached(q_BxTxHxK, cache_k_GxBxSxK, cache_v_GxBxSxK, k_BxTxGxK, v_BxTx
     heads_first = lambda a: jnp.transpose(a, (2, 0, 1, 3))
     q, k_new, v_new = heads_first(q_BxTxHxK), heads_first(k_BxTxGxK), heads_first(v_BxTxGxK)
     k_new, v_new = k_new.astype(dt), v_new.astype(dt)
-    n_heads, n_kv = q.shape[0], cache_k_GxBxSxK.shape[0]
-    if n_kv == n_heads:
-        qk = lambda q_, k_: jnp.einsum("hbtk,hbsk->hbts", q_, k_)
-        pv = lambda p_, v_: jnp.einsum("hbts,hbsk->hbtk", p_, v_)
-    else:
-        group = lambda a: a.reshape((n_kv, n_heads // n_kv) + a.shape[1:])
-        ungroup = lambda a: a.reshape((n_heads,) + a.shape[2:])
-        qk = lambda q_, k_: ungroup(jnp.einsum("grbtk,gbsk->grbts", group(q_), k_))
-        pv = lambda p_, v_: ungroup(jnp.einsum("grbts,gbsk->grbtk", group(p_), v_))
+    qk, pv = _head_matmuls(q.shape[0], cache_k_GxBxSxK.shape[0])
     scores_cache = qk(q, cache_k_GxBxSxK).astype(jnp.float32)
     scores_new = qk(q, k_new).astype(jnp.float32)
     if position is not None:
