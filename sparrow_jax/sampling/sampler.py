@@ -223,15 +223,14 @@ def _cached_advance(params, spec: ModelSpec, first_position_B):
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "config", "ids", "sharding_key"))
-def _sample_cached(params, tokens_BxP, valid_BxP, rng, live_B=None, *, spec, config, ids,
+def _sample_cached(params, tokens_BxP, valid_BxP, rng, live_B, *, spec, config, ids,
                    sharding_key):
     del sharding_key  # only keys the jit cache (the logical rules are not part of jax's)
     logits_BxV, cache = _prefill(params, spec, tokens_BxP, valid_BxP,
                                  tokens_BxP.shape[1] + config.max_new_tokens)
     advance = _cached_advance(params, spec, valid_BxP.sum(1).astype(jnp.int32))
-    done_B = None if live_B is None else ~live_B
     return _generate(logits_BxV, cache, advance, _draw_with(rng, config, ids),
-                     config.max_new_tokens, ids, done_B)
+                     config.max_new_tokens, ids, ~live_B)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "config", "ids", "sharding_key"))
@@ -390,12 +389,16 @@ def sample(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, rng: jax.Arra
       prompt_tokens_BxP / prompt_valid_BxP: left-padded prompts ending with the open role token.
       rng: PRNG key; step i uses fold_in(rng, i).
       config, ids: sampling knobs and special ids (static: a new value recompiles).
-      live_B: optional bool per row; rows that are False sample nothing (all tokens invalid)
-        and cost no decode steps of their own: the loop ends when the live rows are done.
+      live_B: optional bool per row (default all True); rows that are False sample nothing (all
+        tokens invalid) and cost no decode steps of their own: the loop ends when the live rows
+        are done. Given or not, it is one program: the RL User turn (every row) and the answer
+        after evidence (the searching rows) share one compile.
       mesh, rules: optional; activations are constrained by `rules`, and the prompts are this
         process's rows, placed by `row_rules`' 'batch' rule (default `rules`), returned as numpy.
-    Compiled once per (B, P, config, ids, mesh, rules, whether live_B is given).
+    Compiled once per (B, P, config, ids, mesh, rules).
     """
+    if live_B is None:
+        live_B = np.ones(np.shape(prompt_tokens_BxP)[0], bool)
     return _call(_sample_cached, params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, rng,
                  live_B=live_B, mesh=mesh, rules=rules, row_rules=row_rules, config=config,
                  ids=ids)
