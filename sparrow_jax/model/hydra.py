@@ -31,7 +31,7 @@ from sparrow_jax.model.spec import ModelSpec
 from sparrow_jax.model.stack import (apply_stack, attention_context,
                                      cached_attention_context, init_stack)
 
-__all__ = ["init_params", "param_logical_axes", "forward", "extend", "count_params",
+__all__ = ["init_params", "param_logical_axes", "forward", "extend", "read_slots", "count_params",
            "init_cache", "broadcast_cache", "cache_logical_axes", "head_kind", "lm_head_tops"]
 
 _HEAD_OF_TOP = {"policy": "lm", "teacher": "lm", "pref_rm": "elo", "rule_rm": "yes_no"}
@@ -110,22 +110,17 @@ def _split_top(top_params):
     return top_params["layers"], {k: v for k, v in top_params.items() if k != "layers"}
 
 
-def _next_token_logp(logits_BxLxV, tokens_BxL):
-    """log p(tokens[:, t + 1]) at row t; the last column is 0 (no next token). Shape BxL."""
-    logp_BxL = token_log_probs(logits_BxLxV, next_token_targets(tokens_BxL))
-    return logp_BxL.at[:, -1].set(0.0)
-
-
 def _run_head(params, spec: ModelSpec, top: str, x_BxLxD, roles, outputs: dict,
-              tokens_BxL=None, value_grad_to_policy: bool = True):
+              next_BxL=None, value_grad_to_policy: bool = True):
     """Apply `top`'s head (and the value head on the policy) into outputs.
 
     value_grad_to_policy=False: the value head reads the policy top's activations through
     a stop_gradient, so value-loss gradients reach the value head only.
 
     An 'elo_lm' head (the preference RM with pref_rm_likelihood) gives `top` its Elo and,
-    when the tokens are known (`forward`, not `extend`), `<top>_next_logp`: its likelihood
-    scale times the log-prob of each next token.
+    when the next tokens are known (`forward`, not `extend`: next_BxL = (targets, has_next)
+    at the same slots as x), `<top>_next_logp`: its likelihood scale times the log-prob of
+    each next token (0 where there is none).
     """
     _, head_params = _split_top(params[top])
     out, h_BxLxD = RoleHead(spec, head_kind(spec, top)).apply(
@@ -133,15 +128,23 @@ def _run_head(params, spec: ModelSpec, top: str, x_BxLxD, roles, outputs: dict,
     if top in roles:
         if isinstance(out, dict):
             outputs[top] = out["elo"]
-            if tokens_BxL is not None:
-                outputs[f"{top}_next_logp"] = out["likelihood_scale"] * _next_token_logp(
-                    out["logits"], tokens_BxL)
+            if next_BxL is not None:
+                targets_BxL, has_next_BxL = next_BxL
+                logp_BxL = token_log_probs(out["logits"], targets_BxL)
+                outputs[f"{top}_next_logp"] = jnp.where(
+                    has_next_BxL, out["likelihood_scale"] * logp_BxL, 0.0)
         else:
             outputs[top] = out
     if top == "policy" and "value" in roles:
         if not value_grad_to_policy:
             h_BxLxD = jax.lax.stop_gradient(h_BxLxD)
         outputs["value"] = ValueHead(spec).apply({"params": params["value"]}, h_BxLxD)
+
+
+def read_slots(x_BxL, read_BxK):
+    """x at each row's read slots: [B, K, ...] from [B, L, ...] (`forward`'s read_BxK)."""
+    index = read_BxK.reshape(read_BxK.shape + (1,) * (x_BxL.ndim - 2))
+    return jnp.take_along_axis(x_BxL, index, axis=1)
 
 
 def _check_params_have(params, tops, roles):
@@ -154,7 +157,7 @@ def _check_params_have(params, tops, roles):
 
 def forward(params, model_cfg, tokens_BxL, positions_BxL=None, valid_BxL=None,
             segment_ids_BxL=None, roles: Iterable[str] = ("policy", "value"),
-            value_grad_to_policy: bool = True):
+            value_grad_to_policy: bool = True, read_BxK=None):
     """Run the trunk once and the tops of `roles`.
 
     Args:
@@ -164,6 +167,9 @@ def forward(params, model_cfg, tokens_BxL, positions_BxL=None, valid_BxL=None,
       segment_ids_BxL: int, attention stays within a segment (packing); default one segment.
       value_grad_to_policy: False puts a stop_gradient between the policy top and the value
         head (`rl.value_grad_to_policy`); the forward values are the same either way.
+      read_BxK: int slots; if given, the heads read only these K slots of each row and
+        every output has K in place of L (`read_slots`): a loss that needs logits at a few
+        positions pays for [B, K, V], not [B, L, V]. The layers still run over all L.
     Returns:
       {'policy'|'teacher': logits_BxLxV, 'value': value_BxL, 'pref_rm': elo_BxL,
        'rule_rm': yes_no_logits_BxLx2 (0 = "No", 1 = "Yes")}, float32, for the roles asked;
@@ -188,11 +194,17 @@ def forward(params, model_cfg, tokens_BxL, positions_BxL=None, valid_BxL=None,
     x = Embed(spec).apply({"params": {"embedding": params["trunk"]["embedding"]}}, tokens_BxL)
     if "layers" in params["trunk"]:
         x, _ = apply_stack(params["trunk"]["layers"], spec, x, ctx)
+    has_next_BxL = jnp.broadcast_to(slots_L < length - 1, (batch, length))
+    next_BxL = (next_token_targets(tokens_BxL), has_next_BxL)
+    if read_BxK is not None:
+        next_BxL = tuple(read_slots(n, read_BxK) for n in next_BxL)
     outputs = {}
     for top in tops:
         layers, _ = _split_top(params[top])
         top_x, _ = apply_stack(layers, spec, x, ctx)
-        _run_head(params, spec, top, top_x, roles, outputs, tokens_BxL, value_grad_to_policy)
+        if read_BxK is not None:
+            top_x = read_slots(top_x, read_BxK)
+        _run_head(params, spec, top, top_x, roles, outputs, next_BxL, value_grad_to_policy)
     return outputs
 
 

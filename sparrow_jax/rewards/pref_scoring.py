@@ -22,24 +22,31 @@ from sparrow_jax.model import hydra
 __all__ = ["pref_elo", "read_elo", "EloNormaliser"]
 
 
-def read_elo(outputs, last_index_B, turn_start_B):
+def read_elo(outputs, last_index_B, turn_start_B, slots_BxK=None):
     """elo_B float32: a candidate's score from `hydra.forward(..., roles=("pref_rm",))` outputs.
 
     The Elo head at `last_index_B` (the eot of the candidate's final agent turn), plus, if
     the outputs have 'pref_rm_next_logp' (`model.pref_rm_likelihood`), its mean over slots
     turn_start .. last - 1: the RM's scaled mean log-prob of that turn's tokens after its
     role token (text and eot). `turn_start_B` is the slot of that role token.
+    `slots_BxK`: the slots the outputs hold when the forward read only some
+    (`hydra.forward(read_BxK=...)`); they must include `last_index_B` and every slot of
+    the turn. Default: all L slots.
     """
-    index_Bx1 = jnp.asarray(last_index_B, jnp.int32)[:, None]
-    elo_B = jnp.take_along_axis(outputs["pref_rm"], index_Bx1, axis=1)[:, 0].astype(jnp.float32)
+    last_Bx1 = jnp.asarray(last_index_B, jnp.int32)[:, None]
+    if slots_BxK is None:
+        elo_B = jnp.take_along_axis(outputs["pref_rm"], last_Bx1, axis=1)[:, 0]
+        slots_BxK = jnp.arange(outputs["pref_rm"].shape[1], dtype=jnp.int32)[None, :]
+    else:
+        elo_B = jnp.sum(jnp.where(slots_BxK == last_Bx1, outputs["pref_rm"], 0.0), axis=1)
+    elo_B = elo_B.astype(jnp.float32)
     if "pref_rm_next_logp" not in outputs:
         return elo_B
-    logp_BxL = outputs["pref_rm_next_logp"]
-    slots_1xL = jnp.arange(logp_BxL.shape[1], dtype=jnp.int32)[None, :]
+    logp_BxK = outputs["pref_rm_next_logp"]
     start_Bx1 = jnp.asarray(turn_start_B, jnp.int32)[:, None]
-    in_turn_BxL = (slots_1xL >= start_Bx1) & (slots_1xL < index_Bx1)
-    mean_B = (jnp.sum(jnp.where(in_turn_BxL, logp_BxL, 0.0), axis=1)
-              / jnp.maximum(jnp.sum(in_turn_BxL, axis=1), 1))
+    in_turn_BxK = (slots_BxK >= start_Bx1) & (slots_BxK < last_Bx1)
+    mean_B = (jnp.sum(jnp.where(in_turn_BxK, logp_BxK, 0.0), axis=1)
+              / jnp.maximum(jnp.sum(in_turn_BxK, axis=1), 1))
     return elo_B + mean_B
 
 

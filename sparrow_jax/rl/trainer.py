@@ -267,6 +267,21 @@ def _row_means(sums_SxF: np.ndarray) -> list[dict]:
             for row in total]
 
 
+def _check_read_slots(batch: dict, read_len: int) -> None:
+    """The update's heads read at most `read_len` slots a row (`stages.policy_read_slots`):
+    a row needing more would lose part of its loss, so it is an error, never a truncation."""
+    def next_nonzero(x_BxL):
+        return np.pad(x_BxL[:, 1:] != 0, ((0, 0), (0, 1)))
+    slots_1xL = np.arange(batch["tokens_BxL"].shape[1])[None, :]
+    needed_BxL = (next_nonzero(batch["policy_mask_BxL"]) | next_nonzero(batch["rewards_BxL"])
+                  | (slots_1xL == batch["reward_index_B"][:, None]))
+    most = int(needed_BxL.sum(axis=1).max())
+    if most > read_len:
+        raise RuntimeError(f"an RL row needs {most} loss slots, more than the {read_len} the "
+                           f"update reads (stages.rl_read_len): a rollout made more policy "
+                           f"tokens than two turns of rl.max_new_tokens")
+
+
 def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
     """Run the RL stage to `cfg.train.steps`, resuming if `workdir` has checkpoints.
 
@@ -298,6 +313,7 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
                       mesh=mesh, rules=layout.decode_rules(cfg.mesh), row_rules=rules)
     length = sequence_length(cfg)
     setup = stages.build_stage(cfg, mesh, "rl", seq_len=length)
+    read_len = stages.rl_read_len(cfg.rl)
     in_shardings = batch_shardings(setup.batch_shapes, mesh, rules)
     # This process plays, scores and rewards its own rows of each global batch.
     rows_sharding = in_shardings["tokens_BxL"]
@@ -369,6 +385,7 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
                          "sampled_mask_BxL": arrays["sampled_mask_BxL"].astype(np.float32),
                          "rewards_BxL": rewards_BxL, "reward_index_B": arrays["reward_index_B"],
                          "turn_start_B": arrays["turn_start_B"]}
+                _check_read_slots(batch, read_len)
                 with phases.phase("update"):
                     state, metrics = phases.done(step_fn(
                         state, distributed.host_local_to_global(batch, mesh, in_shardings)))

@@ -124,34 +124,63 @@ def _rule_rm(model_cfg, **_):
     return loss_fn
 
 
+def policy_read_slots(policy_mask_BxL, rewards_BxL, reward_index_B, read_len: int):
+    """int32 [B, K], K = min(L, read_len): the slots the RL loss reads, ascending, then filler.
+
+    Read: every slot t whose NEXT token is a policy token (its logits give that token's
+    log-prob, KL, entropy and value), every slot whose next token carries a reward, and
+    `reward_index_B` (the preference RM's Elo). The returns are reverse cumulative sums of
+    the rewards, which sit only at read slots, so they are the same over the read slots
+    in order as over all L; filler slots (unread, mask 0, reward 0) come after them. A row
+    with more than K such slots would lose some: the trainer checks (`rl_read_len`).
+    """
+    length = policy_mask_BxL.shape[1]
+    slots_1xL = jnp.arange(length, dtype=jnp.int32)[None, :]
+    needed_BxL = ((next_token_targets(policy_mask_BxL) > 0)
+                  | (next_token_targets(rewards_BxL) != 0)
+                  | (slots_1xL == reward_index_B[:, None]))
+    key_BxL = jnp.where(needed_BxL, slots_1xL, length + slots_1xL)
+    return jnp.argsort(key_BxL, axis=1)[:, :min(length, read_len)].astype(jnp.int32)
+
+
 def _rl(model_cfg, alpha=0.1, value_coef=1.0, entropy_coef=0.0, kl_mode="loss", kl_coef=0.1,
-        elo_weight=1.0, elo_mean=0.0, elo_std=1.0, value_grad_to_policy=True, **_):
+        elo_weight=1.0, elo_mean=0.0, elo_std=1.0, value_grad_to_policy=True, read_len=0, **_):
     """A2C on rollouts. One trunk pass feeds policy, value, teacher and the preference RM:
     the RM's Elo at each row's `reward_index_B` (the final agent eot), normalised by
     (elo_mean, elo_std) of the starting policy, is added to the host-computed reward
     parts (`rewards_BxL`: rule term minus format penalty) at that token. The policy
     gradient credits `sampled_mask_BxL` only (`a2c_loss`); value_grad_to_policy=False
-    keeps the value loss out of the policy top (`hydra.forward`)."""
+    keeps the value loss out of the policy top (`hydra.forward`). read_len > 0: the heads
+    read only the slots the loss needs (`policy_read_slots`; the LM heads' [B, K, V]
+    instead of [B, L, V]); 0 = every slot."""
     def loss_fn(params, batch, rng):
         del rng
         roles = ("policy", "value", "teacher") + (("pref_rm",) if elo_weight else ())
-        out = hydra.forward(params, model_cfg, batch["tokens_BxL"], valid_BxL=batch["valid_BxL"],
-                            roles=roles, value_grad_to_policy=value_grad_to_policy)
         rewards_BxL = batch["rewards_BxL"].astype(jnp.float32)
+        read_BxK = None
+        if read_len:
+            read_BxK = policy_read_slots(batch["policy_mask_BxL"], rewards_BxL,
+                                         batch["reward_index_B"], read_len)
+        out = hydra.forward(params, model_cfg, batch["tokens_BxL"], valid_BxL=batch["valid_BxL"],
+                            roles=roles, value_grad_to_policy=value_grad_to_policy,
+                            read_BxK=read_BxK)
         extra = {}
         if elo_weight:
             index_Bx1 = batch["reward_index_B"][:, None]
             elo_B = jax.lax.stop_gradient(
-                read_elo(out, batch["reward_index_B"], batch["turn_start_B"]))
+                read_elo(out, batch["reward_index_B"], batch["turn_start_B"], read_BxK))
             elo_term_B = elo_weight * (elo_B - elo_mean) / elo_std
             at_index_BxL = jnp.arange(rewards_BxL.shape[1])[None, :] == index_Bx1
             rewards_BxL = rewards_BxL + jnp.where(at_index_BxL, elo_term_B[:, None], 0.0)
             extra = {"elo": jnp.mean(elo_B), "elo_term": jnp.mean(elo_term_B)}
-        shift = next_token_targets
+
+        def next_at_read(x_BxL):  # row t: x[:, t + 1], at the read slots
+            x_BxL = next_token_targets(x_BxL)
+            return x_BxL if read_BxK is None else hydra.read_slots(x_BxL, read_BxK)
         loss, metrics = a2c_loss(out["policy"], out["teacher"], out["value"],
-                                 shift(batch["tokens_BxL"]), shift(rewards_BxL),
-                                 shift(batch["policy_mask_BxL"]), shift(batch["sampled_mask_BxL"]),
-                                 alpha=alpha,
+                                 next_at_read(batch["tokens_BxL"]), next_at_read(rewards_BxL),
+                                 next_at_read(batch["policy_mask_BxL"]),
+                                 next_at_read(batch["sampled_mask_BxL"]), alpha=alpha,
                                  value_coef=value_coef, entropy_coef=entropy_coef,
                                  kl_mode=kl_mode, kl_coef=kl_coef)
         return loss, {**metrics, **extra, "reward": jnp.mean(jnp.sum(rewards_BxL, axis=1))}
@@ -173,6 +202,14 @@ def loss_fn_for_stage(stage: str, model_cfg, **loss_kwargs) -> Callable:
     return _LOSSES[stage](model_cfg, **loss_kwargs)
 
 
+def rl_read_len(r) -> int:
+    """The most slots an RL row's loss reads (`policy_read_slots`), from the `rl` section:
+    a rollout adds at most two policy turns (a search query and the answer), each a role
+    token, up to max_new_tokens sampled tokens and an eot closing an over-length turn; the
+    slot before each is read, and the final eot for the Elo."""
+    return 2 * (int(r.max_new_tokens) + 2) + 1
+
+
 def loss_kwargs_from_config(cfg, stage: str) -> dict:
     if stage == "pref_rm":
         return {"aux_weight": cfg.loss.pref_aux_weight, "centring_coef": cfg.loss.pref_centring}
@@ -180,7 +217,7 @@ def loss_kwargs_from_config(cfg, stage: str) -> dict:
         r = cfg.rl
         return {"alpha": r.alpha, "value_coef": r.value_coef, "entropy_coef": r.entropy_coef,
                 "kl_mode": r.kl_mode, "kl_coef": r.kl_coef, "elo_weight": r.elo_weight,
-                "value_grad_to_policy": r.value_grad_to_policy}
+                "value_grad_to_policy": r.value_grad_to_policy, "read_len": rl_read_len(r)}
     return {}
 
 
