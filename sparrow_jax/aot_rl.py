@@ -103,8 +103,8 @@ def _compile_sample_in(cfg, mesh, rules, resident_state) -> dict[str, Any]:
         # sampler.sample minus its host-side prompt checks and device_put
         lowered = sampler._sample_cached.lower(
             params, tokens, valid, _replicated(mesh, (2,), jnp.uint32),
-            jax.ShapeDtypeStruct((batch,), jnp.bool_, sharding=NamedSharding(
-                mesh, P(tokens.sharding.spec[0]))),
+            *(jax.ShapeDtypeStruct((batch,), dtype, sharding=NamedSharding(
+                mesh, P(tokens.sharding.spec[0]))) for dtype in (jnp.bool_, jnp.int32)),
             spec=ModelSpec.of(cfg.model), config=config, ids=AOT_TOKEN_IDS,
             sharding_key=(mesh, rules))
     compiled = lowered.compile()

@@ -10,8 +10,9 @@ contexts (each a sequence of Turns, usually ending with a User turn), in at most
      turn of a row that does not (so a row that answers directly pays for no query);
   2. for the rows that searched, the environment runs the engine and inserts a Search Result turn:
      `format_evidence` of the top result, or `no_results_text` with the episode flagged malformed
-     "no_results"; then those rows (only) sample their Sparrow turn after the evidence
-     (`sampler.sample` with `live_B`), their prompt cut to the width as a whole.
+     "no_results"; then those rows (only) sample their Sparrow turn after the evidence, their
+     prompt cut to the width as a whole: in calls of half the batch when at most half the rows
+     search (`_sample_live`; a row draws the same tokens in any call, by its row id).
 Malformed kinds (the format penalty reads them): a policy turn that is empty ("empty"), has no eot within
 max_new_tokens ("over_length"), holds a control id ("control_token"), or a query with no results
 ("no_results"); an episode's flag is the first of its step, in turn order.
@@ -209,32 +210,69 @@ def _turn_blocks(env: Environment, roles: Sequence[Role], out) -> tuple[list[Blo
     return blocks, turns
 
 
+def _sample_live(env: Environment, params, tokens_BxP, valid_BxP, rng, config: SamplingConfig,
+                 live_B) -> sampler.SampleOutput:
+    """`sampler.sample` of the live rows only (host numpy, all B rows; the others empty).
+
+    When at most half the rows are live on every process, they are sampled in calls of B/2
+    rows (the live ones, then filler rows that sample nothing), each row with its own row id,
+    so it draws what it would in the whole batch; a decode step of B/2 rows costs less. Every
+    such call is one program, and a step with more live rows makes two of them: no compile
+    depends on how many rows search or continue."""
+    rows = len(tokens_BxP)
+    row_ids_B = sampler.global_row_ids(rows, env.mesh, env.row_rules or env.rules)
+    live_B = np.asarray(live_B, bool)
+    width = rows // 2 if rows % 2 == 0 else rows
+    live = np.flatnonzero(live_B)
+    calls = -(-max(distributed.allgather_objects(len(live))) // width)
+    if width == rows or calls == 0:
+        return sampler.sample(params, env.model_cfg, tokens_BxP, valid_BxP, rng, config,
+                              env.token_ids, live_B=live_B, mesh=env.mesh, rules=env.rules,
+                              row_rules=env.row_rules)
+    n = config.max_new_tokens
+    full = {"tokens_BxN": np.full((rows, n), env.token_ids.pad_id, np.int32),
+            "token_valid_BxN": np.zeros((rows, n), bool),
+            "logprobs_BxN": np.zeros((rows, n), np.float32),
+            "lengths_B": np.zeros(rows, np.int32), "finished_B": np.zeros(rows, bool)}
+    for call in range(calls):
+        mine = live[call * width:(call + 1) * width]
+        pick = np.concatenate([mine, np.zeros(width - len(mine), np.int64)])
+        out = sampler.sample(params, env.model_cfg, tokens_BxP[pick], valid_BxP[pick], rng,
+                             config, env.token_ids, live_B=np.arange(width) < len(mine),
+                             row_ids_B=row_ids_B[pick], mesh=env.mesh, rules=env.rules,
+                             row_rules=env.row_rules)
+        for name, value in full.items():
+            value[mine] = np.asarray(getattr(out, name))[:len(mine)]
+    return sampler.SampleOutput(**full)
+
+
 def _sample_blocks(env: Environment, params, rows: Sequence[list[Block]], role: Role, rng,
                    config: SamplingConfig, live_B=None
                    ) -> tuple[list[Block], list[SampledTurn], list[bool]]:
     """Sample one `role` turn per row (only the `live_B` rows, if given: the others' turns are
     empty and meaningless): (new blocks, SampledTurns, was_cut per row)."""
     _, was_cut, tokens, valid = _prompts(env, rows, role)
+    live_B = np.ones(len(rows), bool) if live_B is None else live_B
     with phases.phase("sample"):
-        out = jax.device_get(sampler.sample(
-            params, env.model_cfg, tokens, valid, rng, config, env.token_ids, live_B=live_B,
-            mesh=env.mesh, rules=env.rules, row_rules=env.row_rules))
+        out = jax.device_get(_sample_live(env, params, tokens, valid, rng, config, live_B))
     phases.count("sampler_calls")
     blocks, turns = _turn_blocks(env, [role] * len(rows), out)
     return blocks, turns, was_cut
 
 
 def sample_turns(env: Environment, params, contexts: Sequence[Sequence[Turn]], role: Role | str,
-                 rng: jax.Array, config: SamplingConfig | None = None
+                 rng: jax.Array, config: SamplingConfig | None = None, live_B=None
                  ) -> tuple[list[SampledTurn], list[bool]]:
-    """One sampled `role` turn per context (e.g. the LM playing the User in self-play).
+    """One sampled `role` turn per context (e.g. the LM playing the User in self-play); only
+    the `live_B` rows if given (the others' turns are empty and meaningless).
 
     Returns (SampledTurns with malformed flags, was_cut per row). Uses fold_in(rng, 3).
     """
     role = Role(role)
     config = config or (env.config.user_config if role == Role.USER else env.config.agent)
     rows = [seq_lib.context_blocks(c, env.tokenizer) for c in contexts]
-    _, turns, was_cut = _sample_blocks(env, params, rows, role, jax.random.fold_in(rng, 3), config)
+    _, turns, was_cut = _sample_blocks(env, params, rows, role, jax.random.fold_in(rng, 3), config,
+                                       live_B)
     return turns, was_cut
 
 

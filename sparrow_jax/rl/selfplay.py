@@ -268,9 +268,10 @@ def play(env: Environment, params, source: EpisodeSource | ShardedSource, batch_
     episodes = source.next_batch(batch_size)
     user_flags: list[str | None] = [None] * len(episodes)
     if distributed.any_process(any(e.continued for e in episodes)):
-        # All rows sample (one compiled shape); fresh rows keep their dataset User turn.
+        # Only continued rows sample; fresh rows keep their dataset User turn.
         users, _ = sample_turns(env, params, [e.turns for e in episodes], Role.USER,
-                                jax.random.fold_in(rng, 0))
+                                jax.random.fold_in(rng, 0),
+                                live_B=np.asarray([e.continued for e in episodes]))
         for i, e in enumerate(episodes):
             if e.continued:
                 episodes[i] = dataclasses.replace(e, turns=e.turns + (users[i].turn,))

@@ -5,8 +5,10 @@ LEFT-padded, with a bool `valid` mask, so each row's real tokens are contiguous 
 with the open role token of the speaker. Positions are cumsum(valid) - 1 (padding at 0); the i-th sampled
 token of a row with n prompt tokens sits at position n + i.
 
-RNG scheme (shared by the cached sampler and the uncached reference): the token of step i (0-based) is
-drawn for the whole batch with key `fold_in(rng, i)`, so both draw the same tokens from the same logits.
+RNG scheme (shared by the cached sampler and the uncached reference): row r's token of step i (0-based)
+is drawn with key `fold_in(fold_in(rng, r), i)`, r the row's id (`row_ids_B`: by default its index in the
+global batch), so both draw the same tokens from the same logits, and a row draws the same tokens
+whichever batch it is sampled in (a caller may sample a subset of rows, passing their ids).
 
 Sampling distribution at each step, from the policy logits of the last token:
   1. ids that may never be sampled (`TokenIds`: control ids other than eot, ids past the tokenizer's
@@ -199,9 +201,15 @@ def _constrain_cache(spec: ModelSpec, cache):
                         is_leaf=lambda a: isinstance(a, P))
 
 
-def _draw_with(rng, config: SamplingConfig, ids: TokenIds):
-    return lambda logits_BxV, step: sample_token(logits_BxV, jax.random.fold_in(rng, step),
-                                                 config, ids)
+def _draw_with(rng, config: SamplingConfig, ids: TokenIds, row_ids_B):
+    """draw(logits_BxV, step) -> token_B, row b's with key fold_in(fold_in(rng, row_ids_B[b]), step)."""
+    keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, row_ids_B)
+
+    def draw(logits_BxV, step):
+        step_keys_B = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_B, step)
+        return jax.vmap(lambda key, logits_V: sample_token(logits_V[None], key, config, ids)[0])(
+            step_keys_B, logits_BxV)
+    return draw
 
 
 def _prefill(params, spec: ModelSpec, tokens_BxP, valid_BxP, cache_len: int):
@@ -223,18 +231,19 @@ def _cached_advance(params, spec: ModelSpec, first_position_B):
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "config", "ids", "sharding_key"))
-def _sample_cached(params, tokens_BxP, valid_BxP, rng, live_B, *, spec, config, ids,
+def _sample_cached(params, tokens_BxP, valid_BxP, rng, live_B, row_ids_B, *, spec, config, ids,
                    sharding_key):
     del sharding_key  # only keys the jit cache (the logical rules are not part of jax's)
     logits_BxV, cache = _prefill(params, spec, tokens_BxP, valid_BxP,
                                  tokens_BxP.shape[1] + config.max_new_tokens)
     advance = _cached_advance(params, spec, valid_BxP.sum(1).astype(jnp.int32))
-    return _generate(logits_BxV, cache, advance, _draw_with(rng, config, ids),
+    return _generate(logits_BxV, cache, advance, _draw_with(rng, config, ids, row_ids_B),
                      config.max_new_tokens, ids, ~live_B)
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "config", "ids", "sharding_key"))
-def _sample_uncached(params, tokens_BxP, valid_BxP, rng, *, spec, config, ids, sharding_key):
+def _sample_uncached(params, tokens_BxP, valid_BxP, rng, row_ids_B, *, spec, config, ids,
+                     sharding_key):
     del sharding_key
     batch, prompt_len = tokens_BxP.shape
     n = config.max_new_tokens
@@ -258,7 +267,7 @@ def _sample_uncached(params, tokens_BxP, valid_BxP, rng, *, spec, config, ids, s
         return logits_at(buffer, column), buffer
 
     return _generate(logits_at(buffer, prompt_len - 1), buffer, advance,
-                     _draw_with(rng, config, ids), n, ids)
+                     _draw_with(rng, config, ids, row_ids_B), n, ids)
 
 
 # ---------------------------------------------------------------------------- speaker and turn
@@ -282,8 +291,8 @@ class StepSample:
 
 @functools.partial(jax.jit, static_argnames=("spec", "role_ids", "choice", "temperature",
                                              "configs", "ids", "sharding_key"))
-def _sample_step(params, tokens_BxP, valid_BxP, role_rng, first_rng, second_rng, *, spec,
-                 role_ids, choice, temperature, configs, ids, sharding_key):
+def _sample_step(params, tokens_BxP, valid_BxP, role_rng, first_rng, second_rng, row_ids_B, *,
+                 spec, role_ids, choice, temperature, configs, ids, sharding_key):
     del sharding_key
     n = configs[0].max_new_tokens
     logits_BxV, cache = _prefill(params, spec, tokens_BxP, valid_BxP, tokens_BxP.shape[1] + 1 + n)
@@ -294,7 +303,9 @@ def _sample_step(params, tokens_BxP, valid_BxP, role_rng, first_rng, second_rng,
     elif choice == "free" and temperature == 0:
         index_B = jnp.argmax(logprob_Bx2, axis=-1)
     elif choice == "free":
-        index_B = jax.random.categorical(role_rng, logprob_Bx2 / temperature, axis=-1)
+        role_keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(role_rng, row_ids_B)
+        index_B = jax.vmap(lambda key, lp_2: jax.random.categorical(key, lp_2 / temperature))(
+            role_keys_B, logprob_Bx2)
     else:
         index_B = jnp.full((batch,), ROLE_CHOICES.index(choice))
     index_B = index_B.astype(jnp.int32)
@@ -302,7 +313,8 @@ def _sample_step(params, tokens_BxP, valid_BxP, role_rng, first_rng, second_rng,
     out, cache = hydra.extend(params, spec, jnp.asarray(role_ids, jnp.int32)[index_B][:, None],
                               role_position_B[:, None], jnp.ones((batch, 1), bool), cache,
                               roles=_POLICY)
-    draws = (_draw_with(first_rng, configs[0], ids), _draw_with(second_rng, configs[1], ids))
+    draws = (_draw_with(first_rng, configs[0], ids, row_ids_B),
+             _draw_with(second_rng, configs[1], ids, row_ids_B))
     draw = lambda logits_BxV, step: jnp.where(  # noqa: E731
         index_B == 0, draws[0](logits_BxV, step), draws[1](logits_BxV, step))
     turn = _generate(out["policy"][:, 0], _constrain_cache(spec, cache),
@@ -324,21 +336,30 @@ def _check_prompt(tokens_BxP, valid_BxP):
                          "ending in the last column")
 
 
-def _call(fn, params, model_cfg, tokens_BxP, valid_BxP, *extra, live_B=None, mesh=None,
-          rules=None, row_rules=None, **static):
+def _call(fn, params, model_cfg, tokens_BxP, valid_BxP, *extra, live_B=None, row_ids_B=None,
+          mesh=None, rules=None, row_rules=None, **static):
     """Run a jitted sampler; on `mesh` (traced under `rules`) the prompts are THIS PROCESS's
     rows of the global batch, placed by the 'batch' rule of `row_rules` (default `rules`; the
     training rules when the sampler decodes in its own layout), and so are the outputs, as host
     numpy (one process: all rows). Every process must call it alike (same shapes and static
-    arguments)."""
+    arguments). `row_ids_B` (default `global_row_ids`) and `live_B` (if given) are per-row
+    arrays of this process's rows, passed on as the sampler's keyword arguments."""
     spec = ModelSpec.of(model_cfg)
+    local_rows = np.shape(tokens_BxP)[0]
+    if row_ids_B is None:
+        row_ids_B = global_row_ids(local_rows, mesh, row_rules or rules)
+    per_row = {"row_ids_B": np.asarray(row_ids_B, np.int32)}
+    if live_B is not None:
+        per_row["live_B"] = np.asarray(live_B, bool)
+    if any(a.shape != (local_rows,) for a in per_row.values()):
+        raise ValueError(f"row_ids_B / live_B must have one entry per prompt row ({local_rows})")
     if mesh is None:
         tokens_BxP = jnp.asarray(tokens_BxP, jnp.int32)
         valid_BxP = jnp.asarray(valid_BxP, bool)
         _check_prompt(tokens_BxP, valid_BxP)
-        if live_B is not None:
-            static["live_B"] = jnp.asarray(live_B, bool)
-        return fn(params, tokens_BxP, valid_BxP, *extra, spec=spec, sharding_key=None, **static)
+        per_row = {k: jnp.asarray(v) for k, v in per_row.items()}
+        return fn(params, tokens_BxP, valid_BxP, *extra, spec=spec, sharding_key=None,
+                  **per_row, **static)
     if rules is None:
         raise ValueError("a mesh needs its logical axis rules")
     rules = _hashable(rules)
@@ -346,20 +367,28 @@ def _call(fn, params, model_cfg, tokens_BxP, valid_BxP, *extra, live_B=None, mes
     arrays = {"tokens": np.asarray(tokens_BxP, np.int32), "valid": np.asarray(valid_BxP, bool)}
     _check_prompt(arrays["tokens"], arrays["valid"])
     placement = batch_sharding(mesh, row_rules, arrays["tokens"].shape)
-    placements = {"tokens": placement, "valid": placement}
-    if live_B is not None:
-        arrays["live_B"] = np.asarray(live_B, bool)
-        placements["live_B"] = _rows_like(placement, 1)
-    arrays = distributed.host_local_to_global(arrays, mesh, placements)
-    if live_B is not None:
-        static["live_B"] = arrays.pop("live_B")
+    placements = {"tokens": placement, "valid": placement,
+                  **{k: _rows_like(placement, 1) for k in per_row}}
+    arrays = distributed.host_local_to_global({**arrays, **per_row}, mesh, placements)
+    per_row = {k: arrays.pop(k) for k in per_row}
     rows = distributed.process_batch_slice(arrays["tokens"].shape[0], placement)
     with shd.activation_sharding(mesh, rules):
         out = fn(params, arrays["tokens"], arrays["valid"], *extra, spec=spec,
-                 sharding_key=(mesh, rules), **static)
+                 sharding_key=(mesh, rules), **per_row, **static)
     if row_rules != rules:  # back to the rows each process holds, whatever the decode layout did
         out = jax.tree.map(lambda x: jax.device_put(x, _rows_like(placement, x.ndim)), out)
     return distributed.tree_host_rows(out, rows)
+
+
+def global_row_ids(local_rows: int, mesh=None, row_rules=None) -> np.ndarray:
+    """int32 [local_rows]: the indices in the global batch of this process's rows (the
+    sampler's default row ids), as the 'batch' rule of `row_rules` places a batch of
+    `local_rows` rows per process on `mesh` (no mesh: 0 .. local_rows - 1)."""
+    if mesh is None:
+        return np.arange(local_rows, dtype=np.int32)
+    placement = batch_sharding(mesh, _hashable(row_rules), (local_rows, 1))
+    rows = distributed.process_batch_slice(local_rows * jax.process_count(), placement)
+    return np.arange(rows.start, rows.stop, dtype=np.int32)
 
 
 def _hashable(rules):
@@ -379,20 +408,23 @@ def batch_sharding(mesh, rules, local_shape: tuple[int, int]):
 
 
 def sample(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, rng: jax.Array,
-           config: SamplingConfig, ids: TokenIds, *, live_B=None, mesh=None, rules=None,
-           row_rules=None) -> SampleOutput:
+           config: SamplingConfig, ids: TokenIds, *, live_B=None, row_ids_B=None, mesh=None,
+           rules=None, row_rules=None) -> SampleOutput:
     """Sample one turn per row with a KV cache (prefill + while_loop decode).
 
     Args:
       params: hydra params with 'trunk' and 'policy' (others are ignored); may be sharded on `mesh`.
       model_cfg: cfg.model or a ModelSpec.
       prompt_tokens_BxP / prompt_valid_BxP: left-padded prompts ending with the open role token.
-      rng: PRNG key; step i uses fold_in(rng, i).
+      rng: PRNG key; row r's step i uses fold_in(fold_in(rng, r), i), r its row id.
       config, ids: sampling knobs and special ids (static: a new value recompiles).
       live_B: optional bool per row (default all True); rows that are False sample nothing (all
         tokens invalid) and cost no decode steps of their own: the loop ends when the live rows
         are done. Given or not, it is one program: the RL User turn (every row) and the answer
         after evidence (the searching rows) share one compile.
+      row_ids_B: optional int per row, the ids that key its draws (default: each row's index
+        in the global batch, `global_row_ids`). A row sampled in a smaller batch with its id
+        draws what it would in the whole batch.
       mesh, rules: optional; activations are constrained by `rules`, and the prompts are this
         process's rows, placed by `row_rules`' 'batch' rule (default `rules`), returned as numpy.
     Compiled once per (B, P, config, ids, mesh, rules).
@@ -400,8 +432,8 @@ def sample(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, rng: jax.Arra
     if live_B is None:
         live_B = np.ones(np.shape(prompt_tokens_BxP)[0], bool)
     return _call(_sample_cached, params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, rng,
-                 live_B=live_B, mesh=mesh, rules=rules, row_rules=row_rules, config=config,
-                 ids=ids)
+                 live_B=live_B, row_ids_B=row_ids_B, mesh=mesh, rules=rules, row_rules=row_rules,
+                 config=config, ids=ids)
 
 
 def sample_step(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, role_ids: Sequence[int],

@@ -268,3 +268,35 @@ def test_rollout_equals_sampling_every_phase_from_scratch(params, model_cfg, tok
             q_start, _ = r.sequence.turn_spans[len(r.context)]
             query = ids[q_start + 1:q_start + 1 + len(queries[row])]
             np.testing.assert_array_equal(query, queries[row])
+
+
+@pytest.mark.parametrize("live_rows", [(1, 4, 6), (0, 1, 2, 3, 5, 6, 7)])
+def test_sampling_some_rows_in_half_batches_draws_what_the_whole_batch_draws(
+        params, model_cfg, tok, prompts, live_rows):
+    """At most B/2 live rows: one call of B/2 rows; more: two. Either way each live row's turn
+    is the one `sampler.sample` draws for it in the whole batch, and the others are empty."""
+    from sparrow_jax.rl.rollout import _sample_live
+    env = make_env(model_cfg, tok, EchoEngine())
+    tokens, valid = _left_padded(contexts_from(prompts, B), tok, env.config.max_prompt_len)
+    live = np.isin(np.arange(B), live_rows)
+    rng = jax.random.PRNGKey(3)
+    calls = []
+    real_sample = sampler.sample
+
+    def counting_sample(params_, model_cfg_, tokens_, *args, **kwargs):
+        calls.append(len(tokens_))
+        return real_sample(params_, model_cfg_, tokens_, *args, **kwargs)
+    sampler.sample = counting_sample
+    try:
+        some = _sample_live(env, params, tokens, valid, rng, env.config.agent, live)
+    finally:
+        sampler.sample = real_sample
+    assert calls == [B // 2] * (1 if len(live_rows) <= B // 2 else 2)
+    everyone = sampler.sample(params, model_cfg, tokens, valid, rng, env.config.agent,
+                              env.token_ids)
+    for name in ("tokens_BxN", "token_valid_BxN", "lengths_B", "finished_B"):
+        np.testing.assert_array_equal(np.asarray(getattr(some, name))[live],
+                                      np.asarray(getattr(everyone, name))[live], err_msg=name)
+    np.testing.assert_allclose(np.asarray(some.logprobs_BxN)[live],
+                               np.asarray(everyone.logprobs_BxN)[live], atol=1e-5)
+    assert not np.asarray(some.token_valid_BxN)[~live].any()
