@@ -52,7 +52,7 @@ def _rl_loop_metrics(quick: bool, rl_steps: int) -> tuple[list[dict], object, ob
     return records, cfg, clock
 
 
-def _sampler_seconds(cfg, new_tokens: int, repeats: int = 3) -> float:
+def _sampler_seconds(cfg, new_tokens: int, repeats: int = 10) -> float:
     """Best wall seconds of one `sampler.sample` call at the RL step's shape (batch, prompt
     width) with `new_tokens` tokens drawn for every row (eot banned), random params."""
     import jax
@@ -128,7 +128,8 @@ def rl_episodes(results: dict, quick: bool = False, repeats: int = 0) -> dict:
 
 def _phase_figures(cfg, clock, first: int, last: int) -> dict:
     """Seconds per step and share of each phase over steps first+1..last (PHASES: prefill
-    and decode split the sampler calls' time by a prefill-only call at the same shape), the
+    and decode split the sampler calls' time by a prefill-only call of the whole batch, an
+    upper bound on the prefill: a call of the live rows only prefills half the batch), the
     kept tokens the rollouts generated per second of self-play, and that over the bare
     sampler's tokens/s at the same batch and width (`rl_rollout_efficiency`)."""
     (sec0, cnt0), (sec1, cnt1) = clock.history[first - 1], clock.history[last - 1]

@@ -225,7 +225,7 @@ def _sample_live(env: Environment, params, tokens_BxP, valid_BxP, rng, config: S
     width = rows // 2 if rows % 2 == 0 else rows
     live = np.flatnonzero(live_B)
     calls = -(-max(distributed.allgather_objects(len(live))) // width)
-    if width == rows or calls == 0:
+    if width == rows:
         return sampler.sample(params, env.model_cfg, tokens_BxP, valid_BxP, rng, config,
                               env.token_ids, live_B=live_B, mesh=env.mesh, rules=env.rules,
                               row_rules=env.row_rules)
@@ -234,7 +234,7 @@ def _sample_live(env: Environment, params, tokens_BxP, valid_BxP, rng, config: S
             "token_valid_BxN": np.zeros((rows, n), bool),
             "logprobs_BxN": np.zeros((rows, n), np.float32),
             "lengths_B": np.zeros(rows, np.int32), "finished_B": np.zeros(rows, bool)}
-    for call in range(calls):
+    for call in range(calls):  # none if no process has a live row
         mine = live[call * width:(call + 1) * width]
         pick = np.concatenate([mine, np.zeros(width - len(mine), np.int64)])
         out = sampler.sample(params, env.model_cfg, tokens_BxP[pick], valid_BxP[pick], rng,

@@ -201,15 +201,23 @@ def _constrain_cache(spec: ModelSpec, cache):
                         is_leaf=lambda a: isinstance(a, P))
 
 
-def _draw_with(rng, config: SamplingConfig, ids: TokenIds, row_ids_B):
-    """draw(logits_BxV, step) -> token_B, row b's with key fold_in(fold_in(rng, row_ids_B[b]), step)."""
-    keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, row_ids_B)
+def _row_keys(rng, row_ids_B):
+    """[B] keys: fold_in(rng, row id) for each row."""
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, row_ids_B)
 
+
+def _draw_with_keys(keys_B, config: SamplingConfig, ids: TokenIds):
+    """draw(logits_BxV, step) -> token_B, row b's drawn with key fold_in(keys_B[b], step)."""
     def draw(logits_BxV, step):
         step_keys_B = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys_B, step)
         return jax.vmap(lambda key, logits_V: sample_token(logits_V[None], key, config, ids)[0])(
             step_keys_B, logits_BxV)
     return draw
+
+
+def _draw_with(rng, config: SamplingConfig, ids: TokenIds, row_ids_B):
+    """draw(logits_BxV, step) -> token_B, row b's with key fold_in(fold_in(rng, row_ids_B[b]), step)."""
+    return _draw_with_keys(_row_keys(rng, row_ids_B), config, ids)
 
 
 def _prefill(params, spec: ModelSpec, tokens_BxP, valid_BxP, cache_len: int):
@@ -303,9 +311,8 @@ def _sample_step(params, tokens_BxP, valid_BxP, role_rng, first_rng, second_rng,
     elif choice == "free" and temperature == 0:
         index_B = jnp.argmax(logprob_Bx2, axis=-1)
     elif choice == "free":
-        role_keys_B = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(role_rng, row_ids_B)
         index_B = jax.vmap(lambda key, lp_2: jax.random.categorical(key, lp_2 / temperature))(
-            role_keys_B, logprob_Bx2)
+            _row_keys(role_rng, row_ids_B), logprob_Bx2)
     else:
         index_B = jnp.full((batch,), ROLE_CHOICES.index(choice))
     index_B = index_B.astype(jnp.int32)
@@ -313,10 +320,14 @@ def _sample_step(params, tokens_BxP, valid_BxP, role_rng, first_rng, second_rng,
     out, cache = hydra.extend(params, spec, jnp.asarray(role_ids, jnp.int32)[index_B][:, None],
                               role_position_B[:, None], jnp.ones((batch, 1), bool), cache,
                               roles=_POLICY)
-    draws = (_draw_with(first_rng, configs[0], ids, row_ids_B),
-             _draw_with(second_rng, configs[1], ids, row_ids_B))
-    draw = lambda logits_BxV, step: jnp.where(  # noqa: E731
-        index_B == 0, draws[0](logits_BxV, step), draws[1](logits_BxV, step))
+    keys = (_row_keys(first_rng, row_ids_B), _row_keys(second_rng, row_ids_B))
+    if configs[0] == configs[1]:  # one draw a step, each row with its own role's key
+        first_B = (index_B == 0).reshape((batch,) + (1,) * (keys[0].ndim - 1))
+        draw = _draw_with_keys(jnp.where(first_B, keys[0], keys[1]), configs[0], ids)
+    else:
+        draws = tuple(_draw_with_keys(k, c, ids) for k, c in zip(keys, configs))
+        draw = lambda logits_BxV, step: jnp.where(  # noqa: E731
+            index_B == 0, draws[0](logits_BxV, step), draws[1](logits_BxV, step))
     turn = _generate(out["policy"][:, 0], _constrain_cache(spec, cache),
                      _cached_advance(params, spec, role_position_B + 1), draw, n, ids)
     return StepSample(role_index_B=index_B, role_logprobs_Bx2=logprob_Bx2, turn=turn)
