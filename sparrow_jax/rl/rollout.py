@@ -211,24 +211,24 @@ def _turn_blocks(env: Environment, roles: Sequence[Role], out) -> tuple[list[Blo
 
 
 def _sample_live(env: Environment, params, tokens_BxP, valid_BxP, rng, config: SamplingConfig,
-                 live_B) -> sampler.SampleOutput:
-    """`sampler.sample` of the live rows only (host numpy, all B rows; the others empty).
+                 live_B=None) -> sampler.SampleOutput:
+    """`sampler.sample` of the `live_B` rows only (host numpy, all B rows; the others empty);
+    live_B None = every row, in one call.
 
-    When at most half the rows are live on every process, they are sampled in calls of B/2
-    rows (the live ones, then filler rows that sample nothing), each row with its own row id,
-    so it draws what it would in the whole batch; a decode step of B/2 rows costs less. Every
-    such call is one program, and a step with more live rows makes two of them: no compile
-    depends on how many rows search or continue."""
+    Otherwise the live rows are sampled in calls of B/2 rows (the live ones, then filler rows
+    that sample nothing), each row with its own row id, so it draws what it would in the whole
+    batch; a decode step of B/2 rows costs less. Every such call is one program, and a step
+    with more than half the rows live (on some process) makes two of them: no compile depends
+    on how many rows search or continue."""
     rows = len(tokens_BxP)
-    row_ids_B = sampler.global_row_ids(rows, env.mesh, env.row_rules or env.rules)
-    live_B = np.asarray(live_B, bool)
     width = rows // 2 if rows % 2 == 0 else rows
-    live = np.flatnonzero(live_B)
-    calls = -(-max(distributed.allgather_objects(len(live))) // width)
-    if width == rows:
+    if live_B is None or width == rows:
         return sampler.sample(params, env.model_cfg, tokens_BxP, valid_BxP, rng, config,
                               env.token_ids, live_B=live_B, mesh=env.mesh, rules=env.rules,
                               row_rules=env.row_rules)
+    row_ids_B = sampler.global_row_ids(rows, env.mesh, env.row_rules or env.rules)
+    live = np.flatnonzero(np.asarray(live_B, bool))
+    calls = -(-max(distributed.allgather_objects(len(live))) // width)
     n = config.max_new_tokens
     full = {"tokens_BxN": np.full((rows, n), env.token_ids.pad_id, np.int32),
             "token_valid_BxN": np.zeros((rows, n), bool),
@@ -252,7 +252,6 @@ def _sample_blocks(env: Environment, params, rows: Sequence[list[Block]], role: 
     """Sample one `role` turn per row (only the `live_B` rows, if given: the others' turns are
     empty and meaningless): (new blocks, SampledTurns, was_cut per row)."""
     _, was_cut, tokens, valid = _prompts(env, rows, role)
-    live_B = np.ones(len(rows), bool) if live_B is None else live_B
     with phases.phase("sample"):
         out = jax.device_get(_sample_live(env, params, tokens, valid, rng, config, live_B))
     phases.count("sampler_calls")

@@ -153,7 +153,7 @@ class RewardScorer:
                     jax.block_until_ready(fn(rm, tokens, valid, *self._rule_suffixes))
                     best = min(best, time.perf_counter() - start)
                 seconds[chunk] = best
-            except Exception as error:  # noqa: BLE001 (e.g. out of memory: not a candidate)
+            except jax.errors.JaxRuntimeError as error:  # e.g. out of memory: not a candidate
                 log.warning("rl.rule_chunk=%d cannot run here (%s): skipped", chunk,
                             str(error).splitlines()[0][:200])
         if not seconds:
@@ -270,12 +270,8 @@ def _row_means(sums_SxF: np.ndarray) -> list[dict]:
 def _check_read_slots(batch: dict, read_len: int) -> None:
     """The update's heads read at most `read_len` slots a row (`stages.policy_read_slots`):
     a row needing more would lose part of its loss, so it is an error, never a truncation."""
-    def next_nonzero(x_BxL):
-        return np.pad(x_BxL[:, 1:] != 0, ((0, 0), (0, 1)))
-    slots_1xL = np.arange(batch["tokens_BxL"].shape[1])[None, :]
-    needed_BxL = (next_nonzero(batch["policy_mask_BxL"]) | next_nonzero(batch["rewards_BxL"])
-                  | (slots_1xL == batch["reward_index_B"][:, None]))
-    most = int(needed_BxL.sum(axis=1).max())
+    most = int(stages.loss_slot_mask(batch["policy_mask_BxL"], batch["rewards_BxL"],
+                                     batch["reward_index_B"], xp=np).sum(axis=1).max())
     if most > read_len:
         raise RuntimeError(f"an RL row needs {most} loss slots, more than the {read_len} the "
                            f"update reads (stages.rl_read_len): a rollout made more policy "

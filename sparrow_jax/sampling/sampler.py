@@ -357,8 +357,14 @@ def _call(fn, params, model_cfg, tokens_BxP, valid_BxP, *extra, live_B=None, row
     arrays of this process's rows, passed on as the sampler's keyword arguments."""
     spec = ModelSpec.of(model_cfg)
     local_rows = np.shape(tokens_BxP)[0]
+    if mesh is not None:
+        if rules is None:
+            raise ValueError("a mesh needs its logical axis rules")
+        rules = _hashable(rules)
+        row_rules = rules if row_rules is None else _hashable(row_rules)
+        placement, rows = _process_rows(mesh, row_rules, np.shape(tokens_BxP))
     if row_ids_B is None:
-        row_ids_B = global_row_ids(local_rows, mesh, row_rules or rules)
+        row_ids_B = np.arange(local_rows) if mesh is None else np.arange(rows.start, rows.stop)
     per_row = {"row_ids_B": np.asarray(row_ids_B, np.int32)}
     if live_B is not None:
         per_row["live_B"] = np.asarray(live_B, bool)
@@ -371,18 +377,12 @@ def _call(fn, params, model_cfg, tokens_BxP, valid_BxP, *extra, live_B=None, row
         per_row = {k: jnp.asarray(v) for k, v in per_row.items()}
         return fn(params, tokens_BxP, valid_BxP, *extra, spec=spec, sharding_key=None,
                   **per_row, **static)
-    if rules is None:
-        raise ValueError("a mesh needs its logical axis rules")
-    rules = _hashable(rules)
-    row_rules = rules if row_rules is None else _hashable(row_rules)
     arrays = {"tokens": np.asarray(tokens_BxP, np.int32), "valid": np.asarray(valid_BxP, bool)}
     _check_prompt(arrays["tokens"], arrays["valid"])
-    placement = batch_sharding(mesh, row_rules, arrays["tokens"].shape)
     placements = {"tokens": placement, "valid": placement,
                   **{k: _rows_like(placement, 1) for k in per_row}}
     arrays = distributed.host_local_to_global({**arrays, **per_row}, mesh, placements)
     per_row = {k: arrays.pop(k) for k in per_row}
-    rows = distributed.process_batch_slice(arrays["tokens"].shape[0], placement)
     with shd.activation_sharding(mesh, rules):
         out = fn(params, arrays["tokens"], arrays["valid"], *extra, spec=spec,
                  sharding_key=(mesh, rules), **per_row, **static)
@@ -391,14 +391,21 @@ def _call(fn, params, model_cfg, tokens_BxP, valid_BxP, *extra, live_B=None, row
     return distributed.tree_host_rows(out, rows)
 
 
+def _process_rows(mesh, row_rules, local_shape: tuple[int, ...]) -> tuple[Any, slice]:
+    """(the sampler's batch placement for `local_shape` prompts per process, the slice of the
+    global batch's rows this process holds)."""
+    placement = batch_sharding(mesh, row_rules, local_shape)
+    return placement, distributed.process_batch_slice(local_shape[0] * jax.process_count(),
+                                                      placement)
+
+
 def global_row_ids(local_rows: int, mesh=None, row_rules=None) -> np.ndarray:
     """int32 [local_rows]: the indices in the global batch of this process's rows (the
     sampler's default row ids), as the 'batch' rule of `row_rules` places a batch of
     `local_rows` rows per process on `mesh` (no mesh: 0 .. local_rows - 1)."""
     if mesh is None:
         return np.arange(local_rows, dtype=np.int32)
-    placement = batch_sharding(mesh, _hashable(row_rules), (local_rows, 1))
-    rows = distributed.process_batch_slice(local_rows * jax.process_count(), placement)
+    _, rows = _process_rows(mesh, _hashable(row_rules), (local_rows, 1))
     return np.arange(rows.start, rows.stop, dtype=np.int32)
 
 

@@ -124,21 +124,30 @@ def _rule_rm(model_cfg, **_):
     return loss_fn
 
 
-def policy_read_slots(policy_mask_BxL, rewards_BxL, reward_index_B, read_len: int):
-    """int32 [B, K], K = min(L, read_len): the slots the RL loss reads, ascending, then filler.
+def loss_slot_mask(policy_mask_BxL, rewards_BxL, reward_index_B, xp=jnp):
+    """bool [B, L]: the slots the RL loss reads. Every slot t whose NEXT token is a policy
+    token (its logits give that token's log-prob, KL, entropy and value), every slot whose
+    next token carries a reward, and `reward_index_B` (the preference RM's Elo). `xp`:
+    jax.numpy in the loss, numpy for the trainer's host check of the same slots."""
+    def next_nonzero(x_BxL):
+        return xp.concatenate([x_BxL[:, 1:] != 0, xp.zeros((x_BxL.shape[0], 1), bool)], axis=1)
+    slots_1xL = xp.arange(policy_mask_BxL.shape[1])[None, :]
+    return (next_nonzero(policy_mask_BxL) | next_nonzero(rewards_BxL)
+            | (slots_1xL == reward_index_B[:, None]))
 
-    Read: every slot t whose NEXT token is a policy token (its logits give that token's
-    log-prob, KL, entropy and value), every slot whose next token carries a reward, and
-    `reward_index_B` (the preference RM's Elo). The returns are reverse cumulative sums of
-    the rewards, which sit only at read slots, so they are the same over the read slots
-    in order as over all L; filler slots (unread, mask 0, reward 0) come after them. A row
-    with more than K such slots would lose some: the trainer checks (`rl_read_len`).
+
+def policy_read_slots(policy_mask_BxL, rewards_BxL, reward_index_B, read_len: int):
+    """int32 [B, K], K = min(L, read_len): the slots the RL loss reads (`loss_slot_mask`),
+    ascending, then filler.
+
+    The returns are reverse cumulative sums of the rewards, which sit only at read slots, so
+    they are the same over the read slots in order as over all L; filler slots (unread,
+    mask 0, reward 0) come after them. A row with more than K such slots would lose some:
+    the trainer checks (`rl_read_len`).
     """
     length = policy_mask_BxL.shape[1]
     slots_1xL = jnp.arange(length, dtype=jnp.int32)[None, :]
-    needed_BxL = ((next_token_targets(policy_mask_BxL) > 0)
-                  | (next_token_targets(rewards_BxL) != 0)
-                  | (slots_1xL == reward_index_B[:, None]))
+    needed_BxL = loss_slot_mask(policy_mask_BxL, rewards_BxL, reward_index_B)
     key_BxL = jnp.where(needed_BxL, slots_1xL, length + slots_1xL)
     return jnp.argsort(key_BxL, axis=1)[:, :min(length, read_len)].astype(jnp.int32)
 
