@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from sparrow_jax.model import positions
+from sparrow_jax.model.cache import write_kv
 from sparrow_jax.model.spec import ModelSpec
 
 # Large negative score for masked pairs; finite, so an all-masked row stays finite.
@@ -215,14 +216,22 @@ class Attention(nn.Module):
                 prev_BxT = ctx["prev_new_BxT"] + 1  # index into k_ext (0 = the cache's newest)
                 k = smear_keys(k_ext, prev_BxT, ctx["has_prev_new_BxT"], smear_H,
                                keys_from=slice(1, None))
-            if "empty_cache" in ctx:  # a prefill: nothing to read in the cache
-                attended_BxTxHxK = attend(q_content, k, v, ctx, scale, position, s.causal_block)
-            else:
-                attended_BxTxHxK = attend_cached(q_content, layer_kv["k"], layer_kv["v"], k, v,
-                                                 ctx, scale, position)
             new_kv = {"k": jnp.transpose(k, (2, 0, 1, 3)), "v": jnp.transpose(v, (2, 0, 1, 3))}
             if s.smeared_keys:
                 new_kv["last_k"] = newest_key(plain_k, ctx["new_valid_BxT"], layer_kv["last_k"])
+            if not s.scan_layers:
+                # A looped layer owns its cache buffer (cache.py): it writes the new block
+                # first and reads the written cache. Reading the old buffer after the write
+                # is scheduled would make XLA copy the whole cache (twice per decode step).
+                new_kv = write_kv(layer_kv, new_kv, ctx["index"])
+            if "empty_cache" in ctx:  # a prefill: nothing to read in the cache
+                attended_BxTxHxK = attend(q_content, k, v, ctx, scale, position, s.causal_block)
+            elif not s.scan_layers:
+                attended_BxTxHxK = attend_written(q_content, new_kv["k"], new_kv["v"], ctx, scale,
+                                                  position)
+            else:
+                attended_BxTxHxK = attend_cached(q_content, layer_kv["k"], layer_kv["v"], k, v,
+                                                 ctx, scale, position)
         y_BxTxD = project("bthk,hkd->btd", attended_BxTxHxK, w_o.astype(dt), s)
         return y_BxTxD, new_kv
 
@@ -350,6 +359,28 @@ def attend_cached(q_BxTxHxK, cache_k_GxBxSxK, cache_v_GxBxSxK, k_BxTxGxK, v_BxTx
     n_slots = cache_k_GxBxSxK.shape[2]
     out_HxBxTxK = pv(probs[..., :n_slots], cache_v_GxBxSxK) + pv(probs[..., n_slots:], v_new)
     return jnp.transpose(out_HxBxTxK, (1, 2, 0, 3))
+
+
+def attend_written(q_BxTxHxK, k_GxBxSxK, v_GxBxSxK, ctx: dict[str, Any], scale: float,
+                   position=None) -> jax.Array:
+    """`attend_cached` for a looped layer, whose cache already holds the T new tokens at
+    [index, index + T): one read of the S slots (ctx's "mask_written_BxTxS",
+    "distance_written_BxTxS"). Returns [B, T, H, K]."""
+    dt = v_GxBxSxK.dtype
+    heads_first = lambda a: jnp.transpose(a, (2, 0, 1, 3))
+    q = heads_first(q_BxTxHxK)
+    qk, pv = _head_matmuls(q.shape[0], k_GxBxSxK.shape[0])
+    scores = qk(q, k_GxBxSxK).astype(jnp.float32)
+    if position is not None:
+        q_position, r_MxHxK = position
+        by_distance_HxBxTxM = jnp.einsum("hbtk,mhk->hbtm", heads_first(q_position), r_MxHxK)
+        scores = scores + jnp.take_along_axis(by_distance_HxBxTxM,
+                                              ctx["distance_written_BxTxS"][None],
+                                              axis=-1).astype(jnp.float32)
+    mask = ctx["mask_written_BxTxS"][None]
+    scores = jnp.where(mask, scores * scale, _MASKED_SCORE)
+    probs = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0).astype(dt)
+    return jnp.transpose(pv(probs, v_GxBxSxK), (1, 2, 0, 3))
 
 
 class Block(nn.Module):

@@ -19,7 +19,9 @@ from sparrow_jax.model import positions
 from sparrow_jax.model.layers import Block
 from sparrow_jax.model.spec import ModelSpec
 
-KV = dict[str, jax.Array]  # one stack's cache: 'k', 'v' [n_layers, G, B, S, K] (+ 'last_k')
+# One stack's cache (cache.py): 'k', 'v' [n_layers, G, B, S, K] (+ 'last_k') when scanned,
+# a tuple of per-layer {'k', 'v' [G, B, S, K], ...} when looped.
+KV = dict[str, jax.Array] | tuple[dict[str, jax.Array], ...]
 
 
 def _block_class(spec: ModelSpec):
@@ -84,6 +86,8 @@ def cached_attention_context(spec: ModelSpec, q_pos_BxT, q_valid_BxT, cache_pos_
     Attention reads the cache and the new block separately (`layers.attend_cached`):
       mask_cache_BxTxS, mask_new_BxTxT   bool, as `attention_mask` for each part
       distance_cache_BxTxS, distance_new_BxTxT, rel_table_MxD   (relative)
+    or, with looped layers (spec.scan_layers False), the cache after the block is written:
+      mask_written_BxTxS, distance_written_BxTxS
       prev_new_BxT, has_prev_new_BxT     (smeared keys) index in the block of each new
                                          token's previous token, -1 = the cache's newest
       q_pos_BxT, new_valid_BxT, index
@@ -116,6 +120,13 @@ def cached_attention_context(spec: ModelSpec, q_pos_BxT, q_valid_BxT, cache_pos_
         ctx["distance_new_BxTxT"] = positions.relative_distance(q_pos_BxT, q_pos_BxT,
                                                                 spec.max_len)
         ctx["rel_table_MxD"] = positions.sinusoidal_table(spec.max_len, spec.d_model, spec.dtype)
+    if not spec.scan_layers:
+        # Looped layers read their cache after writing the new block into it (layers.py):
+        # one mask (and distance) over all S slots, the block's own at [index, index + T).
+        for part in ("mask", "distance"):
+            if f"{part}_new_BxTxT" in ctx:
+                ctx[f"{part}_written_BxTxS"] = jax.lax.dynamic_update_slice(
+                    ctx.pop(f"{part}_cache_BxTxS"), ctx.pop(f"{part}_new_BxTxT"), (0, 0, index))
     if spec.smeared_keys:
         start = (0, index)
         all_pos_BxS = jax.lax.dynamic_update_slice(cache_pos_BxS, q_pos_BxT, start)
@@ -153,13 +164,17 @@ def apply_stack(params, spec: ModelSpec, x_BxTxD: jax.Array, ctx: dict[str, Any]
       x_BxTxD: input activations (compute dtype).
       ctx: attention context from `attention_context`, or `cached_attention_context`
         with a cache.
-      kv: optional cache of this stack ('k', 'v' [n_layers, G, B, S, K], maybe 'last_k').
+      kv: optional cache of this stack, laid out as spec.scan_layers says (`KV`).
     Returns:
       (x_BxTxD, new_kv): new_kv is None without a cache, else this call's keys and
-      values ('k', 'v' [n_layers, G, B, T, K], and 'last_k' with smeared keys), to be
-      written at the fill index (`cache.write_kv`).
+      values in the cache's layout ('k', 'v' [n_layers, G, B, T, K], and 'last_k' with
+      smeared keys; per layer in a tuple when looped), to be written at the fill index
+      (`cache.write_kv`).
     """
     n_layers = jax.tree.leaves(params)[0].shape[0]
+    if kv is not None and isinstance(kv, tuple) == spec.scan_layers:
+        raise ValueError(f"the cache is laid out for model.scan_layers={not spec.scan_layers}; "
+                         "make it with init_cache and the same model config")
     if spec.scan_layers:
         return _ScannedBlocks(spec, n_layers).apply({"params": {"block": params}},
                                                     x_BxTxD, ctx, kv)
@@ -167,9 +182,7 @@ def apply_stack(params, spec: ModelSpec, x_BxTxD: jax.Array, ctx: dict[str, Any]
     new_kvs = []
     for i in range(n_layers):
         layer_params = jax.tree.map(lambda a: a[i], params)
-        layer_kv = None if kv is None else jax.tree.map(lambda a: a[i], kv)
-        x_BxTxD, new_kv = block.apply({"params": layer_params}, x_BxTxD, ctx, layer_kv)
+        x_BxTxD, new_kv = block.apply({"params": layer_params}, x_BxTxD, ctx,
+                                      None if kv is None else kv[i])
         new_kvs.append(new_kv)
-    if kv is None:
-        return x_BxTxD, None
-    return x_BxTxD, jax.tree.map(lambda *a: jnp.stack(a), *new_kvs)
+    return x_BxTxD, None if kv is None else tuple(new_kvs)

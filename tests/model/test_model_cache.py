@@ -30,11 +30,15 @@ def _left_padded_batch(prompt_lens, n_decode, vocab, seed=0):
     return jnp.asarray(tokens), jnp.asarray(positions, jnp.int32), jnp.asarray(valid), width
 
 
-@pytest.mark.parametrize("position,smeared_keys",
-                         [("relative", False), ("rotary", False), ("relative", True)])
-def test_prefill_then_decode_matches_full_forward(position, smeared_keys):
+# Looped layers keep a cache per layer and read it after writing the new block
+# (layers.attend_written); scanned layers read the cache and the block apart.
+@pytest.mark.parametrize("position,smeared_keys,scan_layers",
+                         [("relative", False, True), ("rotary", False, True),
+                          ("relative", True, True), ("relative", True, False),
+                          ("rotary", False, False)])
+def test_prefill_then_decode_matches_full_forward(position, smeared_keys, scan_layers):
     cfg = tiny_model_cfg(position=position, init_std=0.3, mlp="gated_gelu",
-                         smeared_keys=smeared_keys)
+                         smeared_keys=smeared_keys, scan_layers=scan_layers)
     roles = ("policy", "value")
     params = sharpen(hydra.init_params(cfg, jax.random.PRNGKey(0), roles), jax.random.PRNGKey(1))
     tokens, positions, valid, width = _left_padded_batch([5, 3, 1], n_decode=4,
@@ -69,9 +73,9 @@ def test_prefill_then_decode_matches_full_forward(position, smeared_keys):
     assert np.abs(np.asarray(moved["policy"] - full["policy"])).max() > 1e-2
 
 
-@pytest.mark.parametrize("smeared_keys", [False, True])
-def test_shared_prefix_extend_matches_full_forward(smeared_keys):
-    cfg = tiny_model_cfg(init_std=0.3, smeared_keys=smeared_keys)
+@pytest.mark.parametrize("smeared_keys,scan_layers", [(False, True), (True, True), (True, False)])
+def test_shared_prefix_extend_matches_full_forward(smeared_keys, scan_layers):
+    cfg = tiny_model_cfg(init_std=0.3, smeared_keys=smeared_keys, scan_layers=scan_layers)
     roles = ("rule_rm",)
     params = sharpen(hydra.init_params(cfg, jax.random.PRNGKey(0), roles), jax.random.PRNGKey(2))
     n, prefix_len, suffix_len = 3, 5, 4
@@ -112,7 +116,19 @@ def test_cache_layout_and_errors():
     axes = hydra.cache_logical_axes(cfg, tops=("value", "pref_rm"))
     assert jax.tree.structure(axes, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)) \
         == jax.tree.structure(cache)
+    # Looped layers: one buffer per layer (a layer reads its own, never a slice of all).
+    looped_cfg = tiny_model_cfg(scan_layers=False)
+    looped = hydra.init_cache(looped_cfg, batch=2, cache_len=7, tops=("policy",))
+    assert len(looped["layers"]["policy"]) == cfg.n_layers - cfg.n_frozen_layers
+    assert looped["layers"]["policy"][0]["k"].shape == slots
+    assert hydra.broadcast_cache(looped, 3)["layers"]["trunk"][1]["v"].shape[1] == 6
+    looped_axes = hydra.cache_logical_axes(looped_cfg)
+    assert jax.tree.structure(looped_axes, is_leaf=lambda x: isinstance(
+        x, jax.sharding.PartitionSpec)) == jax.tree.structure(looped)
     params = hydra.init_params(cfg, jax.random.PRNGKey(0), ("policy", "rule_rm"))
+    with pytest.raises(ValueError, match="scan_layers"):  # a cache made for the other layout
+        hydra.extend(params, looped_cfg, jnp.ones((2, 1), jnp.int32),
+                     jnp.zeros((2, 1), jnp.int32), None, hydra.init_cache(cfg, 2, 7))
     with pytest.raises(ValueError, match="rule_rm"):
         hydra.extend(params, cfg, jnp.ones((2, 1), jnp.int32), jnp.zeros((2, 1), jnp.int32),
                      None, hydra.init_cache(cfg, 2, 7), roles=("rule_rm",))
