@@ -36,6 +36,10 @@ def get_config(variant: str = "sft"):
     m.n_frozen_layers = 2
     m.max_len = 256
     m.compute_dtype = "float32"
+    # Looped, not scanned, layers: with stacks of two layers scanning saves no compile time,
+    # and on XLA:CPU a scanned layer copies its slice of the stacked KV cache at every
+    # decode step (cache.py). Looped, the RL step ran 13% faster (BUILD_NOTES).
+    m.scan_layers = False
     m.value_hidden = 128
     # Copying a name or value from the context is what answering from a search result
     # needs; with smeared keys the tiny trunk learns it within the demo's budget.
