@@ -27,6 +27,7 @@ from sparrow_jax.model import cache as kv_cache
 from sparrow_jax.losses.sft import next_token_targets, token_log_probs
 from sparrow_jax.model.cache import broadcast_cache, cache_logical_axes, init_cache, tops_for
 from sparrow_jax.model.heads import Embed, RoleHead, ValueHead
+from sparrow_jax.model.layers import take_rows
 from sparrow_jax.model.spec import ModelSpec
 from sparrow_jax.model.stack import (apply_stack, attention_context,
                                      cached_attention_context, init_stack)
@@ -141,10 +142,8 @@ def _run_head(params, spec: ModelSpec, top: str, x_BxLxD, roles, outputs: dict,
         outputs["value"] = ValueHead(spec).apply({"params": params["value"]}, h_BxLxD)
 
 
-def read_slots(x_BxL, read_BxK):
-    """x at each row's read slots: [B, K, ...] from [B, L, ...] (`forward`'s read_BxK)."""
-    index = read_BxK.reshape(read_BxK.shape + (1,) * (x_BxL.ndim - 2))
-    return jnp.take_along_axis(x_BxL, index, axis=1)
+# x at each row's read slots: [B, K, ...] from [B, L, ...] (`forward`'s read_BxK).
+read_slots = take_rows
 
 
 def _check_params_have(params, tops, roles):
@@ -169,7 +168,8 @@ def forward(params, model_cfg, tokens_BxL, positions_BxL=None, valid_BxL=None,
         head (`rl.value_grad_to_policy`); the forward values are the same either way.
       read_BxK: int slots; if given, the heads read only these K slots of each row and
         every output has K in place of L (`read_slots`): a loss that needs logits at a few
-        positions pays for [B, K, V], not [B, L, V]. The layers still run over all L.
+        positions pays for [B, K, V], not [B, L, V]. Each top's last layer computes only
+        those K tokens' outputs (from every token's keys and values); the rest run over L.
     Returns:
       {'policy'|'teacher': logits_BxLxV, 'value': value_BxL, 'pref_rm': elo_BxL,
        'rule_rm': yes_no_logits_BxLx2 (0 = "No", 1 = "Yes")}, float32, for the roles asked;
@@ -201,16 +201,14 @@ def forward(params, model_cfg, tokens_BxL, positions_BxL=None, valid_BxL=None,
     outputs = {}
     for top in tops:
         layers, _ = _split_top(params[top])
-        top_x, _ = apply_stack(layers, spec, x, ctx)
-        if read_BxK is not None:
-            top_x = read_slots(top_x, read_BxK)
+        top_x, _ = apply_stack(layers, spec, x, ctx, query_BxQ=read_BxK)
         _run_head(params, spec, top, top_x, roles, outputs, next_BxL, value_grad_to_policy)
     return outputs
 
 
 def extend(params, model_cfg, tokens_BxT, positions_BxT, valid_BxT, cache,
            roles: Iterable[str] = ("policy",), last_only: bool = False,
-           empty_cache: bool = False):
+           empty_cache: bool = False, read_BxK=None):
     """Append T tokens per row to the cache and return the roles' outputs for them.
 
     The new keys/values are written at slots [index, index + T); each new token
@@ -225,6 +223,8 @@ def extend(params, model_cfg, tokens_BxT, positions_BxT, valid_BxT, cache,
     (outputs with L = 1: a prefill that samples after the prompt needs no more).
     `empty_cache`: the caller promises nothing was written to the cache yet (a prefill at
     index 0): attention then skips the cache's empty slots and runs in causal blocks.
+    `read_BxK`: int slots of the T; the outputs are for those K tokens only (L = K), and
+    each top's last layer computes only theirs (`last_only` is read_BxK = the last column).
     """
     spec = ModelSpec.of(model_cfg)
     roles = tuple(roles)
@@ -242,11 +242,13 @@ def extend(params, model_cfg, tokens_BxT, positions_BxT, valid_BxT, cache,
     ctx = cached_attention_context(spec, positions_BxT, valid_BxT, cache["positions"],
                                    cache["valid"], index, empty=empty_cache)
 
+    if last_only and length > 1:
+        read_BxK = jnp.full((batch, 1), length - 1, jnp.int32)
     new_layers = {}
 
-    def run_stack(name, layers, x):
+    def run_stack(name, layers, x, query_BxQ=None):
         stack_kv = cache["layers"][name]
-        x, new_kv = apply_stack(layers, spec, x, ctx, stack_kv)
+        x, new_kv = apply_stack(layers, spec, x, ctx, stack_kv, query_BxQ)
         new_layers[name] = kv_cache.write_kv(stack_kv, new_kv, index)
         return x
 
@@ -256,8 +258,8 @@ def extend(params, model_cfg, tokens_BxT, positions_BxT, valid_BxT, cache,
     outputs = {}
     for top in run_tops:
         layers, _ = _split_top(params[top])
-        top_x = run_stack(top, layers, x)
-        _run_head(params, spec, top, top_x[:, -1:] if last_only else top_x, roles, outputs)
+        top_x = run_stack(top, layers, x, read_BxK)
+        _run_head(params, spec, top, top_x, roles, outputs)
     new_cache = {"index": index + length,
                  "positions": kv_cache.write_slots(cache["positions"], positions_BxT, index),
                  "valid": kv_cache.write_slots(cache["valid"], valid_BxT, index),

@@ -141,6 +141,29 @@ class Mlp(nn.Module):
         return project("blf,fd->bld", h_BxLxF, w_out.astype(s.dtype), s)
 
 
+def take_rows(x_BxT, rows_BxQ):
+    """x at each row's slots `rows_BxQ` along axis 1: [B, Q, ...] from [B, T, ...]."""
+    index = rows_BxQ.reshape(rows_BxQ.shape + (1,) * (x_BxT.ndim - 2))
+    return jnp.take_along_axis(x_BxT, index, axis=1)
+
+
+# ctx entries indexed by query along axis 1 (`query_rows` keeps the asked rows).
+_QUERY_AXIS_CTX = ("mask_BxTxS", "distance_BxTxS", "mask_cache_BxTxS", "distance_cache_BxTxS",
+                   "mask_new_BxTxT", "distance_new_BxTxT", "mask_written_BxTxS",
+                   "distance_written_BxTxS")
+
+
+def query_rows(ctx: dict[str, Any], query_BxQ) -> dict[str, Any]:
+    """The attention context for the queries at slots `query_BxQ` only: the masks and
+    distances keep those rows; everything about the keys stays (keys are every token).
+    The queries are no longer the key slots in order, so causal blocks are off."""
+    out = {k: v for k, v in ctx.items() if k != "causal_slots"}
+    for name in _QUERY_AXIS_CTX:
+        if name in out:
+            out[name] = take_rows(out[name], query_BxQ)
+    return out
+
+
 class Attention(nn.Module):
     """Multi-head attention with Transformer-XL relative positions or rotary.
 
@@ -156,13 +179,15 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array, ctx: dict[str, Any],
-                 layer_kv: dict[str, jax.Array] | None = None):
+                 layer_kv: dict[str, jax.Array] | None = None, query_BxQ=None):
         """Returns (y_BxTxD, new_kv): new_kv is None without a cache, else this call's
         keys and values for the cache ('k', 'v' [G, B, T, K]; keys smeared if the model
         smears them) and, with smeared keys, 'last_k' [B, G, K] (`cache.py`).
 
         With `layer_kv` (the layer's cache: 'k', 'v' [G, B, S, K], maybe 'last_k') the
         queries attend to the cache's valid slots and to the new block (`attend_cached`).
+        `query_BxQ` (int slots of the T): only those tokens query (y is [B, Q, D]); every
+        token still gives its key and value.
         """
         s = self.spec
         dt = s.dtype
@@ -179,14 +204,19 @@ class Attention(nn.Module):
         x = x_BxTxD.astype(dt)
         act_axes = ("batch", "length", "heads", "kv")
         kv_act_axes = ("batch", "length", s.kv_heads_axis, "kv")
-        q = nn.with_logical_constraint(project("btd,dhk->bthk", x, w_q.astype(dt), s), act_axes)
+        q_pos_BxT = ctx["q_pos_BxT"]
+        if query_BxQ is not None:
+            ctx, q_pos_BxT = query_rows(ctx, query_BxQ), take_rows(q_pos_BxT, query_BxQ)
+        x_query = x if query_BxQ is None else take_rows(x, query_BxQ)
+        q = nn.with_logical_constraint(project("btd,dhk->bthk", x_query, w_q.astype(dt), s),
+                                       act_axes)
         k = nn.with_logical_constraint(project("btd,dhk->bthk", x, w_k.astype(dt), s),
                                        kv_act_axes)
         v = nn.with_logical_constraint(project("btd,dhk->bthk", x, w_v.astype(dt), s),
                                        kv_act_axes)
         if s.position == "rotary":
             scaling = s.rotary_scaling_spec
-            q = positions.apply_rotary(q, ctx["q_pos_BxT"], s.rotary_base, scaling)
+            q = positions.apply_rotary(q, q_pos_BxT, s.rotary_base, scaling)
             k = positions.apply_rotary(k, ctx["q_pos_BxT"], s.rotary_base, scaling)
         if s.smeared_keys:
             smear_H = logical_param(self, "smear", (s.kv_heads,), (s.kv_heads_axis,),
@@ -389,10 +419,13 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxTxD: jax.Array, ctx: dict[str, Any],
-                 layer_kv: dict[str, jax.Array] | None = None):
-        """Returns (x_BxTxD, new_kv) as Attention does; the signature fits nn.scan (carry, ys)."""
+                 layer_kv: dict[str, jax.Array] | None = None, query_BxQ=None):
+        """Returns (x_BxTxD, new_kv) as Attention does; the signature fits nn.scan (carry, ys).
+        `query_BxQ`: only those slots' outputs ([B, Q, D]; see Attention)."""
         y, new_kv = Attention(self.spec, name="attn")(
-            RMSNorm(self.spec, name="attn_norm")(x_BxTxD), ctx, layer_kv)
+            RMSNorm(self.spec, name="attn_norm")(x_BxTxD), ctx, layer_kv, query_BxQ)
+        if query_BxQ is not None:
+            x_BxTxD = take_rows(x_BxTxD, query_BxQ)
         x = x_BxTxD + y
         x = x + Mlp(self.spec, name="mlp")(RMSNorm(self.spec, name="mlp_norm")(x))
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))

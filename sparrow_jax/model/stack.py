@@ -156,7 +156,7 @@ def init_stack(spec: ModelSpec, n_layers: int, rng: jax.Array):
 
 
 def apply_stack(params, spec: ModelSpec, x_BxTxD: jax.Array, ctx: dict[str, Any],
-                kv: KV | None = None):
+                kv: KV | None = None, query_BxQ=None):
     """Run every layer of the stack.
 
     Args:
@@ -165,6 +165,9 @@ def apply_stack(params, spec: ModelSpec, x_BxTxD: jax.Array, ctx: dict[str, Any]
       ctx: attention context from `attention_context`, or `cached_attention_context`
         with a cache.
       kv: optional cache of this stack, laid out as spec.scan_layers says (`KV`).
+      query_BxQ: int slots; if given, the last layer computes only these tokens' outputs
+        (x is then [B, Q, D]); the others still run on every token, and the last layer
+        still takes every token's key and value. For a caller that reads a few slots.
     Returns:
       (x_BxTxD, new_kv): new_kv is None without a cache, else this call's keys and
       values in the cache's layout ('k', 'v' [n_layers, G, B, T, K], and 'last_k' with
@@ -172,6 +175,8 @@ def apply_stack(params, spec: ModelSpec, x_BxTxD: jax.Array, ctx: dict[str, Any]
       (`cache.write_kv`).
     """
     n_layers = jax.tree.leaves(params)[0].shape[0]
+    if query_BxQ is not None:
+        return _apply_reading(params, spec, x_BxTxD, ctx, kv, query_BxQ, n_layers)
     if kv is not None and isinstance(kv, tuple) == spec.scan_layers:
         raise ValueError(f"the cache is laid out for model.scan_layers={not spec.scan_layers}; "
                          "make it with init_cache and the same model config")
@@ -186,3 +191,29 @@ def apply_stack(params, spec: ModelSpec, x_BxTxD: jax.Array, ctx: dict[str, Any]
                                       None if kv is None else kv[i])
         new_kvs.append(new_kv)
     return x_BxTxD, None if kv is None else tuple(new_kvs)
+
+
+def _apply_reading(params, spec: ModelSpec, x_BxTxD, ctx, kv, query_BxQ, n_layers: int):
+    """`apply_stack` with `query_BxQ`: layers 0..n-2 as usual, then the last on the queries."""
+    head = jax.tree.map(lambda a: a[:n_layers - 1], params)
+    last = jax.tree.map(lambda a: a[n_layers - 1], params)
+    looped = isinstance(kv, tuple)
+    if kv is None:
+        kv_head = kv_last = None
+    elif looped:
+        kv_head, kv_last = kv[:-1], kv[-1]
+    else:
+        kv_head = jax.tree.map(lambda a: a[:n_layers - 1], kv)
+        kv_last = jax.tree.map(lambda a: a[n_layers - 1], kv)
+    new_head = None
+    if n_layers > 1:
+        x_BxTxD, new_head = apply_stack(head, spec, x_BxTxD, ctx, kv_head)
+    x_BxQxD, new_last = _block_class(spec)(spec).apply({"params": last}, x_BxTxD, ctx, kv_last,
+                                                       query_BxQ)
+    if kv is None:
+        return x_BxQxD, None
+    if looped:
+        return x_BxQxD, (new_head or ()) + (new_last,)
+    if new_head is None:
+        return x_BxQxD, jax.tree.map(lambda a: a[None], new_last)
+    return x_BxQxD, jax.tree.map(lambda h, a: jnp.concatenate([h, a[None]]), new_head, new_last)

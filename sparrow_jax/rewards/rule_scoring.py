@@ -178,8 +178,10 @@ def rule_violation_probs(params, model_cfg, dialogue_tokens_BxL, dialogue_valid_
 
     cache = hydra.init_cache(model_cfg, batch, length + max(q for _, q in groups), tops=_ROLES)
     cache = _constrain(cache, cache_axes, mesh, rules)
+    # Only the cache is wanted here: the rule RM's last layer computes one token's output.
     _, cache = hydra.extend(params, model_cfg, dialogue_tokens_BxL, dialogue_positions_BxL,
-                            dialogue_valid_BxL, cache, roles=_ROLES, empty_cache=True)
+                            dialogue_valid_BxL, cache, roles=_ROLES, empty_cache=True,
+                            read_BxK=jnp.zeros((batch, 1), jnp.int32))
     start_B = suffix_start(dialogue_positions_BxL, dialogue_valid_BxL)
 
     def score_chunk(chunk):
@@ -193,11 +195,11 @@ def rule_violation_probs(params, model_cfg, dialogue_tokens_BxL, dialogue_valid_
         }
         rows = _constrain(rows, jax.tree.map(_rows_spec, rows), mesh, rules)
         wide = _constrain(hydra.broadcast_cache(cache, c), cache_axes, mesh, rules)
+        # The answer is read at each suffix's last real token: only that token's output.
+        last_Nx1 = jnp.tile(_last_valid_index(valid_CxQ), batch)[:, None]
         out, _ = hydra.extend(params, model_cfg, rows["tokens"], rows["positions"],
-                              rows["valid"], wide, roles=_ROLES)
-        last_N = jnp.tile(_last_valid_index(valid_CxQ), batch)
-        logits_Nx2 = jnp.take_along_axis(out["rule_rm"], last_N[:, None, None], axis=1)[:, 0]
-        return _p_broken(logits_Nx2).reshape(batch, c)
+                              rows["valid"], wide, roles=_ROLES, read_BxK=last_Nx1)
+        return _p_broken(out["rule_rm"][:, 0]).reshape(batch, c)
 
     def score_group(tokens_GxQ, valid_GxQ):
         n = tokens_GxQ.shape[0]
