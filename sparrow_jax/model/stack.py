@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from sparrow_jax.model import positions
-from sparrow_jax.model.layers import Block
+from sparrow_jax.model.layers import Block, take_rows
 from sparrow_jax.model.spec import ModelSpec
 
 # One stack's cache (cache.py): 'k', 'v' [n_layers, G, B, S, K] (+ 'last_k') when scanned,
@@ -165,9 +165,9 @@ def apply_stack(params, spec: ModelSpec, x_BxTxD: jax.Array, ctx: dict[str, Any]
       ctx: attention context from `attention_context`, or `cached_attention_context`
         with a cache.
       kv: optional cache of this stack, laid out as spec.scan_layers says (`KV`).
-      query_BxQ: int slots; if given, the last layer computes only these tokens' outputs
-        (x is then [B, Q, D]); the others still run on every token, and the last layer
-        still takes every token's key and value. For a caller that reads a few slots.
+      query_BxQ: int slots; if given, x comes back at these slots only ([B, Q, D]). Looped,
+        the last layer computes only their outputs (every token still gives its key and
+        value); scanned, every layer runs on every token and the slots are read after.
     Returns:
       (x_BxTxD, new_kv): new_kv is None without a cache, else this call's keys and
       values in the cache's layout ('k', 'v' [n_layers, G, B, T, K], and 'last_k' with
@@ -175,45 +175,23 @@ def apply_stack(params, spec: ModelSpec, x_BxTxD: jax.Array, ctx: dict[str, Any]
       (`cache.write_kv`).
     """
     n_layers = jax.tree.leaves(params)[0].shape[0]
-    if query_BxQ is not None:
-        return _apply_reading(params, spec, x_BxTxD, ctx, kv, query_BxQ, n_layers)
     if kv is not None and isinstance(kv, tuple) == spec.scan_layers:
         raise ValueError(f"the cache is laid out for model.scan_layers={not spec.scan_layers}; "
                          "make it with init_cache and the same model config")
     if spec.scan_layers:
-        return _ScannedBlocks(spec, n_layers).apply({"params": {"block": params}},
-                                                    x_BxTxD, ctx, kv)
+        # Scanned, the last layer runs on every token and the slots are read after it:
+        # splitting it off the scan would copy the stacked weights and cache (at the 70B
+        # pod shape, +12 GiB per chip for the rule scorer).
+        x_BxTxD, new_kv = _ScannedBlocks(spec, n_layers).apply({"params": {"block": params}},
+                                                               x_BxTxD, ctx, kv)
+        return (x_BxTxD if query_BxQ is None else take_rows(x_BxTxD, query_BxQ)), new_kv
     block = _block_class(spec)(spec)
     new_kvs = []
     for i in range(n_layers):
         layer_params = jax.tree.map(lambda a: a[i], params)
         x_BxTxD, new_kv = block.apply({"params": layer_params}, x_BxTxD, ctx,
-                                      None if kv is None else kv[i])
+                                      None if kv is None else kv[i],
+                                      query_BxQ if i == n_layers - 1 else None)
         new_kvs.append(new_kv)
     return x_BxTxD, None if kv is None else tuple(new_kvs)
 
-
-def _apply_reading(params, spec: ModelSpec, x_BxTxD, ctx, kv, query_BxQ, n_layers: int):
-    """`apply_stack` with `query_BxQ`: layers 0..n-2 as usual, then the last on the queries."""
-    head = jax.tree.map(lambda a: a[:n_layers - 1], params)
-    last = jax.tree.map(lambda a: a[n_layers - 1], params)
-    looped = isinstance(kv, tuple)
-    if kv is None:
-        kv_head = kv_last = None
-    elif looped:
-        kv_head, kv_last = kv[:-1], kv[-1]
-    else:
-        kv_head = jax.tree.map(lambda a: a[:n_layers - 1], kv)
-        kv_last = jax.tree.map(lambda a: a[n_layers - 1], kv)
-    new_head = None
-    if n_layers > 1:
-        x_BxTxD, new_head = apply_stack(head, spec, x_BxTxD, ctx, kv_head)
-    x_BxQxD, new_last = _block_class(spec)(spec).apply({"params": last}, x_BxTxD, ctx, kv_last,
-                                                       query_BxQ)
-    if kv is None:
-        return x_BxQxD, None
-    if looped:
-        return x_BxQxD, (new_head or ()) + (new_last,)
-    if new_head is None:
-        return x_BxQxD, jax.tree.map(lambda a: a[None], new_last)
-    return x_BxQxD, jax.tree.map(lambda h, a: jnp.concatenate([h, a[None]]), new_head, new_last)
