@@ -34,8 +34,10 @@ def _train_setup(quick: bool, dtype: str, batch_size: int, seq_len: int, stage: 
     from sparrow_jax.aot import analytic_flops
     from sparrow_jax.train import stages
     shape = {**CHINCHILLA_44M, **({"vocab_size": 1024, **QUICK_MODEL} if quick else {})}
+    # Scanned: the 44M's 8 layers as the pod configs run theirs (and XLA:CPU cannot compile
+    # a looped bfloat16 backward).
     cfg = tiny_config(False, stage, compute_dtype=dtype, max_len=seq_len, remat=UPDATE_REMAT,
-                       **shape)
+                       scan_layers=True, **shape)
     mesh = shd.make_mesh(cfg.mesh, jax.devices()[:1])
     setup = stages.build_stage(cfg, mesh, stage, batch_size=batch_size, seq_len=seq_len,
                                log_unsharded=False)

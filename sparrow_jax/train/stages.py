@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sparrow_jax import sharding as shd
-from sparrow_jax.config import STAGES, validate
+from sparrow_jax.config import STAGES, ConfigError, validate
 from sparrow_jax.losses.a2c import a2c_loss
 from sparrow_jax.losses.preference import preference_loss
 from sparrow_jax.losses.rule import rule_loss
@@ -328,10 +328,18 @@ def build_stage(cfg, mesh, stage: str | None = None, total_steps: int | None = N
     """Optimizer, sharded state factory and jitted step for `stage` (default cfg.train.stage).
 
     Raises ConfigError for an rl config that its A2C update cannot train (`validate`'s
-    training checks: the rollouts must sample from the policy itself)."""
+    training checks: the rollouts must sample from the policy itself), and for looped
+    bfloat16 layers on XLA:CPU, whose backward it cannot compile."""
     stage = stage or cfg.train.stage
     if stage == "rl":
         validate(cfg, source=f"rl stage of {cfg.name}", training=True)
+    if (jax.default_backend() == "cpu" and not cfg.model.scan_layers
+            and cfg.model.compute_dtype == "bfloat16"):
+        # XLA:CPU fails at run time: "Unsupported element type for DotThunk::Execute:
+        # BF16 x BF16 = F32" (the looped backward's float32-accumulated dots).
+        raise ConfigError(f"{cfg.name}: model.compute_dtype=bfloat16 with model.scan_layers=False "
+                          "cannot train on XLA:CPU; set model.scan_layers=True or compute in "
+                          "float32")
     rules = shd.rules_from_config(cfg.mesh)
     roles = STAGE_ROLES[stage]
     role_lr_scales = {"value": cfg.rl.value_lr_scale} if "value" in roles else None
