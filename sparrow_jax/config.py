@@ -68,6 +68,8 @@ def model_defaults() -> ml_collections.ConfigDict:
     m.param_dtype = "float32"
     m.compute_dtype = "bfloat16"
     m.remat = "none"
+    # nn.scan over each stack's layers (compile time flat in depth; stacked KV cache), or a
+    # Python loop (per-layer KV buffers: faster decode on XLA:CPU for shallow stacks).
     m.scan_layers = True
     m.norm_eps = 1e-6
     m.init_std = 0.02
