@@ -182,10 +182,12 @@ class Attention(nn.Module):
                  layer_kv: dict[str, jax.Array] | None = None, query_BxQ=None):
         """Returns (y_BxTxD, new_kv): new_kv is None without a cache, else this call's
         keys and values for the cache ('k', 'v' [G, B, T, K]; keys smeared if the model
-        smears them) and, with smeared keys, 'last_k' [B, G, K] (`cache.py`).
+        smears them) and, with smeared keys, 'last_k' [B, G, K] (`cache.py`); looped
+        layers (spec.scan_layers False) return their cache with those written instead.
 
         With `layer_kv` (the layer's cache: 'k', 'v' [G, B, S, K], maybe 'last_k') the
-        queries attend to the cache's valid slots and to the new block (`attend_cached`).
+        queries attend to the cache's valid slots and to the new block (`attend_cached`,
+        or `attend_written` for looped layers).
         `query_BxQ` (int slots of the T): only those tokens query (y is [B, Q, D]); every
         token still gives its key and value.
         """
