@@ -329,17 +329,18 @@ def build_stage(cfg, mesh, stage: str | None = None, total_steps: int | None = N
 
     Raises ConfigError for an rl config that its A2C update cannot train (`validate`'s
     training checks: the rollouts must sample from the policy itself), and for looped
-    bfloat16 layers on XLA:CPU, whose backward it cannot compile."""
+    bfloat16 layers with relative positions on XLA:CPU, whose backward it cannot run."""
     stage = stage or cfg.train.stage
     if stage == "rl":
         validate(cfg, source=f"rl stage of {cfg.name}", training=True)
-    if (jax.default_backend() == "cpu" and not cfg.model.scan_layers
-            and cfg.model.compute_dtype == "bfloat16"):
+    m = cfg.model
+    if (jax.default_backend() == "cpu" and not m.scan_layers and m.compute_dtype == "bfloat16"
+            and m.position == "relative"):
         # XLA:CPU fails at run time: "Unsupported element type for DotThunk::Execute:
-        # BF16 x BF16 = F32" (the looped backward's float32-accumulated dots).
+        # BF16 x BF16 = F32" (the looped backward of the relative-position projection).
         raise ConfigError(f"{cfg.name}: model.compute_dtype=bfloat16 with model.scan_layers=False "
-                          "cannot train on XLA:CPU; set model.scan_layers=True or compute in "
-                          "float32")
+                          "and model.position=relative cannot train on XLA:CPU; set "
+                          "model.scan_layers=True or compute in float32")
     rules = shd.rules_from_config(cfg.mesh)
     roles = STAGE_ROLES[stage]
     role_lr_scales = {"value": cfg.rl.value_lr_scale} if "value" in roles else None

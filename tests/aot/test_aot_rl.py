@@ -20,6 +20,7 @@ def report():
     m = cfg.model
     m.n_layers, m.n_frozen_layers, m.d_model, m.d_ff, m.n_heads = 4, 2, 256, 1024, 4
     m.head_dim = 64
+    m.scan_layers = True  # as the pod configs run (tiny_cpu loops its layers)
     cfg.train.batch_size, cfg.rl.max_prompt_len, cfg.rl.max_new_tokens = 8, 40, 8
     return cfg, aot.run_aot(cfg, steps=("rl", "sample", "rule_score"), num_devices=8)
 
