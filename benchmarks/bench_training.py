@@ -34,8 +34,8 @@ def _train_setup(quick: bool, dtype: str, batch_size: int, seq_len: int, stage: 
     from sparrow_jax.aot import analytic_flops
     from sparrow_jax.train import stages
     shape = {**CHINCHILLA_44M, **({"vocab_size": 1024, **QUICK_MODEL} if quick else {})}
-    # Scanned: the 44M's 8 layers as the pod configs run theirs (and XLA:CPU cannot compile
-    # a looped bfloat16 backward).
+    # Scanned: the 44M's 8 layers as the pod configs run theirs (and XLA:CPU cannot run the
+    # looped bfloat16 backward of relative positions: stages.build_stage refuses it).
     cfg = tiny_config(False, stage, compute_dtype=dtype, max_len=seq_len, remat=UPDATE_REMAT,
                        scan_layers=True, **shape)
     mesh = shd.make_mesh(cfg.mesh, jax.devices()[:1])
