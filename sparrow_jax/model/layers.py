@@ -322,6 +322,13 @@ def _head_matmuls(n_heads: int, n_kv: int):
             lambda p_, v_: ungroup(jnp.einsum("grbts,gbsk->grbtk", group(p_), v_)))
 
 
+def _masked_probs(scores_1xBxTxS, mask_1xBxTxS, scale: float) -> jax.Array:
+    """softmax(scores * scale) over the keys the mask allows, float32; 0 for masked pairs
+    (a row with no allowed key is all 0)."""
+    scores = jnp.where(mask_1xBxTxS, scores_1xBxTxS * scale, _MASKED_SCORE)
+    return jnp.where(mask_1xBxTxS, jax.nn.softmax(scores, axis=-1), 0.0)
+
+
 def attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, ctx: dict[str, Any], scale: float,
            position=None, causal_block: int = 0) -> jax.Array:
     """softmax((q . k [+ position term]) * scale, masked by ctx) @ v: [B, T, H, K].
@@ -355,9 +362,7 @@ def attend(q_BxTxHxK, k_BxSxHxK, v_BxSxHxK, ctx: dict[str, Any], scale: float,
             distance_1xBxTxS = ctx["distance_BxTxS"][None, :, t0:t1, :s1]
             scores = scores + jnp.take_along_axis(by_distance_HxBxTxM, distance_1xBxTxS,
                                                   axis=-1).astype(jnp.float32)
-        mask_1xBxTxS = ctx["mask_BxTxS"][None, :, t0:t1, :s1]
-        scores = jnp.where(mask_1xBxTxS, scores * scale, _MASKED_SCORE)
-        probs = jnp.where(mask_1xBxTxS, jax.nn.softmax(scores, axis=-1), 0.0)
+        probs = _masked_probs(scores, ctx["mask_BxTxS"][None, :, t0:t1, :s1], scale)
         pieces.append(pv(probs.astype(dt), v[:, :, :s1]))
     out_HxBxTxK = pieces[0] if len(pieces) == 1 else jnp.concatenate(pieces, axis=2)
     return jnp.transpose(out_HxBxTxK, (1, 2, 0, 3))
@@ -385,9 +390,8 @@ def attend_cached(q_BxTxHxK, cache_k_GxBxSxK, cache_v_GxBxSxK, k_BxTxGxK, v_BxTx
         scores_cache = scores_cache + gather(ctx["distance_cache_BxTxS"])
         scores_new = scores_new + gather(ctx["distance_new_BxTxT"])
     mask = jnp.concatenate([ctx["mask_cache_BxTxS"], ctx["mask_new_BxTxT"]], axis=-1)[None]
-    scores = jnp.concatenate([scores_cache, scores_new], axis=-1)
-    scores = jnp.where(mask, scores * scale, _MASKED_SCORE)
-    probs = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0).astype(dt)
+    probs = _masked_probs(jnp.concatenate([scores_cache, scores_new], axis=-1), mask,
+                          scale).astype(dt)
     n_slots = cache_k_GxBxSxK.shape[2]
     out_HxBxTxK = pv(probs[..., :n_slots], cache_v_GxBxSxK) + pv(probs[..., n_slots:], v_new)
     return jnp.transpose(out_HxBxTxK, (1, 2, 0, 3))
@@ -409,9 +413,7 @@ def attend_written(q_BxTxHxK, k_GxBxSxK, v_GxBxSxK, ctx: dict[str, Any], scale: 
         scores = scores + jnp.take_along_axis(by_distance_HxBxTxM,
                                               ctx["distance_written_BxTxS"][None],
                                               axis=-1).astype(jnp.float32)
-    mask = ctx["mask_written_BxTxS"][None]
-    scores = jnp.where(mask, scores * scale, _MASKED_SCORE)
-    probs = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0).astype(dt)
+    probs = _masked_probs(scores, ctx["mask_written_BxTxS"][None], scale).astype(dt)
     return jnp.transpose(pv(probs, v_GxBxSxK), (1, 2, 0, 3))
 
 
