@@ -208,7 +208,7 @@ def forward(params, model_cfg, tokens_BxL, positions_BxL=None, valid_BxL=None,
 
 def extend(params, model_cfg, tokens_BxT, positions_BxT, valid_BxT, cache,
            roles: Iterable[str] = ("policy",), last_only: bool = False,
-           empty_cache: bool = False, read_BxK=None):
+           empty_cache: bool = False, read_BxK=None, keep_cache: bool = True):
     """Append T tokens per row to the cache and return the roles' outputs for them.
 
     The new keys/values are written at slots [index, index + T); each new token
@@ -225,6 +225,9 @@ def extend(params, model_cfg, tokens_BxT, positions_BxT, valid_BxT, cache,
     index 0): attention then skips the cache's empty slots and runs in causal blocks.
     `read_BxK`: int slots of the T; the outputs are for those K tokens only (L = K), and
     each top's last layer computes only theirs (`last_only` is read_BxK = the last column).
+    `keep_cache` False: the new cache is not wanted (returned as None), so the cache needs no
+    room for the T tokens and is never copied: many calls can read one shared cache (the rule
+    scorer's suffixes after one dialogue prefill).
     """
     spec = ModelSpec.of(model_cfg)
     roles = tuple(roles)
@@ -240,7 +243,7 @@ def extend(params, model_cfg, tokens_BxT, positions_BxT, valid_BxT, cache,
     positions_BxT = positions_BxT.astype(jnp.int32)
     valid_BxT = valid_BxT.astype(bool)
     ctx = cached_attention_context(spec, positions_BxT, valid_BxT, cache["positions"],
-                                   cache["valid"], index, empty=empty_cache)
+                                   cache["valid"], index, empty=empty_cache, keep_cache=keep_cache)
 
     if last_only and length > 1:
         read_BxK = jnp.full((batch, 1), length - 1, jnp.int32)
@@ -249,7 +252,8 @@ def extend(params, model_cfg, tokens_BxT, positions_BxT, valid_BxT, cache,
     def run_stack(name, layers, x, query_BxQ=None):
         stack_kv = cache["layers"][name]
         x, new_kv = apply_stack(layers, spec, x, ctx, stack_kv, query_BxQ)
-        new_layers[name] = kv_cache.write_kv(stack_kv, new_kv, index)
+        if keep_cache:
+            new_layers[name] = kv_cache.write_kv(stack_kv, new_kv, index)
         return x
 
     x = Embed(spec).apply({"params": {"embedding": params["trunk"]["embedding"]}}, tokens_BxT)
@@ -260,6 +264,8 @@ def extend(params, model_cfg, tokens_BxT, positions_BxT, valid_BxT, cache,
         layers, _ = _split_top(params[top])
         top_x = run_stack(top, layers, x, read_BxK)
         _run_head(params, spec, top, top_x, roles, outputs)
+    if not keep_cache:
+        return outputs, None
     new_cache = {"index": index + length,
                  "positions": kv_cache.write_slots(cache["positions"], positions_BxT, index),
                  "valid": kv_cache.write_slots(cache["valid"], valid_BxT, index),

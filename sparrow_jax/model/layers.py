@@ -258,7 +258,7 @@ class Attention(nn.Module):
                 new_kv = write_kv(layer_kv, new_kv, ctx["index"])
             if "empty_cache" in ctx:  # a prefill: nothing to read in the cache
                 attended_BxTxHxK = attend(q_content, k, v, ctx, scale, position, s.causal_block)
-            elif not s.scan_layers:
+            elif "mask_written_BxTxS" in ctx:
                 attended_BxTxHxK = attend_written(q_content, new_kv["k"], new_kv["v"], ctx, scale,
                                                   position)
             else:

@@ -78,7 +78,8 @@ def attention_context(spec: ModelSpec, q_pos_BxT, k_pos_BxS, k_valid_BxS,
 
 
 def cached_attention_context(spec: ModelSpec, q_pos_BxT, q_valid_BxT, cache_pos_BxS,
-                             cache_valid_BxS, index, empty: bool = False) -> dict[str, Any]:
+                             cache_valid_BxS, index, empty: bool = False,
+                             keep_cache: bool = True) -> dict[str, Any]:
     """The context of a cached call (`hydra.extend`): T new tokens at slots
     [index, index + T) of a cache whose slots before `index` hold earlier tokens
     (positions and validity as before this call; slots from `index` on are empty).
@@ -86,13 +87,16 @@ def cached_attention_context(spec: ModelSpec, q_pos_BxT, q_valid_BxT, cache_pos_
     Attention reads the cache and the new block separately (`layers.attend_cached`):
       mask_cache_BxTxS, mask_new_BxTxT   bool, as `attention_mask` for each part
       distance_cache_BxTxS, distance_new_BxTxT, rel_table_MxD   (relative)
-    or, with looped layers (spec.scan_layers False), the cache after the block is written:
+    or, with looped layers (spec.scan_layers False) whose cache is kept (`keep_cache`), the
+    cache after the block is written:
       mask_written_BxTxS, distance_written_BxTxS
       prev_new_BxT, has_prev_new_BxT     (smeared keys) index in the block of each new
                                          token's previous token, -1 = the cache's newest
       q_pos_BxT, new_valid_BxT, index
     `empty`: the caller promises the cache holds nothing yet (a prefill): the new block then
     attends as a plain forward does (`attention_context`, causal blocks), marked "empty_cache".
+    `keep_cache` False: the caller drops the written cache, so looped layers read the cache
+    and the block separately too (writing first would copy a cache shared by every call).
     """
     length = q_pos_BxT.shape[1]
     if empty:
@@ -120,7 +124,7 @@ def cached_attention_context(spec: ModelSpec, q_pos_BxT, q_valid_BxT, cache_pos_
         ctx["distance_new_BxTxT"] = positions.relative_distance(q_pos_BxT, q_pos_BxT,
                                                                 spec.max_len)
         ctx["rel_table_MxD"] = positions.sinusoidal_table(spec.max_len, spec.d_model, spec.dtype)
-    if not spec.scan_layers:
+    if not spec.scan_layers and keep_cache:
         # Looped layers read their cache after writing the new block into it (layers.py):
         # one mask (and distance) over all S slots, the block's own at [index, index + T).
         for part in ("mask", "distance"):
@@ -128,16 +132,17 @@ def cached_attention_context(spec: ModelSpec, q_pos_BxT, q_valid_BxT, cache_pos_
                 ctx[f"{part}_written_BxTxS"] = jax.lax.dynamic_update_slice(
                     ctx.pop(f"{part}_cache_BxTxS"), ctx.pop(f"{part}_new_BxTxT"), (0, 0, index))
     if spec.smeared_keys:
-        start = (0, index)
-        all_pos_BxS = jax.lax.dynamic_update_slice(cache_pos_BxS, q_pos_BxT, start)
-        all_valid_BxS = jax.lax.dynamic_update_slice(cache_valid_BxS, q_valid_BxT, start)
-        prev_BxS, has_prev_BxS = positions.previous_token_slot(k_slot_S, all_pos_BxS,
-                                                               all_valid_BxS)
-        prev_BxT = jax.lax.dynamic_slice_in_dim(prev_BxS, index, length, axis=1)
+        # The block after the cache's S slots (its valid ones all lie before `index`): the
+        # cache need not have room for the block (`keep_cache` False).
+        n_slots = cache_pos_BxS.shape[1]
+        prev_BxN, has_prev_BxN = positions.previous_token_slot(
+            jnp.arange(n_slots + length, dtype=jnp.int32),
+            jnp.concatenate([cache_pos_BxS, q_pos_BxT], axis=1),
+            jnp.concatenate([cache_valid_BxS, q_valid_BxT], axis=1))
+        prev_BxT = prev_BxN[:, n_slots:]
         # The nearest earlier valid slot is in the block, or else the cache's newest token.
-        ctx["prev_new_BxT"] = jnp.where(prev_BxT >= index, prev_BxT - index, -1)
-        ctx["has_prev_new_BxT"] = jax.lax.dynamic_slice_in_dim(has_prev_BxS, index, length,
-                                                               axis=1)
+        ctx["prev_new_BxT"] = jnp.where(prev_BxT >= n_slots, prev_BxT - n_slots, -1)
+        ctx["has_prev_new_BxT"] = has_prev_BxN[:, n_slots:]
     return ctx
 
 

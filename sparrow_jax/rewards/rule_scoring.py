@@ -6,7 +6,7 @@ broken). Because the rule comes after the dialogue, each dialogue is encoded
 once into a KV cache (trunk + rule_rm top) and that cache is shared by all R
 rule suffixes (docs/recipe.md section 5):
 
-    prefill:   B dialogues            [B, L]      -> cache of L + Q slots
+    prefill:   B dialogues            [B, L]      -> cache of L slots
     broadcast: every row R times      [B * R]     (row b * R + r = dialogue b, rule r)
     extend:    each row's rule suffix [B * R, Q]  positions continue from the dialogue's length
 
@@ -176,7 +176,8 @@ def rule_violation_probs(params, model_cfg, dialogue_tokens_BxL, dialogue_valid_
                          f"(0, {q_len}]; got {groups}")
     cache_axes = hydra.cache_logical_axes(model_cfg, tops=_ROLES)
 
-    cache = hydra.init_cache(model_cfg, batch, length + max(q for _, q in groups), tops=_ROLES)
+    # The suffixes read the dialogue's cache and never write to it (`keep_cache=False`).
+    cache = hydra.init_cache(model_cfg, batch, length, tops=_ROLES)
     cache = _constrain(cache, cache_axes, mesh, rules)
     # Only the cache is wanted here: the rule RM's last layer computes one token's output.
     _, cache = hydra.extend(params, model_cfg, dialogue_tokens_BxL, dialogue_positions_BxL,
@@ -198,7 +199,8 @@ def rule_violation_probs(params, model_cfg, dialogue_tokens_BxL, dialogue_valid_
         # The answer is read at each suffix's last real token: only that token's output.
         last_Nx1 = jnp.tile(_last_valid_index(valid_CxQ), batch)[:, None]
         out, _ = hydra.extend(params, model_cfg, rows["tokens"], rows["positions"],
-                              rows["valid"], wide, roles=_ROLES, read_BxK=last_Nx1)
+                              rows["valid"], wide, roles=_ROLES, read_BxK=last_Nx1,
+                              keep_cache=False)
         return _p_broken(out["rule_rm"][:, 0]).reshape(batch, c)
 
     def score_group(tokens_GxQ, valid_GxQ):

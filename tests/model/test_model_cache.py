@@ -101,6 +101,16 @@ def test_shared_prefix_extend_matches_full_forward(smeared_keys, scan_layers):
     keep = np.asarray(suffix_valid)
     np.testing.assert_allclose(got[keep], want[keep], **TOL)
 
+    # keep_cache=False: the suffixes read a cache with no room for them, which stays unwritten.
+    small = hydra.init_cache(cfg, batch=1, cache_len=prefix_len, tops=roles)
+    _, small = extend(params, prefix, prefix_pos, jnp.ones_like(prefix, bool), small)
+    small = hydra.broadcast_cache(small, n)
+    read_only = jax.jit(lambda p, t, pos, v, c: hydra.extend(p, cfg, t, pos, v, c, roles=roles,
+                                                             keep_cache=False))
+    out, none = read_only(params, suffixes, suffix_pos, suffix_valid, small)
+    assert none is None
+    np.testing.assert_allclose(np.asarray(out["rule_rm"])[keep], want[keep], **TOL)
+
 
 def test_cache_layout_and_errors():
     cfg = tiny_model_cfg()

@@ -29,11 +29,14 @@ def _scorers(cfg, **kwargs):
     return shared, unshared
 
 
-@pytest.mark.parametrize("position,rule_chunk,grouped", [
-    ("relative", None, False), ("rotary", None, False), ("relative", 2, False),
-    ("relative", None, True), ("relative", 1, True)])
-def test_shared_prefix_equals_from_scratch(position, rule_chunk, grouped):
-    cfg = tiny_model_cfg(position=position)
+@pytest.mark.parametrize("position,rule_chunk,grouped,scan_layers", [
+    ("relative", None, False, True), ("rotary", None, False, True), ("relative", 2, False, True),
+    ("relative", None, True, True), ("relative", 1, True, True),
+    # Looped layers read the shared cache without writing the suffix into it (keep_cache=False).
+    ("relative", 1, True, False), ("rotary", 2, False, False)])
+def test_shared_prefix_equals_from_scratch(position, rule_chunk, grouped, scan_layers):
+    # tiny_cpu's choices when looped: smeared keys read the cache's newest key across the seam.
+    cfg = tiny_model_cfg(position=position, scan_layers=scan_layers, smeared_keys=not scan_layers)
     params = random_params(cfg, ROLES)
     inputs = _inputs(cfg)
     groups = rule_scoring.group_rules_by_length(inputs[3], max_groups=3, multiple=2) if grouped \
