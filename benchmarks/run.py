@@ -67,5 +67,7 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.path.insert(0, ROOT)
+    from sparrow_jax import host_memory
+    host_memory.reuse_freed_memory()  # as the `sparrow` command does, before JAX starts
     sys.exit(main())
 

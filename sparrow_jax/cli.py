@@ -63,7 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     if module is None:
         print(f"sparrow {args.command}: not yet available in this version.", file=sys.stderr)
         sys.exit(2)
+    from sparrow_jax import host_memory
     from sparrow_jax.config import ConfigError
+    host_memory.reuse_freed_memory()  # before JAX starts its threads
     try:
         code = getattr(module, function_name)(args, overrides)
     except ConfigError as err:
