@@ -181,6 +181,7 @@ def forward(params, model_cfg, tokens_BxL, positions_BxL=None, valid_BxL=None,
     tops = tops_for(roles)
     _check_params_have(params, tops, roles)
     batch, length = tokens_BxL.shape
+    positions_are_slots = positions_BxL is None and length <= spec.max_len
     if positions_BxL is None:
         positions_BxL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
     if valid_BxL is None:
@@ -189,7 +190,7 @@ def forward(params, model_cfg, tokens_BxL, positions_BxL=None, valid_BxL=None,
     slots_L = jnp.arange(length, dtype=jnp.int32)
     ctx = attention_context(spec, positions_BxL, positions_BxL, valid_BxL.astype(bool),
                             slots_L, slots_L, segment_ids_BxL, segment_ids_BxL,
-                            causal_slots=True)
+                            causal_slots=True, positions_are_slots=positions_are_slots)
 
     x = Embed(spec).apply({"params": {"embedding": params["trunk"]["embedding"]}}, tokens_BxL)
     if "layers" in params["trunk"]:

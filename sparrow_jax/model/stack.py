@@ -51,13 +51,17 @@ class _ScannedBlocks(nn.Module):
 
 def attention_context(spec: ModelSpec, q_pos_BxT, k_pos_BxS, k_valid_BxS,
                       q_slot_T, k_slot_S, q_seg_BxT=None, k_seg_BxS=None,
-                      index=None, causal_slots: bool = False) -> dict[str, Any]:
+                      index=None, causal_slots: bool = False,
+                      positions_are_slots: bool = False) -> dict[str, Any]:
     """Everything attention needs that is the same in every layer (see layers.py).
 
     `causal_slots`: the caller promises q_slot_T == k_slot_S == arange(L) (a forward
     without a cache), so no query attends to a later slot; attention then skips the
     upper triangle block by block (layers.query_blocks). The flag travels as the
     presence of ctx["causal_slots"] (value None: static, no array).
+    `positions_are_slots` (with causal_slots): every row's positions are also 0..L-1, so a
+    pair's distance is its slot gap and the relative term needs no gather
+    (`layers.relative_scores`); present as ctx["positions_are_slots"].
     """
     ctx = {
         "mask_BxTxS": positions.attention_mask(q_slot_T, k_slot_S, q_pos_BxT, k_pos_BxS,
@@ -74,6 +78,8 @@ def attention_context(spec: ModelSpec, q_pos_BxT, k_pos_BxS, k_valid_BxS,
         ctx["index"] = index
     if causal_slots:
         ctx["causal_slots"] = None
+        if positions_are_slots:
+            ctx["positions_are_slots"] = None
     return ctx
 
 
