@@ -30,9 +30,10 @@ from sparrow_jax.model.heads import Embed, RoleHead, ValueHead
 from sparrow_jax.model.layers import take_rows
 from sparrow_jax.model.spec import ModelSpec
 from sparrow_jax.model.stack import (apply_stack, attention_context,
-                                     cached_attention_context, init_stack)
+                                     cached_attention_context, init_stack, split_layers)
 
 __all__ = ["init_params", "param_logical_axes", "forward", "extend", "read_slots", "count_params",
+           "per_layer_params",
            "init_cache", "broadcast_cache", "cache_logical_axes", "head_kind", "lm_head_tops"]
 
 _HEAD_OF_TOP = {"policy": "lm", "teacher": "lm", "pref_rm": "elo", "rule_rm": "yes_no"}
@@ -105,6 +106,17 @@ def param_logical_axes(model_cfg, roles: Iterable[str] = ROLES):
 def count_params(tree) -> int:
     """Number of scalars in a tree of arrays or ShapeDtypeStructs."""
     return int(sum(np.prod(leaf.shape, dtype=np.int64) for leaf in jax.tree.leaves(tree)))
+
+
+def per_layer_params(params, model_cfg):
+    """params with every looped stack ('layers') split into a tuple of per-layer trees
+    (`stack.split_layers`): for a decode loop, which then runs on the slices instead of
+    slicing the stacks at every step. Scanned stacks (spec.scan_layers) are kept."""
+    if ModelSpec.of(model_cfg).scan_layers:
+        return params
+    return {name: ({**part, "layers": split_layers(part["layers"])}
+                   if isinstance(part, dict) and "layers" in part else part)
+            for name, part in params.items()}
 
 
 def _split_top(top_params):

@@ -166,12 +166,21 @@ def init_stack(spec: ModelSpec, n_layers: int, rng: jax.Array):
     return variables["params"]["block"]
 
 
+def split_layers(params) -> tuple:
+    """A stack's params as one tree per layer (leaves without the layers axis), for looped
+    layers that run many times on the same weights (a decode loop): sliced once before the
+    loop, not in every step."""
+    n_layers = jax.tree.leaves(params)[0].shape[0]
+    return tuple(jax.tree.map(lambda a, i=i: a[i], params) for i in range(n_layers))
+
+
 def apply_stack(params, spec: ModelSpec, x_BxTxD: jax.Array, ctx: dict[str, Any],
                 kv: KV | None = None, query_BxQ=None):
     """Run every layer of the stack.
 
     Args:
-      params: unboxed stack params, leaves [n_layers, ...].
+      params: unboxed stack params, leaves [n_layers, ...]; looped layers also take a
+        tuple of per-layer trees (`split_layers`).
       x_BxTxD: input activations (compute dtype).
       ctx: attention context from `attention_context`, or `cached_attention_context`
         with a cache.
@@ -185,7 +194,8 @@ def apply_stack(params, spec: ModelSpec, x_BxTxD: jax.Array, ctx: dict[str, Any]
       smeared keys; per layer in a tuple when looped), to be written at the fill index
       (`cache.write_kv`).
     """
-    n_layers = jax.tree.leaves(params)[0].shape[0]
+    if isinstance(params, tuple) and spec.scan_layers:
+        raise ValueError("scanned layers take stacked params, not split_layers' tuple")
     if kv is not None and isinstance(kv, tuple) == spec.scan_layers:
         raise ValueError(f"the cache is laid out for model.scan_layers={not spec.scan_layers}; "
                          "make it with init_cache and the same model config")
@@ -193,13 +203,15 @@ def apply_stack(params, spec: ModelSpec, x_BxTxD: jax.Array, ctx: dict[str, Any]
         # Scanned, the last layer runs on every token and the slots are read after it:
         # splitting it off the scan would copy the stacked weights and cache (at the 70B
         # pod shape, +12 GiB per chip for the rule scorer).
+        n_layers = jax.tree.leaves(params)[0].shape[0]
         x_BxTxD, new_kv = _ScannedBlocks(spec, n_layers).apply({"params": {"block": params}},
                                                                x_BxTxD, ctx, kv)
         return (x_BxTxD if query_BxQ is None else take_rows(x_BxTxD, query_BxQ)), new_kv
     block = _block_class(spec)(spec)
+    per_layer = params if isinstance(params, tuple) else split_layers(params)
+    n_layers = len(per_layer)
     new_kvs = []
-    for i in range(n_layers):
-        layer_params = jax.tree.map(lambda a: a[i], params)
+    for i, layer_params in enumerate(per_layer):
         x_BxTxD, new_kv = block.apply({"params": layer_params}, x_BxTxD, ctx,
                                       None if kv is None else kv[i],
                                       query_BxQ if i == n_layers - 1 else None)

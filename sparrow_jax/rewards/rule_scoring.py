@@ -175,6 +175,7 @@ def rule_violation_probs(params, model_cfg, dialogue_tokens_BxL, dialogue_valid_
         raise ValueError(f"rule_groups must cover rules 0..{n_rules - 1} once each at widths in "
                          f"(0, {q_len}]; got {groups}")
     cache_axes = hydra.cache_logical_axes(model_cfg, tops=_ROLES)
+    params = hydra.per_layer_params(params, model_cfg)  # sliced once, not per rule chunk
 
     # The suffixes read the dialogue's cache and never write to it (`keep_cache=False`).
     cache = hydra.init_cache(model_cfg, batch, length, tops=_ROLES)

@@ -231,6 +231,8 @@ def _prefill(params, spec: ModelSpec, tokens_BxP, valid_BxP, cache_len: int):
 
 def _cached_advance(params, spec: ModelSpec, first_position_B):
     """`advance` for the cached loop: token `step` sits at first_position_B + step."""
+    params = hydra.per_layer_params(params, spec)  # sliced once, outside the loop
+
     def advance(cache, step, token_B, live_B):
         out, cache = hydra.extend(params, spec, token_B[:, None], (first_position_B + step)[:, None],
                                   live_B[:, None], cache, roles=_POLICY)

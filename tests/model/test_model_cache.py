@@ -136,6 +136,15 @@ def test_cache_layout_and_errors():
     assert jax.tree.structure(looped_axes, is_leaf=lambda x: isinstance(
         x, jax.sharding.PartitionSpec)) == jax.tree.structure(looped)
     params = hydra.init_params(cfg, jax.random.PRNGKey(0), ("policy", "rule_rm"))
+    # A decode loop's weights: looped stacks split once into per-layer trees, scanned kept.
+    split = hydra.per_layer_params(params, looped_cfg)
+    assert len(split["policy"]["layers"]) == cfg.n_layers - cfg.n_frozen_layers
+    assert split["trunk"]["layers"][0]["attn"]["query"].shape == \
+        params["trunk"]["layers"]["attn"]["query"].shape[1:]
+    assert hydra.per_layer_params(params, cfg) is params
+    with pytest.raises(ValueError, match="split_layers"):
+        hydra.extend(split, cfg, jnp.ones((2, 1), jnp.int32), jnp.zeros((2, 1), jnp.int32),
+                     None, hydra.init_cache(cfg, 2, 7))
     with pytest.raises(ValueError, match="scan_layers"):  # a cache made for the other layout
         hydra.extend(params, looped_cfg, jnp.ones((2, 1), jnp.int32),
                      jnp.zeros((2, 1), jnp.int32), None, hydra.init_cache(cfg, 2, 7))

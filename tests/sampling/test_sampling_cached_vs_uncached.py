@@ -45,6 +45,20 @@ def test_cached_equals_uncached_rotary_gated():
     np.testing.assert_array_equal(cached.tokens_BxN, reference.tokens_BxN)
 
 
+def test_cached_equals_uncached_looped_layers():
+    """tiny_cpu's layout: looped layers (a cache buffer per layer; the decode loop runs on
+    per-layer weight slices, `hydra.per_layer_params`) and smeared keys, 2 + 2 layers."""
+    cfg = tiny_model_cfg(scan_layers=False, smeared_keys=True, n_layers=4, n_frozen_layers=2)
+    params = tiny_params(cfg, seed=4)
+    tokens, valid = ragged_prompts(LENGTHS, cfg.vocab_size, seed=3)
+    rng = jax.random.PRNGKey(6)
+    cached = sampler.sample(params, cfg, tokens, valid, rng, CONFIGS["plain_t07"], IDS)
+    reference = sampler.sample_uncached(params, cfg, tokens, valid, rng, CONFIGS["plain_t07"], IDS)
+    np.testing.assert_array_equal(cached.tokens_BxN, reference.tokens_BxN)
+    np.testing.assert_allclose(cached.logprobs_BxN, reference.logprobs_BxN, rtol=1e-5, atol=1e-5)
+    assert int(cached.lengths_B.sum()) > len(LENGTHS)
+
+
 def test_padding_does_not_change_a_row():
     """A row sampled alone equals the same row inside a wider left-padded batch."""
     cfg = tiny_model_cfg()
