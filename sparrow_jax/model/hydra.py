@@ -193,7 +193,7 @@ def forward(params, model_cfg, tokens_BxL, positions_BxL=None, valid_BxL=None,
     tops = tops_for(roles)
     _check_params_have(params, tops, roles)
     batch, length = tokens_BxL.shape
-    positions_are_slots = positions_BxL is None and length <= spec.max_len
+    slot_gap_distances = positions_BxL is None and length <= spec.max_len
     if positions_BxL is None:
         positions_BxL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
     if valid_BxL is None:
@@ -202,7 +202,7 @@ def forward(params, model_cfg, tokens_BxL, positions_BxL=None, valid_BxL=None,
     slots_L = jnp.arange(length, dtype=jnp.int32)
     ctx = attention_context(spec, positions_BxL, positions_BxL, valid_BxL.astype(bool),
                             slots_L, slots_L, segment_ids_BxL, segment_ids_BxL,
-                            causal_slots=True, positions_are_slots=positions_are_slots)
+                            causal_slots=True, slot_gap_distances=slot_gap_distances)
 
     x = Embed(spec).apply({"params": {"embedding": params["trunk"]["embedding"]}}, tokens_BxL)
     if "layers" in params["trunk"]:
@@ -221,7 +221,8 @@ def forward(params, model_cfg, tokens_BxL, positions_BxL=None, valid_BxL=None,
 
 def extend(params, model_cfg, tokens_BxT, positions_BxT, valid_BxT, cache,
            roles: Iterable[str] = ("policy",), last_only: bool = False,
-           empty_cache: bool = False, read_BxK=None, keep_cache: bool = True):
+           empty_cache: bool = False, read_BxK=None, keep_cache: bool = True,
+           consecutive_positions: bool = False):
     """Append T tokens per row to the cache and return the roles' outputs for them.
 
     The new keys/values are written at slots [index, index + T); each new token
@@ -241,6 +242,9 @@ def extend(params, model_cfg, tokens_BxT, positions_BxT, valid_BxT, cache,
     `keep_cache` False: the new cache is not wanted (returned as None), so the cache needs no
     room for the T tokens and is never copied: many calls can read one shared cache (the rule
     scorer's suffixes after one dialogue prefill).
+    `consecutive_positions` (a prefill): the caller promises each row's valid tokens have
+    consecutive positions in slot order (a left-padded prompt, a right-padded dialogue), so
+    the relative term is shifted into place instead of gathered (`layers.relative_scores`).
     """
     spec = ModelSpec.of(model_cfg)
     roles = tuple(roles)
@@ -256,7 +260,8 @@ def extend(params, model_cfg, tokens_BxT, positions_BxT, valid_BxT, cache,
     positions_BxT = positions_BxT.astype(jnp.int32)
     valid_BxT = valid_BxT.astype(bool)
     ctx = cached_attention_context(spec, positions_BxT, valid_BxT, cache["positions"],
-                                   cache["valid"], index, empty=empty_cache, keep_cache=keep_cache)
+                                   cache["valid"], index, empty=empty_cache, keep_cache=keep_cache,
+                                   consecutive_positions=consecutive_positions)
 
     if last_only and length > 1:
         read_BxK = jnp.full((batch, 1), length - 1, jnp.int32)

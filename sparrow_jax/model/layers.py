@@ -157,7 +157,7 @@ def query_rows(ctx: dict[str, Any], query_BxQ) -> dict[str, Any]:
     """The attention context for the queries at slots `query_BxQ` only: the masks and
     distances keep those rows; everything about the keys stays (keys are every token).
     The queries are no longer the key slots in order, so causal blocks are off."""
-    out = {k: v for k, v in ctx.items() if k not in ("causal_slots", "positions_are_slots")}
+    out = {k: v for k, v in ctx.items() if k not in ("causal_slots", "slot_gap_distances")}
     for name in _QUERY_AXIS_CTX:
         if name in out:
             out[name] = take_rows(out[name], query_BxQ)
@@ -334,21 +334,21 @@ def relative_scores(q_position_HxBxNxK, r_MxHxK, ctx: dict[str, Any], t0: int, s
     0 .. s1 - 1: [H, B, N, s1], for every pair the mask may keep.
 
     By default every distance's term is computed and gathered at ctx["distance_BxTxS"].
-    When ctx has "positions_are_slots" (queries are the causal block's slots and the
-    positions are the slots: d = t - s, at most t0 + N - 1 < max_len), only distances
+    When ctx has "slot_gap_distances" (queries are the causal block's slots and every kept
+    pair's distance is its slot gap, d = t - s <= t0 + N - 1 < max_len), only distances
     0 .. t1 - 1 are computed (t1 = t0 + N, the block's keys: s1 == t1), and row n reads
     them reversed and shifted by n, by a reshape instead of a gather (whose backward is
     a scatter): flat = reversed rows with one pad column, then row n, key s is flat entry
     (N - 1) + n * t1 + s, i.e. distance t0 + n - s. Pairs with s > t read pad or the next
     row: the causal mask drops them.
     """
-    if "positions_are_slots" not in ctx:
+    if "slot_gap_distances" not in ctx:
         by_distance_HxBxNxM = jnp.einsum("hbtk,mhk->hbtm", q_position_HxBxNxK, r_MxHxK)
         distance_1xBxNxS = ctx["distance_BxTxS"][None, :, t0:t0 + q_position_HxBxNxK.shape[2], :s1]
         return jnp.take_along_axis(by_distance_HxBxNxM, distance_1xBxNxS, axis=-1)
     n = q_position_HxBxNxK.shape[2]
     if s1 != t0 + n:
-        raise ValueError(f"positions_are_slots needs the causal block's keys: {s1} != {t0 + n}")
+        raise ValueError(f"slot_gap_distances needs the causal block's keys: {s1} != {t0 + n}")
     reversed_HxBxNxT = jnp.einsum("hbtk,mhk->hbtm", q_position_HxBxNxK, r_MxHxK[s1 - 1::-1])
     h, b = reversed_HxBxNxT.shape[:2]
     flat = jnp.pad(reversed_HxBxNxT, ((0, 0), (0, 0), (0, 0), (0, 1))).reshape(h, b, -1)

@@ -52,16 +52,17 @@ class _ScannedBlocks(nn.Module):
 def attention_context(spec: ModelSpec, q_pos_BxT, k_pos_BxS, k_valid_BxS,
                       q_slot_T, k_slot_S, q_seg_BxT=None, k_seg_BxS=None,
                       index=None, causal_slots: bool = False,
-                      positions_are_slots: bool = False) -> dict[str, Any]:
+                      slot_gap_distances: bool = False) -> dict[str, Any]:
     """Everything attention needs that is the same in every layer (see layers.py).
 
     `causal_slots`: the caller promises q_slot_T == k_slot_S == arange(L) (a forward
     without a cache), so no query attends to a later slot; attention then skips the
     upper triangle block by block (layers.query_blocks). The flag travels as the
     presence of ctx["causal_slots"] (value None: static, no array).
-    `positions_are_slots` (with causal_slots): every row's positions are also 0..L-1, so a
-    pair's distance is its slot gap and the relative term needs no gather
-    (`layers.relative_scores`); present as ctx["positions_are_slots"].
+    `slot_gap_distances` (with causal_slots): the caller promises every row's valid tokens
+    have consecutive positions in slot order (arange, or a left-padded prompt's), and
+    L <= max_len: every pair the mask keeps is then as far apart as its slots, so the
+    relative term needs no gather (`layers.relative_scores`); ctx["slot_gap_distances"].
     """
     ctx = {
         "mask_BxTxS": positions.attention_mask(q_slot_T, k_slot_S, q_pos_BxT, k_pos_BxS,
@@ -78,14 +79,15 @@ def attention_context(spec: ModelSpec, q_pos_BxT, k_pos_BxS, k_valid_BxS,
         ctx["index"] = index
     if causal_slots:
         ctx["causal_slots"] = None
-        if positions_are_slots:
-            ctx["positions_are_slots"] = None
+        if slot_gap_distances:
+            ctx["slot_gap_distances"] = None
     return ctx
 
 
 def cached_attention_context(spec: ModelSpec, q_pos_BxT, q_valid_BxT, cache_pos_BxS,
                              cache_valid_BxS, index, empty: bool = False,
-                             keep_cache: bool = True) -> dict[str, Any]:
+                             keep_cache: bool = True,
+                             consecutive_positions: bool = False) -> dict[str, Any]:
     """The context of a cached call (`hydra.extend`): T new tokens at slots
     [index, index + T) of a cache whose slots before `index` hold earlier tokens
     (positions and validity as before this call; slots from `index` on are empty).
@@ -100,7 +102,8 @@ def cached_attention_context(spec: ModelSpec, q_pos_BxT, q_valid_BxT, cache_pos_
                                          token's previous token, -1 = the cache's newest
       q_pos_BxT, new_valid_BxT, index
     `empty`: the caller promises the cache holds nothing yet (a prefill): the new block then
-    attends as a plain forward does (`attention_context`, causal blocks), marked "empty_cache".
+    attends as a plain forward does (`attention_context`, causal blocks), marked "empty_cache";
+    `consecutive_positions` is then `attention_context`'s slot_gap_distances promise.
     `keep_cache` False: the caller drops the written cache, so looped layers read the cache
     and the block separately too (writing first would copy a cache shared by every call).
     """
@@ -108,7 +111,8 @@ def cached_attention_context(spec: ModelSpec, q_pos_BxT, q_valid_BxT, cache_pos_
     if empty:
         slots_T = jnp.arange(length, dtype=jnp.int32)
         ctx = attention_context(spec, q_pos_BxT, q_pos_BxT, q_valid_BxT, slots_T, slots_T,
-                                causal_slots=True)
+                                causal_slots=True,
+                                slot_gap_distances=consecutive_positions and length <= spec.max_len)
         ctx.update(new_valid_BxT=q_valid_BxT, index=index, empty_cache=None)
         if spec.smeared_keys:
             ctx["prev_new_BxT"], ctx["has_prev_new_BxT"] = ctx["prev_slot_BxS"], ctx["has_prev_BxS"]

@@ -164,7 +164,8 @@ def rule_violation_probs(params, model_cfg, dialogue_tokens_BxL, dialogue_valid_
         constrained too when the call is traced inside `sharding.activation_sharding`.
     Jittable (close over model_cfg, rule_groups, mesh and rules).
     """
-    if dialogue_positions_BxL is None:
+    slots_as_positions = dialogue_positions_BxL is None
+    if slots_as_positions:
         dialogue_positions_BxL = _default_positions(dialogue_tokens_BxL)
     dialogue_valid_BxL = dialogue_valid_BxL.astype(bool)
     batch, length = dialogue_tokens_BxL.shape
@@ -183,6 +184,7 @@ def rule_violation_probs(params, model_cfg, dialogue_tokens_BxL, dialogue_valid_
     # Only the cache is wanted here: the rule RM's last layer computes one token's output.
     _, cache = hydra.extend(params, model_cfg, dialogue_tokens_BxL, dialogue_positions_BxL,
                             dialogue_valid_BxL, cache, roles=_ROLES, empty_cache=True,
+                            consecutive_positions=slots_as_positions,
                             read_BxK=jnp.zeros((batch, 1), jnp.int32))
     start_B = suffix_start(dialogue_positions_BxL, dialogue_valid_BxL)
 

@@ -225,7 +225,8 @@ def _prefill(params, spec: ModelSpec, tokens_BxP, valid_BxP, cache_len: int):
     cache = _constrain_cache(spec, hydra.init_cache(spec, tokens_BxP.shape[0], cache_len,
                                                     tops=_POLICY))
     out, cache = hydra.extend(params, spec, tokens_BxP, prompt_positions(valid_BxP), valid_BxP,
-                              cache, roles=_POLICY, last_only=True, empty_cache=True)
+                              cache, roles=_POLICY, last_only=True, empty_cache=True,
+                              consecutive_positions=True)
     return out["policy"][:, -1], _constrain_cache(spec, cache)
 
 
