@@ -114,6 +114,8 @@ def cache_tops(cache) -> tuple[str, ...]:
 
 def broadcast_cache(cache, n: int):
     """Repeat every row n times (B -> B * n): share a prefilled prefix among n continuations."""
+    if n == 1:
+        return cache
     return {
         "index": cache["index"],
         "positions": jnp.repeat(cache["positions"], n, axis=0),
