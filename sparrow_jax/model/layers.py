@@ -251,7 +251,7 @@ class Attention(nn.Module):
             new_kv = {"k": jnp.transpose(k, (2, 0, 1, 3)), "v": jnp.transpose(v, (2, 0, 1, 3))}
             if s.smeared_keys:
                 new_kv["last_k"] = newest_key(plain_k, ctx["new_valid_BxT"], layer_kv["last_k"])
-            if not s.scan_layers:
+            if not s.scan_layers and "cache_read_only" not in ctx:
                 # A looped layer owns its cache buffer (cache.py): it writes the new block
                 # first and reads the written cache. Reading the old buffer after the write
                 # is scheduled would make XLA copy the whole cache (twice per decode step).

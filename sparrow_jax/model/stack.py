@@ -134,7 +134,9 @@ def cached_attention_context(spec: ModelSpec, q_pos_BxT, q_valid_BxT, cache_pos_
         ctx["distance_new_BxTxT"] = positions.relative_distance(q_pos_BxT, q_pos_BxT,
                                                                 spec.max_len)
         ctx["rel_table_MxD"] = positions.sinusoidal_table(spec.max_len, spec.d_model, spec.dtype)
-    if not spec.scan_layers and keep_cache:
+    if not keep_cache:
+        ctx["cache_read_only"] = None  # looped layers return their new keys unwritten
+    elif not spec.scan_layers:
         # Looped layers read their cache after writing the new block into it (layers.py):
         # one mask (and distance) over all S slots, the block's own at [index, index + T).
         for part in ("mask", "distance"):

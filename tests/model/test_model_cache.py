@@ -78,7 +78,7 @@ def test_shared_prefix_extend_matches_full_forward(smeared_keys, scan_layers):
     cfg = tiny_model_cfg(init_std=0.3, smeared_keys=smeared_keys, scan_layers=scan_layers)
     roles = ("rule_rm",)
     params = sharpen(hydra.init_params(cfg, jax.random.PRNGKey(0), roles), jax.random.PRNGKey(2))
-    n, prefix_len, suffix_len = 3, 5, 4
+    n, prefix_len, suffix_len = 3, 4, 6  # a suffix longer than the read-only cache below
     prefix = jax.random.randint(jax.random.PRNGKey(3), (1, prefix_len), 0, cfg.vocab_size)
     suffixes = jax.random.randint(jax.random.PRNGKey(4), (n, suffix_len), 0, cfg.vocab_size)
     # The last suffix is one token shorter: right padding inside the block.
