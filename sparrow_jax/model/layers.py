@@ -173,7 +173,8 @@ class Attention(nn.Module):
     Relative: score_ts = [(q_t + u) . k_s + (q_t + v) . (W_r R_{d(t,s)})] / sqrt(K).
     The position term is computed for every distance d in [0, max_len) and
     gathered by d = query_pos - key_pos, so it works for any explicit positions
-    (in particular for queries whose keys sit in a KV cache).
+    (in particular for queries whose keys sit in a KV cache); where every kept pair is
+    as far apart as its slots, it is shifted into place instead (`relative_scores`).
     """
     spec: ModelSpec
 
@@ -342,11 +343,11 @@ def relative_scores(q_position_HxBxNxK, r_MxHxK, ctx: dict[str, Any], t0: int, s
     (N - 1) + n * t1 + s, i.e. distance t0 + n - s. Pairs with s > t read pad or the next
     row: the causal mask drops them.
     """
+    n = q_position_HxBxNxK.shape[2]
     if "slot_gap_distances" not in ctx:
         by_distance_HxBxNxM = jnp.einsum("hbtk,mhk->hbtm", q_position_HxBxNxK, r_MxHxK)
-        distance_1xBxNxS = ctx["distance_BxTxS"][None, :, t0:t0 + q_position_HxBxNxK.shape[2], :s1]
+        distance_1xBxNxS = ctx["distance_BxTxS"][None, :, t0:t0 + n, :s1]
         return jnp.take_along_axis(by_distance_HxBxNxM, distance_1xBxNxS, axis=-1)
-    n = q_position_HxBxNxK.shape[2]
     if s1 != t0 + n:
         raise ValueError(f"slot_gap_distances needs the causal block's keys: {s1} != {t0 + n}")
     reversed_HxBxNxT = jnp.einsum("hbtk,mhk->hbtm", q_position_HxBxNxK, r_MxHxK[s1 - 1::-1])
