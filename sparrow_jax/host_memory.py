@@ -9,8 +9,8 @@ With one arena, no mmap and no trimming, a freed block serves the next call.
 
 Only for processes that run XLA:CPU: when JAX_PLATFORMS names cpu first, or no
 accelerator plugin (libtpu, jax CUDA / ROCm plugins) is installed. The price is that
-freed memory stays with the process, and the heap first grows by a few blocks of the
-largest temporary before freed blocks serve every call (up to 8 blocks in
+freed memory stays with the process, and a call that finds no freed block big enough
+grows the heap by one block of its temporary (in at most half of 24 calls in
 `tests/test_host_memory.py`; the RL benchmark's peak resident size was 1.51 GB with the
 settings and 1.61 GB without). SPARROW_MALLOC=system keeps glibc's defaults.
 """
