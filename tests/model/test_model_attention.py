@@ -161,20 +161,22 @@ def test_block_causal_forward_and_gradients_equal_one_block(smeared_keys):
     for block in (0, 4):
         grad = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
         results[block] = grad(params, block)
-    (grads_one, out_one), (grads_blocks, out_blocks) = results[0], results[4]
+    _assert_same_outputs_and_gradients(results[4], results[0])
+
+
+def _assert_same_outputs_and_gradients(got, want):
+    """(grads, outputs) of two forwards: every role's output, and every parameter's gradient
+    to 1e-5 of its largest entry."""
+    (got_grads, got_out), (want_grads, want_out) = got, want
     for role in ROLES:
-        np.testing.assert_allclose(out_blocks[role], out_one[role], rtol=1e-5, atol=1e-5)
-    for path, want in jax.tree_util.tree_leaves_with_path(grads_one):
-        got = _leaf(grads_blocks, path)
-        scale = float(jnp.max(jnp.abs(want))) + 1e-6
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale,
+        np.testing.assert_allclose(got_out[role], want_out[role], rtol=1e-5, atol=1e-5)
+    for path, want_leaf in jax.tree_util.tree_leaves_with_path(want_grads):
+        got_leaf = got_grads
+        for key in path:
+            got_leaf = got_leaf[key.key]
+        scale = float(jnp.max(jnp.abs(want_leaf))) + 1e-6
+        np.testing.assert_allclose(got_leaf, want_leaf, rtol=1e-4, atol=1e-5 * scale,
                                    err_msg=jax.tree_util.keystr(path))
-
-
-def _leaf(tree, path):
-    for key in path:
-        tree = tree[key.key]
-    return tree
 
 
 @pytest.mark.parametrize("causal_block", [0, 4])
@@ -198,14 +200,9 @@ def test_slot_positions_skip_the_gather_with_the_same_outputs_and_gradients(caus
                 + jnp.sum(out["pref_rm"]) + jnp.sum(out["rule_rm"])), out
 
     grad = jax.jit(jax.grad(loss, has_aux=True))
-    (grads_shift, out_shift), (grads_gather, out_gather) = grad(params, None), grad(params, arange)
-    for role in ROLES:
-        np.testing.assert_allclose(out_shift[role], out_gather[role], rtol=1e-5, atol=1e-5)
-    for path, want in jax.tree_util.tree_leaves_with_path(grads_gather):
-        got = _leaf(grads_shift, path)
-        scale = float(jnp.max(jnp.abs(want))) + 1e-6
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale,
-                                   err_msg=jax.tree_util.keystr(path))
+    gathered = grad(params, arange)
+    _assert_same_outputs_and_gradients(grad(params, None), gathered)
+    out_gather = gathered[1]
     # Not vacuous: the relative term matters (shifted distances change the outputs).
     moved = hydra.forward(params, cfg, tokens, arange * 2, valid, roles=ROLES, read_BxK=read)
     assert np.abs(np.asarray(moved["policy"] - out_gather["policy"])).max() > 1e-2
