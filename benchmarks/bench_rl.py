@@ -82,8 +82,9 @@ def rl_episodes(results: dict, quick: bool = False, repeats: int = 0) -> dict:
     trained 2 steps each (wired as `sparrow demo` wires them; Elo normaliser from one
     batch). An RL step is: self-play of 16 episodes (prompt mixture or context buffer,
     one agent turn each, sampled with the KV cache, searching when the agent asks),
-    rule-RM scoring of all 23 rules with the shared dialogue prefix, and the jitted A2C
-    update (policy, value, teacher and preference RM in one trunk pass).
+    rule-RM scoring of the rules of `rl.rule_scope` with the shared dialogue prefix, and
+    the jitted A2C update (policy, value, teacher and preference RM on the trunk output
+    of the rule RM's prefill).
 
     From the trainer's own metrics (every step logged): its `episodes_per_second` at
     step k is episodes so far / seconds since train_rl started, so seconds up to step k
@@ -96,9 +97,10 @@ def rl_episodes(results: dict, quick: bool = False, repeats: int = 0) -> dict:
     its turns were like; a trained policy's turns end earlier and search more.
 
     Phases (`_phase_figures`, from a `rl.phases.PhaseClock` over the same steps):
-    `rl_phase_<name>_seconds` / `_share` for prefill, decode, search, rule_scoring,
-    update (its one trunk pass also computes the preference RM's Elo) and host_other
-    (the rest of the step: prompt drawing, tokenising, sequence assembly, bookkeeping);
+    `rl_phase_<name>_seconds` / `_share` for prefill, decode, search, rule_scoring (its
+    dialogue prefill also runs the trunk the update reads), update (which also computes
+    the preference RM's Elo) and host_other (the rest of the step: prompt drawing,
+    tokenising, sequence assembly, bookkeeping);
     `rl_generated_tokens_per_second` (kept sampled tokens per second of self-play) and
     `rl_rollout_efficiency` = that / `bare_sampler_tokens_per_second`.
     """

@@ -67,7 +67,8 @@ def analytic_flops(model_cfg, stage: str, batch: int, seq_len: int) -> float:
     N excludes the embedding lookup (no matmul) and includes an untied unembedding;
     attention adds 4 B L^2 H K per layer forward (scores and weighted sum, full
     square, relative-position terms not counted), times 3 where gradients flow.
-    Remat recomputation is not model FLOPs and is not counted.
+    Remat recomputation is not model FLOPs and is not counted. The rl update reads the
+    frozen trunk's output from the rule scorer (`stage_setup`): its trunk is not counted.
     """
     m = model_cfg
     tokens = batch * seq_len
@@ -82,6 +83,8 @@ def analytic_flops(model_cfg, stage: str, batch: int, seq_len: int) -> float:
     layers = {"trunk": m.n_frozen_layers, "value": 0}
     trained = TRAINABLE_KEYS[stage]
     total = 0.0
+    if stage == "rl":
+        parts.pop("trunk")
     for part, n in parts.items():
         mult = 3.0 if part in trained else 1.0
         total += mult * (2.0 * n * tokens + layers.get(part, m.n_layers - m.n_frozen_layers)
@@ -90,10 +93,13 @@ def analytic_flops(model_cfg, stage: str, batch: int, seq_len: int) -> float:
 
 
 def stage_setup(cfg, mesh, stage: str):
-    """The stage's StageSetup at the length it trains at: rl at `sequence_length(cfg)`
-    (as rl/trainer.py builds it), the others at train.seq_len."""
-    seq_len = sequence_length(cfg) if stage == "rl" else cfg.train.seq_len
-    return stages.build_stage(cfg, mesh, stage, seq_len=seq_len, log_unsharded=False)
+    """The stage's StageSetup at the length it trains at: rl at `sequence_length(cfg)`,
+    reading the trunk's output from its batch (as rl/trainer.py builds it), the others at
+    train.seq_len."""
+    if stage == "rl":
+        return stages.build_stage(cfg, mesh, stage, seq_len=sequence_length(cfg),
+                                  log_unsharded=False, trunk_input=True)
+    return stages.build_stage(cfg, mesh, stage, seq_len=cfg.train.seq_len, log_unsharded=False)
 
 
 def compile_step(cfg, mesh, stage: str, setup=None) -> dict[str, Any]:

@@ -170,7 +170,7 @@ def compile_rule_score(cfg, mesh, rl_state) -> dict[str, Any]:
     model_cfg = cfg.model
     fn = jax.jit(lambda p, t, v, rt, rv: rule_violation_probs(
         p, model_cfg, t, v, rt, rv, rule_chunk=rule_chunk, rule_groups=groups, mesh=mesh,
-        rules=rules))
+        rules=rules, return_trunk=True))
     compiled = fn.lower(params, tokens, valid, _replicated(mesh, valid_RxQ.shape, jnp.int32),
                         _replicated(mesh, valid_RxQ.shape, jnp.bool_)).compile()
     resident = device_bytes(rl_state) - device_bytes(params)

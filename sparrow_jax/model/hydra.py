@@ -168,7 +168,7 @@ def _check_params_have(params, tops, roles):
 
 def forward(params, model_cfg, tokens_BxL, positions_BxL=None, valid_BxL=None,
             segment_ids_BxL=None, roles: Iterable[str] = ("policy", "value"),
-            value_grad_to_policy: bool = True, read_BxK=None):
+            value_grad_to_policy: bool = True, read_BxK=None, trunk_BxLxD=None):
     """Run the trunk once and the tops of `roles`.
 
     Args:
@@ -182,6 +182,10 @@ def forward(params, model_cfg, tokens_BxL, positions_BxL=None, valid_BxL=None,
         every output has K in place of L (`read_slots`): a loss that needs logits at a few
         positions pays for [B, K, V], not [B, L, V]. Each top's last layer computes only
         those K tokens' outputs (from every token's keys and values); the rest run over L.
+      trunk_BxLxD: the trunk's output for these tokens, positions and mask, computed
+        elsewhere (`extend(..., return_trunk=True)`: the RL trainer's rule scorer has it):
+        the embedding and the frozen layers are then skipped. The trunk is frozen, so no
+        gradient is lost.
     Returns:
       {'policy'|'teacher': logits_BxLxV, 'value': value_BxL, 'pref_rm': elo_BxL,
        'rule_rm': yes_no_logits_BxLx2 (0 = "No", 1 = "Yes")}, float32, for the roles asked;
@@ -204,9 +208,15 @@ def forward(params, model_cfg, tokens_BxL, positions_BxL=None, valid_BxL=None,
                             slots_L, slots_L, segment_ids_BxL, segment_ids_BxL,
                             causal_slots=True, slot_gap_distances=slot_gap_distances)
 
-    x = Embed(spec).apply({"params": {"embedding": params["trunk"]["embedding"]}}, tokens_BxL)
-    if "layers" in params["trunk"]:
-        x, _ = apply_stack(params["trunk"]["layers"], spec, x, ctx)
+    if trunk_BxLxD is None:
+        x = Embed(spec).apply({"params": {"embedding": params["trunk"]["embedding"]}}, tokens_BxL)
+        if "layers" in params["trunk"]:
+            x, _ = apply_stack(params["trunk"]["layers"], spec, x, ctx)
+    elif trunk_BxLxD.shape != (batch, length, spec.d_model):
+        raise ValueError(f"trunk_BxLxD has shape {trunk_BxLxD.shape}; the tokens need "
+                         f"{(batch, length, spec.d_model)}")
+    else:
+        x = trunk_BxLxD.astype(spec.dtype)
     has_next_BxL = jnp.broadcast_to(slots_L < length - 1, (batch, length))
     next_BxL = (next_token_targets(tokens_BxL), has_next_BxL)
     if read_BxK is not None:
@@ -222,7 +232,7 @@ def forward(params, model_cfg, tokens_BxL, positions_BxL=None, valid_BxL=None,
 def extend(params, model_cfg, tokens_BxT, positions_BxT, valid_BxT, cache,
            roles: Iterable[str] = ("policy",), last_only: bool = False,
            empty_cache: bool = False, read_BxK=None, keep_cache: bool = True,
-           consecutive_positions: bool = False):
+           consecutive_positions: bool = False, return_trunk: bool = False):
     """Append T tokens per row to the cache and return the roles' outputs for them.
 
     The new keys/values are written at slots [index, index + T); each new token
@@ -245,6 +255,8 @@ def extend(params, model_cfg, tokens_BxT, positions_BxT, valid_BxT, cache,
     `consecutive_positions` (a prefill): the caller promises each row's valid tokens have
     consecutive positions in slot order (a left-padded prompt, a right-padded dialogue), so
     the relative term is shifted into place instead of gathered (`layers.relative_scores`).
+    `return_trunk`: outputs also hold 'trunk', the trunk's output [B, T, D] (compute dtype),
+    which `forward(trunk_BxLxD=...)` takes in place of running the trunk again.
     """
     spec = ModelSpec.of(model_cfg)
     roles = tuple(roles)
@@ -277,7 +289,7 @@ def extend(params, model_cfg, tokens_BxT, positions_BxT, valid_BxT, cache,
     x = Embed(spec).apply({"params": {"embedding": params["trunk"]["embedding"]}}, tokens_BxT)
     if "layers" in params["trunk"]:
         x = run_stack("trunk", params["trunk"]["layers"], x)
-    outputs = {}
+    outputs = {"trunk": x} if return_trunk else {}
     for top in run_tops:
         layers, _ = _split_top(params[top])
         top_x = run_stack(top, layers, x, read_BxK)

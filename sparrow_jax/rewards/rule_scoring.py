@@ -143,7 +143,7 @@ def group_rules_by_length(rule_valid_RxQ, max_groups: int = 3,
 def rule_violation_probs(params, model_cfg, dialogue_tokens_BxL, dialogue_valid_BxL,
                          rule_tokens_RxQ, rule_valid_RxQ, dialogue_positions_BxL=None, *,
                          rule_chunk: int | None = None, rule_groups=None,
-                         mesh: Mesh | None = None, rules: Any = None):
+                         mesh: Mesh | None = None, rules: Any = None, return_trunk: bool = False):
     """p_broken_BxR float32 in [0, 1], each dialogue encoded once and shared by all rules.
 
     Args:
@@ -162,6 +162,9 @@ def rule_violation_probs(params, model_cfg, dialogue_tokens_BxL, dialogue_valid_
       mesh, rules: optional device mesh and logical-axis rules; the cache and the
         B * R rows are then sharded by the 'batch' rule. Model activations are
         constrained too when the call is traced inside `sharding.activation_sharding`.
+      return_trunk: return (p_broken_BxR, trunk_BxLxD): the trunk's output over the
+        dialogues, which the RL update takes instead of running the trunk again
+        (`hydra.forward(trunk_BxLxD=...)`).
     Jittable (close over model_cfg, rule_groups, mesh and rules).
     """
     slots_as_positions = dialogue_positions_BxL is None
@@ -181,11 +184,13 @@ def rule_violation_probs(params, model_cfg, dialogue_tokens_BxL, dialogue_valid_
     # The suffixes read the dialogue's cache and never write to it (`keep_cache=False`).
     cache = hydra.init_cache(model_cfg, batch, length, tops=_ROLES)
     cache = _constrain(cache, cache_axes, mesh, rules)
-    # Only the cache is wanted here: the rule RM's last layer computes one token's output.
-    _, cache = hydra.extend(params, model_cfg, dialogue_tokens_BxL, dialogue_positions_BxL,
-                            dialogue_valid_BxL, cache, roles=_ROLES, empty_cache=True,
-                            consecutive_positions=slots_as_positions,
-                            read_BxK=jnp.zeros((batch, 1), jnp.int32))
+    # Only the cache (and the trunk, if asked) is wanted here: the rule RM's last layer
+    # computes one token's output.
+    prefill, cache = hydra.extend(params, model_cfg, dialogue_tokens_BxL, dialogue_positions_BxL,
+                                  dialogue_valid_BxL, cache, roles=_ROLES, empty_cache=True,
+                                  consecutive_positions=slots_as_positions,
+                                  read_BxK=jnp.zeros((batch, 1), jnp.int32),
+                                  return_trunk=return_trunk)
     start_B = suffix_start(dialogue_positions_BxL, dialogue_valid_BxL)
 
     def score_chunk(chunk):
@@ -220,13 +225,16 @@ def rule_violation_probs(params, model_cfg, dialogue_tokens_BxL, dialogue_valid_
         return jnp.moveaxis(p_KxBxC, 0, 1).reshape(batch, n_chunks * rule_chunk)[:, :n]
 
     if len(groups) == 1 and groups[0][0] == tuple(range(n_rules)):
-        return score_group(rule_tokens_RxQ[:, :groups[0][1]], rule_valid_RxQ[:, :groups[0][1]])
-    pieces = []
-    for indices, q in groups:
-        index = np.asarray(indices, np.int32)
-        pieces.append(score_group(rule_tokens_RxQ[index, :q], rule_valid_RxQ[index, :q]))
-    rule_order = np.argsort(np.concatenate([np.asarray(i) for i, _ in groups]))
-    return jnp.concatenate(pieces, axis=1)[:, rule_order]
+        p_broken_BxR = score_group(rule_tokens_RxQ[:, :groups[0][1]],
+                                   rule_valid_RxQ[:, :groups[0][1]])
+    else:
+        pieces = []
+        for indices, q in groups:
+            index = np.asarray(indices, np.int32)
+            pieces.append(score_group(rule_tokens_RxQ[index, :q], rule_valid_RxQ[index, :q]))
+        rule_order = np.argsort(np.concatenate([np.asarray(i) for i, _ in groups]))
+        p_broken_BxR = jnp.concatenate(pieces, axis=1)[:, rule_order]
+    return (p_broken_BxR, prefill["trunk"]) if return_trunk else p_broken_BxR
 
 
 def rule_violation_probs_unshared(params, model_cfg, dialogue_tokens_BxL, dialogue_valid_BxL,

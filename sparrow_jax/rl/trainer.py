@@ -11,8 +11,9 @@ starting policy's rollouts. Then each step:
      continued from the context buffer, extended by one agent step (search if chosen);
   2. host reward parts: rule RM P(broken) for every rule (dialogue prefix shared,
      `rule_scoring`), aggregated; minus the format penalty for malformed turns;
-  3. the jitted update (`stages._rl`): one trunk pass feeds policy, value, teacher and the
-     preference RM, whose normalised Elo completes the reward at the final agent eot.
+  3. the jitted update (`stages._rl`): the frozen trunk's output over the dialogues, kept
+     from step 2's prefill, feeds policy, value, teacher and the preference RM, whose
+     normalised Elo completes the reward at the final agent eot.
 A rerun resumes from the newest checkpoint: what RL trains (policy + value, optimizer state;
 the frozen trunk, teacher and both RMs are re-read from their sources, named with their
 fingerprints in the meta: rl/checkpoint.py), and in its meta the self-play state (prompt
@@ -125,9 +126,11 @@ class RewardScorer:
         if chunk not in self._rule_fns:
             model_cfg, mesh, rules, groups = (self.cfg.model, self.mesh, self._mesh_rules,
                                               self._rule_groups)
+            # P(broken) by rows as the tokens; the trunk laid out as the update reads it.
+            out_shardings = (self.shardings["tokens_BxL"], self.shardings["trunk_BxLxD"])
             self._rule_fns[chunk] = jax.jit(lambda p, t, v, rt, rv: rule_violation_probs(
                 p, model_cfg, t, v, rt, rv, rule_chunk=chunk or None, rule_groups=groups,
-                mesh=mesh, rules=rules))
+                mesh=mesh, rules=rules, return_trunk=True), out_shardings=out_shardings)
         return self._rule_fns[chunk]
 
     def rule_chunk_candidates(self) -> list[int]:
@@ -179,27 +182,30 @@ class RewardScorer:
         batch = self._global(arrays, keys)
         return distributed.host_rows(self._elo(rm, *(batch[k] for k in keys)), self.rows)
 
-    def p_broken_BxR(self, params, arrays) -> np.ndarray:
+    def p_broken_BxR(self, params, arrays) -> tuple[np.ndarray, jax.Array]:
+        """(this process's rows of P(broken) [B, R], the trunk's output over the whole
+        batch's dialogues [B, L, D], a global array laid out as the update's batch)."""
         rm = {k: params[k] for k in ("trunk", "rule_rm")}
         batch = self._global(arrays, ("tokens_BxL", "valid_BxL"))
         if self.rule_chunk < 0:
             self.measure_rule_chunk(rm, batch["tokens_BxL"], batch["valid_BxL"])
-        out = self._rules_fn(self.rule_chunk)(rm, batch["tokens_BxL"], batch["valid_BxL"],
-                                              *self._rule_suffixes)
-        return distributed.host_rows(out, self.rows)
+        p_broken, trunk = self._rules_fn(self.rule_chunk)(
+            rm, batch["tokens_BxL"], batch["valid_BxL"], *self._rule_suffixes)
+        return distributed.host_rows(p_broken, self.rows), trunk
 
-    def host_rewards(self, params, arrays) -> tuple[np.ndarray, dict]:
+    def host_rewards(self, params, arrays) -> tuple[np.ndarray, dict, jax.Array]:
         """(rewards_BxL: rule term - format penalty at each reward index, per-row figures
-        {rule_compliance, p_broken_max, format_penalty}: float [B])."""
+        {rule_compliance, p_broken_max, format_penalty}: float [B], the trunk's output
+        `p_broken_BxR` returns: the update reads it instead of running the trunk again)."""
         r = self.cfg.rl
-        p_broken = self.p_broken_BxR(params, arrays)
+        p_broken, trunk = self.p_broken_BxR(params, arrays)
         compliance_B = np.asarray(aggregate_rules(p_broken, r.rule_aggregation))
         malformed_B = arrays["malformed_B"]
         host_B = r.rule_weight * compliance_B - r.format_penalty * malformed_B
         rewards_BxL = np.zeros(arrays["tokens_BxL"].shape, np.float32)
         rewards_BxL[np.arange(len(host_B)), arrays["reward_index_B"]] = host_B
         return rewards_BxL, {"rule_compliance": compliance_B, "p_broken_max": p_broken.max(axis=1),
-                             "format_penalty_rate": malformed_B.astype(np.float64)}
+                             "format_penalty_rate": malformed_B.astype(np.float64)}, trunk
 
 
 def selfplay_source(cfg, prompts, shard_sharding, seed_offset: int = 0, buffer: bool = True
@@ -308,7 +314,9 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
     env = Environment(cfg.model, tokenizer, engine, RolloutConfig.from_rl_config(cfg.rl),
                       mesh=mesh, rules=layout.decode_rules(cfg.mesh), row_rules=rules)
     length = sequence_length(cfg)
-    setup = stages.build_stage(cfg, mesh, "rl", seq_len=length)
+    # The update reads the trunk's output from the rule scorer, which runs the frozen trunk
+    # over the same dialogues first (`RewardScorer.p_broken_BxR`).
+    setup = stages.build_stage(cfg, mesh, "rl", seq_len=length, trunk_input=True)
     read_len = stages.rl_read_len(cfg.rl)
     in_shardings = batch_shardings(setup.batch_shapes, mesh, rules)
     # This process plays, scores and rewards its own rows of each global batch.
@@ -374,7 +382,7 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
                 del decode_params  # a copy when the layouts differ: free it before the update
                 arrays = step_play.batch.training_arrays(length, tokenizer.pad_id)
                 with phases.phase("rule_scoring"):
-                    rewards_BxL, reward_rows = scorer.host_rewards(params, arrays)
+                    rewards_BxL, reward_rows, trunk_BxLxD = scorer.host_rewards(params, arrays)
                 rollout_seconds += time.perf_counter() - tick
                 batch = {"tokens_BxL": arrays["tokens_BxL"], "valid_BxL": arrays["valid_BxL"],
                          "policy_mask_BxL": arrays["policy_mask_BxL"].astype(np.float32),
@@ -383,8 +391,10 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
                          "turn_start_B": arrays["turn_start_B"]}
                 _check_read_slots(batch, read_len)
                 with phases.phase("update"):
+                    device_batch = distributed.host_local_to_global(
+                        batch, mesh, {k: in_shardings[k] for k in batch})
                     state, metrics = phases.done(step_fn(
-                        state, distributed.host_local_to_global(batch, mesh, in_shardings)))
+                        state, {**device_batch, "trunk_BxLxD": trunk_BxLxD}))
             phases.step_done()
             step, steps_this_run = step + 1, steps_this_run + 1
             episodes_done += cfg.train.batch_size

@@ -35,6 +35,7 @@ from sparrow_jax.losses.preference import preference_loss
 from sparrow_jax.losses.rule import rule_loss
 from sparrow_jax.losses.sft import next_token_targets, sft_loss
 from sparrow_jax.model import hydra
+from sparrow_jax.model.spec import ModelSpec
 from sparrow_jax.rewards.pref_scoring import read_elo
 from sparrow_jax.train.optimizer import make_optimizer
 from sparrow_jax.train.state import sharded_state_factory
@@ -154,7 +155,8 @@ def policy_read_slots(policy_mask_BxL, rewards_BxL, reward_index_B, read_len: in
 
 def _rl(model_cfg, alpha=0.1, value_coef=1.0, entropy_coef=0.0, kl_mode="loss", kl_coef=0.1,
         elo_weight=1.0, elo_mean=0.0, elo_std=1.0, value_grad_to_policy=True, read_len=0, **_):
-    """A2C on rollouts. One trunk pass feeds policy, value, teacher and the preference RM:
+    """A2C on rollouts. One trunk pass feeds policy, value, teacher and the preference RM
+    (the batch's `trunk_BxLxD` if it has one: `build_stage(trunk_input=True)`):
     the RM's Elo at each row's `reward_index_B` (the final agent eot), normalised by
     (elo_mean, elo_std) of the starting policy, is added to the host-computed reward
     parts (`rewards_BxL`: rule term minus format penalty) at that token. The policy
@@ -172,7 +174,7 @@ def _rl(model_cfg, alpha=0.1, value_coef=1.0, entropy_coef=0.0, kl_mode="loss", 
                                          batch["reward_index_B"], read_len)
         out = hydra.forward(params, model_cfg, batch["tokens_BxL"], valid_BxL=batch["valid_BxL"],
                             roles=roles, value_grad_to_policy=value_grad_to_policy,
-                            read_BxK=read_BxK)
+                            read_BxK=read_BxK, trunk_BxLxD=batch.get("trunk_BxLxD"))
         extra = {}
         if elo_weight:
             index_Bx1 = batch["reward_index_B"][:, None]
@@ -239,18 +241,27 @@ def comparisons_per_batch(batch_size: int, num_candidates: int) -> int:
 
 
 def batch_shapes(stage: str, batch_size: int, seq_len: int, num_candidates: int = NUM_CANDIDATES,
-                 rule_len: int = RULE_LEN) -> dict[str, jax.ShapeDtypeStruct]:
+                 rule_len: int = RULE_LEN, trunk: tuple[int, Any] | None = None
+                 ) -> dict[str, jax.ShapeDtypeStruct]:
     """Global batch layout of a stage's loss inputs. For pref_rm, batch_size counts
-    sequences (batch_size // num_candidates comparisons)."""
+    sequences (batch_size // num_candidates comparisons). `trunk` (rl only): (d_model,
+    compute dtype) adds `trunk_BxLxD`, the trunk's output over the tokens, computed by the
+    caller (`build_stage(trunk_input=True)`)."""
     S = jax.ShapeDtypeStruct
     if stage == "rl":
-        return {"tokens_BxL": S((batch_size, seq_len), jnp.int32),
-                "valid_BxL": S((batch_size, seq_len), jnp.bool_),
-                "policy_mask_BxL": S((batch_size, seq_len), jnp.float32),
-                "sampled_mask_BxL": S((batch_size, seq_len), jnp.float32),
-                "rewards_BxL": S((batch_size, seq_len), jnp.float32),
-                "reward_index_B": S((batch_size,), jnp.int32),
-                "turn_start_B": S((batch_size,), jnp.int32)}
+        shapes = {"tokens_BxL": S((batch_size, seq_len), jnp.int32),
+                  "valid_BxL": S((batch_size, seq_len), jnp.bool_),
+                  "policy_mask_BxL": S((batch_size, seq_len), jnp.float32),
+                  "sampled_mask_BxL": S((batch_size, seq_len), jnp.float32),
+                  "rewards_BxL": S((batch_size, seq_len), jnp.float32),
+                  "reward_index_B": S((batch_size,), jnp.int32),
+                  "turn_start_B": S((batch_size,), jnp.int32)}
+        if trunk is not None:
+            d_model, dtype = trunk
+            shapes["trunk_BxLxD"] = S((batch_size, seq_len, d_model), dtype)
+        return shapes
+    if trunk is not None:
+        raise ValueError(f"only the rl stage takes its trunk from the batch, not {stage!r}")
     if stage not in DEVICE_KEYS:
         raise ValueError(f"unknown stage {stage!r}; one of {STAGES}")
     from sparrow_jax.data.pipelines import batch_spec
@@ -324,8 +335,13 @@ class StageSetup:
 
 def build_stage(cfg, mesh, stage: str | None = None, total_steps: int | None = None,
                 batch_size: int | None = None, seq_len: int | None = None,
-                log_unsharded: bool = True, **loss_kwargs) -> StageSetup:
+                log_unsharded: bool = True, trunk_input: bool = False,
+                **loss_kwargs) -> StageSetup:
     """Optimizer, sharded state factory and jitted step for `stage` (default cfg.train.stage).
+
+    trunk_input (rl): the batch carries `trunk_BxLxD`, the frozen trunk's output over its
+    tokens, and the step does not run the trunk (the RL trainer's rule scorer has run it
+    on the same tokens: `rule_violation_probs(return_trunk=True)`).
 
     Raises ConfigError for an rl config that its A2C update cannot train (`validate`'s
     training checks: the rollouts must sample from the policy itself), and for looped
@@ -355,8 +371,9 @@ def build_stage(cfg, mesh, stage: str | None = None, total_steps: int | None = N
                                  mesh, rules)
     init_fn, abstract_state, state_sh = sharded_state_factory(
         init_params, axes, stage, optimizer, mesh, rules)
+    trunk = (m.d_model, ModelSpec.of(m).dtype) if trunk_input else None
     shapes = batch_shapes(stage, batch_size or cfg.train.batch_size, seq_len or cfg.train.seq_len,
-                          cfg.data.num_candidates, cfg.data.rule_len)
+                          cfg.data.num_candidates, cfg.data.rule_len, trunk=trunk)
     loss_kwargs = {**loss_kwargs_from_config(cfg, stage), **loss_kwargs}
     loss_fn = loss_fn_for_stage(stage, cfg.model, **loss_kwargs)
     step = make_train_step(cfg, loss_fn, mesh, state_sh, shapes, optimizer, schedule)

@@ -131,20 +131,18 @@ def test_run_aot_in_process_and_analytic_flops():
 
 
 def test_rl_analytic_flops_count_what_the_update_runs():
-    """Trunk, teacher and preference RM forward; policy top and value head forward and
-    backward; not the rule RM, which scores rules outside the jitted update."""
+    """Teacher and preference RM forward; policy top and value head forward and backward;
+    not the rule RM, which scores rules outside the jitted update, nor the frozen trunk,
+    whose output the update reads from the rule scorer's prefill."""
     m = load_experiment(CONFIG_TINY + ":rl").model
     batch, length = 4, 64
     parts = aot.part_params(m)
     tokens, attn = batch * length, 4 * batch * length**2 * m.n_heads * m.head_dim
     n_top = m.n_layers - m.n_frozen_layers
-    forward = {"trunk": 2 * (parts["trunk"] - m.vocab_size * m.d_model) * tokens
-               + m.n_frozen_layers * attn,
-               "value": 2 * parts["value"] * tokens,
+    forward = {"value": 2 * parts["value"] * tokens,
                **{top: 2 * parts[top] * tokens + n_top * attn
                   for top in ("policy", "teacher", "pref_rm")}}
-    expected = (forward["trunk"] + forward["teacher"] + forward["pref_rm"]
-                + 3 * (forward["policy"] + forward["value"]))
+    expected = forward["teacher"] + forward["pref_rm"] + 3 * (forward["policy"] + forward["value"])
     assert aot.analytic_flops(m, "rl", batch, length) == pytest.approx(expected)
 
 
