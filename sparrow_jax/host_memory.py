@@ -36,9 +36,24 @@ def runs_xla_cpu(environ=os.environ) -> bool:
     return not any(n.lower().startswith(_ACCELERATOR_PLUGINS) for n in names)
 
 
+_applied: str | None = None  # what reuse_freed_memory did in this process
+
+
+def applied() -> str | None:
+    """What `reuse_freed_memory` did in this process (None: it was not called), for the
+    log of a command that configures logging after it ran (`sparrow train`)."""
+    return _applied
+
+
 def reuse_freed_memory(environ=os.environ) -> str:
     """Apply the module's malloc settings if this process runs XLA:CPU on glibc; call it
-    before JAX creates its threads. Returns what was done, for the log."""
+    before JAX creates its threads. Returns what was done, for the log (also `applied()`)."""
+    global _applied
+    _applied = _decide_and_apply(environ)
+    return _applied
+
+
+def _decide_and_apply(environ) -> str:
     if environ.get("SPARROW_MALLOC", "") == "system":
         return "glibc malloc defaults (SPARROW_MALLOC=system)"
     if not sys.platform.startswith("linux") or not runs_xla_cpu(environ):

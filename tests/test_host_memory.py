@@ -50,3 +50,4 @@ def test_only_for_xla_cpu_and_with_an_opt_out():
     assert not host_memory.runs_xla_cpu({"JAX_PLATFORMS": "tpu,cpu"})
     assert "SPARROW_MALLOC=system" in host_memory.reuse_freed_memory({"SPARROW_MALLOC": "system"})
     assert "not XLA:CPU" in host_memory.reuse_freed_memory({"JAX_PLATFORMS": "cuda"})
+    assert "not XLA:CPU" in host_memory.applied()  # what `sparrow train` logs

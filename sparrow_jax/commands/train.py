@@ -27,6 +27,9 @@ def run(args, overrides) -> int:
     distributed.initialize(cfg.distributed)
     for noisy in ("absl", "orbax", "jax._src", "tensorflow_datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from sparrow_jax import host_memory
+    if host_memory.applied():
+        logging.getLogger(__name__).info("host memory: %s", host_memory.applied())
     from sparrow_jax.train.run_control import STOPPING_ERRORS, exit_code
     if cfg.train.stage == "rl":
         from sparrow_jax.rl.trainer import train_rl as train

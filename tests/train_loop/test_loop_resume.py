@@ -25,6 +25,8 @@ def test_changed_model_shape_is_an_error_naming_the_key(world, tmp_path):
     first = _train(world, workdir, 4)
     out, _ = first.communicate(timeout=600)
     assert first.returncode == 0, out
+    # The command says how it set up host memory (sparrow_jax/host_memory.py).
+    assert "host memory: glibc malloc: one arena" in out
     second = _train(world, workdir, 8, "--config.model.d_ff=96")
     out, _ = second.communicate(timeout=600)
     assert second.returncode == 2, out
