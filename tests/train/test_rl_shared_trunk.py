@@ -12,19 +12,19 @@ from tiny_models import tiny_model_config
 from sparrow_jax import sharding as shd
 from sparrow_jax.config import ROLES, default_config
 from sparrow_jax.model import hydra
-from sparrow_jax.rewards.rule_scoring import prepare_rule_suffixes, rule_violation_probs
+from sparrow_jax.rewards.rule_scoring import rule_violation_probs
 from sparrow_jax.train import stages
 
 READ_LEN = 2 * (MAX_NEW + 2) + 1
+# Two made-up rule suffixes: only the scorer's dialogue prefill (its trunk) matters here.
+RULE_TOKENS = np.asarray([[5, 6, 7, 0], [8, 9, 0, 0]], np.int32)
+RULE_VALID = RULE_TOKENS > 0
 
 
-def _scorer_trunk(params, model_cfg, batch):
-    """(p_broken, trunk_BxLxD) of the rule scorer over the batch's dialogues (two made-up
-    rule suffixes: only the prefill's trunk matters here)."""
-    rule_tokens = np.asarray([[5, 6, 7, 0], [8, 9, 0, 0]], np.int32)
-    rule_valid = rule_tokens > 0
+def _scorer(params, model_cfg, batch, return_trunk=True):
+    """The rule scorer over the batch's dialogues: (p_broken, trunk_BxLxD) or p_broken."""
     return jax.jit(lambda p, t, v: rule_violation_probs(
-        p, model_cfg, t, v, rule_tokens, rule_valid, return_trunk=True))(
+        p, model_cfg, t, v, RULE_TOKENS, RULE_VALID, return_trunk=return_trunk))(
         params, batch["tokens_BxL"], batch["valid_BxL"])
 
 
@@ -36,13 +36,10 @@ def test_loss_and_gradients_with_the_scorers_trunk_equal_running_the_trunk(smear
     model_cfg.smeared_keys, model_cfg.scan_layers = smeared_keys, scan_layers
     params = hydra.init_params(model_cfg, jax.random.PRNGKey(0), ROLES)
     batch = rollout_like_batch(model_cfg.vocab_size, seed=7)
-    p_broken, trunk = _scorer_trunk(params, model_cfg, batch)
+    p_broken, trunk = _scorer(params, model_cfg, batch)
     assert trunk.shape == batch["tokens_BxL"].shape + (model_cfg.d_model,)
     # The scorer itself is unchanged by handing out its trunk.
-    np.testing.assert_array_equal(p_broken, jax.jit(lambda p, t, v: rule_violation_probs(
-        p, model_cfg, t, v, np.asarray([[5, 6, 7, 0], [8, 9, 0, 0]], np.int32),
-        np.asarray([[1, 1, 1, 0], [1, 1, 0, 0]], bool)))(
-        params, batch["tokens_BxL"], batch["valid_BxL"]))
+    np.testing.assert_array_equal(p_broken, _scorer(params, model_cfg, batch, return_trunk=False))
     loss_fn = stages.loss_fn_for_stage("rl", model_cfg, read_len=READ_LEN, elo_mean=0.1,
                                        elo_std=1.3)
 
@@ -81,7 +78,7 @@ def test_step_reading_the_trunk_from_its_batch_updates_as_the_step_running_it():
     assert "trunk_BxLxD" not in own.batch_shapes
     assert given.batch_shapes["trunk_BxLxD"].shape == (rows, length, cfg.model.d_model)
     state = own.init_fn(jax.random.PRNGKey(0))
-    _, trunk = _scorer_trunk(state.frozen, cfg.model, batch)  # the frozen trunk and rule RM
+    _, trunk = _scorer(state.frozen, cfg.model, batch)  # the frozen trunk and rule RM
     new_own, m_own = own.step(state, jax.tree.map(jnp.asarray, batch))
     state = own.init_fn(jax.random.PRNGKey(0))  # the first step donated its input state
     new_given, m_given = given.step(state, {**jax.tree.map(jnp.asarray, batch),
