@@ -224,16 +224,12 @@ def rule_violation_probs(params, model_cfg, dialogue_tokens_BxL, dialogue_valid_
         p_KxBxC = jax.lax.map(score_chunk, chunks)
         return jnp.moveaxis(p_KxBxC, 0, 1).reshape(batch, n_chunks * rule_chunk)[:, :n]
 
-    if len(groups) == 1 and groups[0][0] == tuple(range(n_rules)):
-        p_broken_BxR = score_group(rule_tokens_RxQ[:, :groups[0][1]],
-                                   rule_valid_RxQ[:, :groups[0][1]])
-    else:
-        pieces = []
-        for indices, q in groups:
-            index = np.asarray(indices, np.int32)
-            pieces.append(score_group(rule_tokens_RxQ[index, :q], rule_valid_RxQ[index, :q]))
-        rule_order = np.argsort(np.concatenate([np.asarray(i) for i, _ in groups]))
-        p_broken_BxR = jnp.concatenate(pieces, axis=1)[:, rule_order]
+    pieces = []
+    for indices, q in groups:
+        index = np.asarray(indices, np.int32)
+        pieces.append(score_group(rule_tokens_RxQ[index, :q], rule_valid_RxQ[index, :q]))
+    rule_order = np.argsort(np.concatenate([np.asarray(i) for i, _ in groups]))
+    p_broken_BxR = jnp.concatenate(pieces, axis=1)[:, rule_order]
     return (p_broken_BxR, prefill["trunk"]) if return_trunk else p_broken_BxR
 
 
