@@ -68,6 +68,10 @@ def get_config(variant: str = "sft"):
     # all at once: 0.215 s, idle host; looped layers: 1: 0.134 s, 2: 0.19, 4: 0.18, all: 0.19);
     # fixed here so that short runs and tests skip the measurement's extra compiles.
     cfg.rl.rule_chunk = 1
+    # A toy episode is about 60 tokens when the agent answers directly and about 135 after
+    # a search, of the 184 an RL batch can need: most batches fit in 144 (0.75 x 184), where
+    # the rule scorer and the update cost about a fifth less (BUILD_NOTES, session 14).
+    cfg.rl.length_buckets = (0.75,)
     # The toy tokenizer (1024 pieces learnt from toy text) spends up to ~70 tokens
     # on a rule question.
     cfg.data.rule_len = 96

@@ -229,6 +229,12 @@ def rl_defaults() -> ml_collections.ConfigDict:
     # (process 0's choice; kept in the checkpoint, so a resumed run scores alike). A candidate
     # that fails to compile or run (e.g. out of memory) is skipped.
     r.rule_chunk = -1
+    # Narrower widths for the rule scorer and the update [ours]: fractions of the full width
+    # (`rl.lengths.sequence_length`), e.g. (0.5, 0.75). A step runs at the narrowest width
+    # that holds its longest sequence, so padding that no row of the batch needs is never
+    # computed; each width is one more compile of the rule scorer and of the update, all made
+    # before the first step. () = every step at the full width.
+    r.length_buckets = ()
     r.format_penalty = 2.0  # [paper, GopherCite]
     # A2C with a KL anchor to the frozen teacher.
     r.kl_mode = "loss"  # loss: alpha * KL + (1 - alpha) * A2C | reward: KL penalty in the reward
@@ -540,6 +546,10 @@ def _validate_rl(r) -> None:
     if r.rule_chunk < -1:
         raise ConfigError(f"config key 'rl.rule_chunk' must be >= -1 (0 = all rules at once, "
                           f"-1 = measured), got {r.rule_chunk}")
+    if not isinstance(r.length_buckets, (tuple, list)) or not all(
+            isinstance(f, (int, float)) and 0 < f < 1 for f in r.length_buckets):
+        raise ConfigError(f"config key 'rl.length_buckets' must be fractions of the full width "
+                          f"in (0, 1), e.g. (0.5, 0.75); got {r.length_buckets!r}")
     if not 0 < r.top_p <= 1:
         raise ConfigError(f"config key 'rl.top_p' must be in (0, 1], got {r.top_p}")
     if not 0 <= r.alpha <= 1 or not 0 <= r.continue_prob <= 1:

@@ -61,3 +61,23 @@ def sequence_length(cfg) -> int:
             f"rl.max_prompt_len + rl.max_new_tokens + 1 = {longest} "
             f"(padded to {length}) exceeds model.max_len={cfg.model.max_len}")
     return length
+
+
+def bucket_widths(cfg) -> tuple[int, ...]:
+    """The widths an RL batch may run at, narrowest first, ending with `sequence_length(cfg)`:
+    each fraction f of `rl.length_buckets` gives f * L rounded up to ROUND_TO. Every width is
+    one compiled rule scorer and one compiled update, both made before the first step."""
+    full = sequence_length(cfg)
+    widths = {full}
+    for fraction in cfg.rl.length_buckets:  # in (0, 1): config validation checks
+        widths.add(min(full, -(-math.ceil(float(fraction) * full) // ROUND_TO) * ROUND_TO))
+    return tuple(sorted(widths))
+
+
+def bucket_for(longest: int, widths: tuple[int, ...]) -> int:
+    """The narrowest of `widths` (ascending) that holds a sequence of `longest` tokens.
+    Raises ValueError if none does."""
+    for width in widths:
+        if longest <= width:
+            return width
+    raise ValueError(f"a sequence of {longest} tokens is longer than the widest batch, {widths[-1]}")

@@ -30,6 +30,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
@@ -42,7 +43,7 @@ from sparrow_jax.rewards.pref_scoring import EloNormaliser, pref_elo
 from sparrow_jax.rewards.reward import aggregate_rules
 from sparrow_jax.rewards.rule_scoring import (group_rules_by_length, prepare_rule_suffixes,
                                               rule_violation_probs)
-from sparrow_jax.rl.lengths import sequence_length
+from sparrow_jax.rl.lengths import bucket_for, bucket_widths, sequence_length
 from sparrow_jax.rl import checkpoint as rl_checkpoint
 from sparrow_jax.rl import phases
 from sparrow_jax.rl.rollout import Environment, RolloutConfig, rollout
@@ -54,6 +55,7 @@ from sparrow_jax.train.checkpoints import Checkpointer
 from sparrow_jax.train.fingerprint import fingerprint
 from sparrow_jax.train.metrics import MetricsWriter, Progress, to_floats
 from sparrow_jax.train.run_control import NonfiniteGuard, Preempted, write_summary
+from sparrow_jax.model.spec import ModelSpec
 from sparrow_jax.train.step import batch_shardings
 from sparrow_jax.train.trainable import merge_params
 
@@ -120,6 +122,8 @@ class RewardScorer:
         # -1: measured on the first batch (`measure_rule_chunk`), or set from a checkpoint.
         self.rule_chunk = int(cfg.rl.rule_chunk)
         self.rule_chunk_seconds: dict[int, float] = {}
+        self.widths = bucket_widths(cfg)
+        self._compiled_widths = False
 
     def _rules_fn(self, chunk: int):
         """The jitted rule scorer at `chunk` rules per step (0 = all at once)."""
@@ -171,6 +175,18 @@ class RewardScorer:
                  len(self.rule_ids))
         return self.rule_chunk
 
+    def _compile_widths(self, rm) -> None:
+        """Compile the scorer at every batch width (`rl.length_buckets`) now, by scoring
+        empty dialogues: no width compiles in the middle of the run."""
+        rows = self.rows.stop - self.rows.start
+        for width in self.widths:
+            empty = {"tokens_BxL": np.zeros((rows, width), np.int32),
+                     "valid_BxL": np.zeros((rows, width), bool)}
+            batch = self._global(empty, tuple(empty))
+            jax.block_until_ready(self._rules_fn(self.rule_chunk)(
+                rm, batch["tokens_BxL"], batch["valid_BxL"], *self._rule_suffixes))
+        self._compiled_widths = True
+
     def _global(self, arrays, keys):
         local = {k: arrays[k] for k in keys}
         return distributed.host_local_to_global(local, self.mesh,
@@ -189,6 +205,8 @@ class RewardScorer:
         batch = self._global(arrays, ("tokens_BxL", "valid_BxL"))
         if self.rule_chunk < 0:
             self.measure_rule_chunk(rm, batch["tokens_BxL"], batch["valid_BxL"])
+        if not self._compiled_widths:
+            self._compile_widths(rm)
         p_broken, trunk = self._rules_fn(self.rule_chunk)(
             rm, batch["tokens_BxL"], batch["valid_BxL"], *self._rule_suffixes)
         return distributed.host_rows(p_broken, self.rows), trunk
@@ -284,6 +302,28 @@ def _check_read_slots(batch: dict, read_len: int) -> None:
                            f"tokens than two turns of rl.max_new_tokens")
 
 
+def compile_updates(cfg, mesh, setup, step_fn, widths, state) -> dict[int, Any]:
+    """{width: the update compiled for a batch of that width} (`rl.length_buckets`),
+    ahead of time on the abstract state and batch, so no step of the run compiles.
+
+    On XLA:CPU a program's first run also costs about as much as a few runs (0.23 s at the
+    tiny_cpu shape, BUILD_NOTES session 14), so there each program runs once here, on a copy
+    of `state` and an all-zero batch, both dropped."""
+    rules = shd.rules_from_config(cfg.mesh)
+    trunk = (cfg.model.d_model, ModelSpec.of(cfg.model).dtype)
+    start, compiled = time.perf_counter(), {}
+    for width in widths:
+        shapes = stages.batch_shapes("rl", cfg.train.batch_size, width, trunk=trunk)
+        batch = shd.abstract_with_shardings(shapes, batch_shardings(shapes, mesh, rules))
+        compiled[width] = step_fn.lower(setup.abstract_state, batch).compile()
+        if jax.default_backend() == "cpu":
+            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype, device=s.sharding), batch)
+            jax.block_until_ready(compiled[width](jax.tree.map(jnp.copy, state), zeros))
+    log.info("rl: the update compiled at batch widths %s in %.1f s", ", ".join(map(str, widths)),
+             time.perf_counter() - start)
+    return compiled
+
+
 def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
     """Run the RL stage to `cfg.train.steps`, resuming if `workdir` has checkpoints.
 
@@ -351,7 +391,8 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
                                     scorer, length, rows_sharding, decode_shardings)
     # The update step closes over the normaliser (fixed for the run).
     std = max(normaliser.std, normaliser.min_std)
-    step_fn = setup.step_with(cfg, mesh, elo_mean=normaliser.mean, elo_std=std)
+    updates = compile_updates(cfg, mesh, setup, setup.step_with(
+        cfg, mesh, elo_mean=normaliser.mean, elo_std=std), scorer.widths, state)
 
     def save(step: int) -> None:
         # What rl trains; the frozen parts by reference to their sources (rl/checkpoint.py).
@@ -380,7 +421,9 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
                     step_play = play(env, decode_params, source, local_batch,
                                      jax.random.fold_in(base_key, step))
                 del decode_params  # a copy when the layouts differ: free it before the update
-                arrays = step_play.batch.training_arrays(length, tokenizer.pad_id)
+                longest = max(len(r.sequence) for r in step_play.batch.rollouts)
+                width = bucket_for(max(distributed.allgather_objects(longest)), scorer.widths)
+                arrays = step_play.batch.training_arrays(width, tokenizer.pad_id)
                 with phases.phase("rule_scoring"):
                     rewards_BxL, reward_rows, trunk_BxLxD = scorer.host_rewards(params, arrays)
                 rollout_seconds += time.perf_counter() - tick
@@ -393,7 +436,7 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
                 with phases.phase("update"):
                     device_batch = distributed.host_local_to_global(
                         batch, mesh, {k: in_shardings[k] for k in batch})
-                    state, metrics = phases.done(step_fn(
+                    state, metrics = phases.done(updates[width](
                         state, {**device_batch, "trunk_BxLxD": trunk_BxLxD}))
             phases.step_done()
             step, steps_this_run = step + 1, steps_this_run + 1
@@ -407,6 +450,7 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
             if logging_now:
                 elapsed = time.perf_counter() - start_time
                 host = {**to_floats(metrics), **counts, **_row_means(recent[-1][1][None])[0],
+                        "batch_width": width,
                         "episodes_per_second": episodes_done / elapsed,
                         "rollout_fraction": rollout_seconds / elapsed}
                 writer.write(step, host)

@@ -13,7 +13,7 @@ import pytest
 from loop_helpers import TINY, check_sigkill_resume, make_world, sparrow, tiny_config, tiny_overrides
 from sparrow_jax import sharding as shd
 from sparrow_jax.config import ConfigError
-from sparrow_jax.rl import phases, trainer
+from sparrow_jax.rl import lengths, phases, trainer
 from sparrow_jax.train import init_from, loop
 from sparrow_jax.train.checkpoints import Checkpointer
 from sparrow_jax.train.metrics import read_metrics
@@ -69,6 +69,11 @@ def test_rl_smoke_run_logs_every_component_and_keeps_the_reward_models(inputs, t
     assert any(r["search_rate"] > 0 for r in first)
     assert all(r["continued_rate"] == 0 for r in records)
     assert compiles_at_step and [s for s in compiles_at_step if s >= 3] == [], compiles_at_step
+    # Each step ran at the narrowest of the config's widths (rl.length_buckets) holding it,
+    # every width compiled before the first step.
+    widths = lengths.bucket_widths(cfg)
+    ran = [r["batch_width"] for r in records]
+    assert len(widths) == 2 and set(ran) <= set(widths) and min(ran) < widths[-1], (widths, ran)
     # The workdir reads back as a whole agent: both reward models, unchanged (from their sources).
     ckpt = Checkpointer(str(tmp_path / "rl" / "checkpoints"))
     meta = ckpt.read_meta(steps)
