@@ -10,7 +10,9 @@ starting policy's rollouts. Then each step:
   1. self-play (`selfplay.play`): a batch of episodes, fresh from the prompt mixture or
      continued from the context buffer, extended by one agent step (search if chosen);
   2. host reward parts: rule RM P(broken) for every rule (dialogue prefix shared,
-     `rule_scoring`), aggregated; minus the format penalty for malformed turns;
+     `rule_scoring`), aggregated; minus the format penalty for malformed turns; from here
+     the batch is as wide as the narrowest of `rl.length_buckets`' widths that holds its
+     longest episode (`rl.lengths.bucket_widths`: every width compiled before step 1);
   3. the jitted update (`stages._rl`): the frozen trunk's output over the dialogues, kept
      from step 2's prefill, feeds policy, value, teacher and the preference RM, whose
      normalised Elo completes the reward at the final agent eot.
