@@ -5,7 +5,7 @@
                  rl.max_new_tokens new tokens, params in the decode layout
                  (`sampling.layout`) and, for comparison, in the training layout.
     rule_score:  the rule RM over every rule of the rules file, dialogue prefix shared
-                 (`rule_violation_probs` as `rl.trainer.RewardScorer` calls it), at the RL
+                 (`rule_violation_probs` as `rl.reward_models.RewardScorer` calls it), at the RL
                  sequence length, with rl.rule_chunk and the trainer's rule groups.
 
 Abstract like the update steps: ShapeDtypeStructs carrying NamedShardings. The RL train

@@ -24,7 +24,6 @@ resumed run repeats the uninterrupted one.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -34,198 +33,33 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec
 
 from sparrow_jax import distributed
 from sparrow_jax import sharding as shd
 from sparrow_jax.config import ConfigError
 from sparrow_jax.data import schemas
 from sparrow_jax.dialogue.turns import ROLE_INDEX, Role
-from sparrow_jax.rewards.pref_scoring import EloNormaliser, pref_elo
-from sparrow_jax.rewards.reward import aggregate_rules
-from sparrow_jax.rewards.rule_scoring import (group_rules_by_length, prepare_rule_suffixes,
-                                              rule_violation_probs)
+from sparrow_jax.model.spec import ModelSpec
+from sparrow_jax.rewards.pref_scoring import EloNormaliser
 from sparrow_jax.rl.lengths import bucket_for, bucket_widths, sequence_length
 from sparrow_jax.rl import checkpoint as rl_checkpoint
 from sparrow_jax.rl import phases
+from sparrow_jax.rl.reward_models import RewardScorer, load_reward_models
 from sparrow_jax.rl.rollout import Environment, RolloutConfig, rollout
 from sparrow_jax.rl.selfplay import ContextBuffer, EpisodeSource, ShardedSource, play
 from sparrow_jax.sampling import layout
 from sparrow_jax.search.data_engine import data_dir_engine
 from sparrow_jax.train import init_from, stage_data, stages, storage
 from sparrow_jax.train.checkpoints import Checkpointer
-from sparrow_jax.train.fingerprint import fingerprint
 from sparrow_jax.train.metrics import MetricsWriter, Progress, to_floats
 from sparrow_jax.train.run_control import NonfiniteGuard, Preempted, write_summary
-from sparrow_jax.model.spec import ModelSpec
 from sparrow_jax.train.step import batch_shardings
 from sparrow_jax.train.trainable import merge_params
 
 log = logging.getLogger(__name__)
 
-REWARD_MODEL_ROLES = ("pref_rm", "rule_rm")
 _NORMALISER_SEED_OFFSET = 1000  # the normaliser's prompt draws are not the training draws
 _SHARD_SEED_STRIDE = 7919  # batch shard s of a run draws from seed + 7919 s
-
-
-def load_reward_models(cfg, mesh, policy_trunk) -> dict[str, init_from.Source]:
-    """{'pref_rm': Source, 'rule_rm': Source} from `rl.pref_rm_from` / `rl.rule_rm_from`: each
-    the workdir, the step read and params {role: its top} (the RM's own trunk is dropped).
-
-    Raises ConfigError if a workdir is not set or holds another stage, or if its trunk is
-    not the policy's (the hydra shares one frozen trunk: train the reward models with
-    `train.init_from` pointing at the same SFT workdir as this run). Trunks are compared by
-    fingerprint, computed on their devices.
-    """
-    policy_fingerprint = fingerprint(policy_trunk)
-    sources = {}
-    for role in REWARD_MODEL_ROLES:
-        workdir = cfg.rl[f"{role}_from"]
-        if not workdir:
-            raise ConfigError(f"rl.{role}_from is empty: set it to the workdir of the {role} "
-                              f"stage (`sparrow train --config ...:{role}`)")
-        source = init_from.load_source(workdir, cfg, mesh, via=f"rl.{role}_from")
-        stage = source.config["train"]["stage"]
-        if stage != role:
-            raise ConfigError(f"rl.{role}_from={workdir!r} holds a {stage!r} checkpoint, not {role!r}")
-        if fingerprint(source.params["trunk"]) != policy_fingerprint:
-            raise ConfigError(
-                f"rl.{role}_from={workdir!r}: its trunk differs from the policy's "
-                f"(train.init_from={cfg.train.init_from!r}); the reward models must be trained "
-                f"with train.init_from set to the same SFT workdir")
-        sources[role] = dataclasses.replace(source, params={role: source.params[role]})
-    return sources
-
-
-class RewardScorer:
-    """Jitted reward-model calls for rollout batches (params: {trunk, pref_rm, rule_rm, ...}).
-
-    `arrays` are this process's rows of the batch (`RolloutBatch.training_arrays`); they are
-    assembled into global arrays laid out by `batch_shardings` (the RL update's) and the
-    scores come back as this process's rows.
-    """
-
-    def __init__(self, cfg, tokenizer, mesh, rules, batch_shardings: dict):
-        self.cfg = cfg
-        self.mesh, self.shardings = mesh, batch_shardings
-        tokens = batch_shardings["tokens_BxL"]
-        self.rows = distributed.process_batch_slice(cfg.train.batch_size, tokens)
-        scored = stage_data.rules_by_id(cfg, cfg.rl.rule_scope)
-        self.rule_ids = tuple(scored)
-        rule_texts = list(scored.values())
-        self.rule_tokens_RxQ, self.rule_valid_RxQ = prepare_rule_suffixes(rule_texts, tokenizer)
-        self._rule_suffixes = distributed.host_local_to_global(
-            (self.rule_tokens_RxQ, self.rule_valid_RxQ), mesh, PartitionSpec())
-        model_cfg = cfg.model
-        self._elo = jax.jit(lambda p, t, v, i, s: pref_elo(p, model_cfg, t, v, i, s))
-        self._rule_groups = group_rules_by_length(self.rule_valid_RxQ)
-        self._mesh_rules = rules
-        self._rule_fns: dict[int, Any] = {}
-        # -1: measured on the first batch (`measure_rule_chunk`), or set from a checkpoint.
-        self.rule_chunk = int(cfg.rl.rule_chunk)
-        self.rule_chunk_seconds: dict[int, float] = {}
-        self.widths = bucket_widths(cfg)
-        self._compiled_widths = False
-
-    def _rules_fn(self, chunk: int):
-        """The jitted rule scorer at `chunk` rules per step (0 = all at once)."""
-        if chunk not in self._rule_fns:
-            model_cfg, mesh, rules, groups = (self.cfg.model, self.mesh, self._mesh_rules,
-                                              self._rule_groups)
-            # P(broken) by rows as the tokens; the trunk laid out as the update reads it.
-            out_shardings = (self.shardings["tokens_BxL"], self.shardings["trunk_BxLxD"])
-            self._rule_fns[chunk] = jax.jit(lambda p, t, v, rt, rv: rule_violation_probs(
-                p, model_cfg, t, v, rt, rv, rule_chunk=chunk or None, rule_groups=groups,
-                mesh=mesh, rules=rules, return_trunk=True), out_shardings=out_shardings)
-        return self._rule_fns[chunk]
-
-    def rule_chunk_candidates(self) -> list[int]:
-        """1, 2, 4, ... below the largest rule group, then 0 (all at once)."""
-        largest = max(len(indices) for indices, _ in self._rule_groups)
-        chunks, c = [], 1
-        while c < largest:
-            chunks.append(c)
-            c *= 2
-        return chunks + [0]
-
-    def measure_rule_chunk(self, rm, tokens, valid, repeats: int = 2) -> int:
-        """Time every candidate on this batch (after a compiling call), keep the fastest;
-        every process takes process 0's choice (one program for all)."""
-        seconds = {}
-        for chunk in self.rule_chunk_candidates():
-            fn = self._rules_fn(chunk)
-            try:
-                jax.block_until_ready(fn(rm, tokens, valid, *self._rule_suffixes))
-                best = float("inf")
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    jax.block_until_ready(fn(rm, tokens, valid, *self._rule_suffixes))
-                    best = min(best, time.perf_counter() - start)
-                seconds[chunk] = best
-            except jax.errors.JaxRuntimeError as error:  # e.g. out of memory: not a candidate
-                log.warning("rl.rule_chunk=%d cannot run here (%s): skipped", chunk,
-                            str(error).splitlines()[0][:200])
-        if not seconds:
-            raise RuntimeError("no rl.rule_chunk candidate could score the rules")
-        mine = min(seconds, key=seconds.get)
-        self.rule_chunk = int(distributed.allgather_objects(mine)[0])
-        self.rule_chunk_seconds = seconds
-        self._rule_fns = {self.rule_chunk: self._rules_fn(self.rule_chunk)}
-        log.info("rl.rule_chunk=-1: rules per step measured on the first batch (seconds: %s); "
-                 "using %d (0 = all %d at once)",
-                 ", ".join(f"{c}: {t:.3g}" for c, t in seconds.items()), self.rule_chunk,
-                 len(self.rule_ids))
-        return self.rule_chunk
-
-    def _compile_widths(self, rm) -> None:
-        """Compile the scorer at every batch width (`rl.length_buckets`) now, by scoring
-        empty dialogues: no width compiles in the middle of the run."""
-        rows = self.rows.stop - self.rows.start
-        for width in self.widths:
-            empty = {"tokens_BxL": np.zeros((rows, width), np.int32),
-                     "valid_BxL": np.zeros((rows, width), bool)}
-            batch = self._global(empty, tuple(empty))
-            jax.block_until_ready(self._rules_fn(self.rule_chunk)(
-                rm, batch["tokens_BxL"], batch["valid_BxL"], *self._rule_suffixes))
-        self._compiled_widths = True
-
-    def _global(self, arrays, keys):
-        local = {k: arrays[k] for k in keys}
-        return distributed.host_local_to_global(local, self.mesh,
-                                                {k: self.shardings[k] for k in keys})
-
-    def elo_B(self, params, arrays) -> np.ndarray:
-        rm = {k: params[k] for k in ("trunk", "pref_rm")}
-        keys = ("tokens_BxL", "valid_BxL", "reward_index_B", "turn_start_B")
-        batch = self._global(arrays, keys)
-        return distributed.host_rows(self._elo(rm, *(batch[k] for k in keys)), self.rows)
-
-    def p_broken_BxR(self, params, arrays) -> tuple[np.ndarray, jax.Array]:
-        """(this process's rows of P(broken) [B, R], the trunk's output over the whole
-        batch's dialogues [B, L, D], a global array laid out as the update's batch)."""
-        rm = {k: params[k] for k in ("trunk", "rule_rm")}
-        batch = self._global(arrays, ("tokens_BxL", "valid_BxL"))
-        if self.rule_chunk < 0:
-            self.measure_rule_chunk(rm, batch["tokens_BxL"], batch["valid_BxL"])
-        if not self._compiled_widths:
-            self._compile_widths(rm)
-        p_broken, trunk = self._rules_fn(self.rule_chunk)(
-            rm, batch["tokens_BxL"], batch["valid_BxL"], *self._rule_suffixes)
-        return distributed.host_rows(p_broken, self.rows), trunk
-
-    def host_rewards(self, params, arrays) -> tuple[np.ndarray, dict, jax.Array]:
-        """(rewards_BxL: rule term - format penalty at each reward index, per-row figures
-        {rule_compliance, p_broken_max, format_penalty}: float [B], the trunk's output
-        `p_broken_BxR` returns: the update reads it instead of running the trunk again)."""
-        r = self.cfg.rl
-        p_broken, trunk = self.p_broken_BxR(params, arrays)
-        compliance_B = np.asarray(aggregate_rules(p_broken, r.rule_aggregation))
-        malformed_B = arrays["malformed_B"]
-        host_B = r.rule_weight * compliance_B - r.format_penalty * malformed_B
-        rewards_BxL = np.zeros(arrays["tokens_BxL"].shape, np.float32)
-        rewards_BxL[np.arange(len(host_B)), arrays["reward_index_B"]] = host_B
-        return rewards_BxL, {"rule_compliance": compliance_B, "p_broken_max": p_broken.max(axis=1),
-                             "format_penalty_rate": malformed_B.astype(np.float64)}, trunk
 
 
 def selfplay_source(cfg, prompts, shard_sharding, seed_offset: int = 0, buffer: bool = True
@@ -365,7 +199,8 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
     rows_sharding = in_shardings["tokens_BxL"]
     local_rows = distributed.process_batch_slice(cfg.train.batch_size, rows_sharding)
     local_batch = local_rows.stop - local_rows.start
-    scorer = RewardScorer(cfg, tokenizer, mesh, rules, in_shardings)
+    widths = bucket_widths(cfg)  # the batch widths a step may run at (rl.length_buckets)
+    scorer = RewardScorer(cfg, tokenizer, mesh, rules, in_shardings, widths)
     log.info("rl: the rule term scores %d rules (rl.rule_scope=%s): %s", len(scorer.rule_ids),
              cfg.rl.rule_scope, ", ".join(scorer.rule_ids))
     ckpt = Checkpointer(init_from.checkpoint_dir(workdir), cfg.train.checkpoint_every,
@@ -394,7 +229,7 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
     # The update step closes over the normaliser (fixed for the run).
     std = max(normaliser.std, normaliser.min_std)
     updates = compile_updates(cfg, mesh, setup, setup.step_with(
-        cfg, mesh, elo_mean=normaliser.mean, elo_std=std), scorer.widths, state)
+        cfg, mesh, elo_mean=normaliser.mean, elo_std=std), widths, state)
 
     def save(step: int) -> None:
         # What rl trains; the frozen parts by reference to their sources (rl/checkpoint.py).
@@ -424,7 +259,7 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
                                      jax.random.fold_in(base_key, step))
                 del decode_params  # a copy when the layouts differ: free it before the update
                 longest = max(len(r.sequence) for r in step_play.batch.rollouts)
-                width = bucket_for(max(distributed.allgather_objects(longest)), scorer.widths)
+                width = bucket_for(max(distributed.allgather_objects(longest)), widths)
                 arrays = step_play.batch.training_arrays(width, tokenizer.pad_id)
                 with phases.phase("rule_scoring"):
                     rewards_BxL, reward_rows, trunk_BxLxD = scorer.host_rewards(params, arrays)

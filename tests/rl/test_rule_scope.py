@@ -7,7 +7,7 @@ import pytest
 from sparrow_jax import sharding as shd
 from sparrow_jax.config import ConfigError, default_config, validate
 from sparrow_jax.dialogue.rules import load_rules
-from sparrow_jax.rl.trainer import RewardScorer
+from sparrow_jax.rl.reward_models import RewardScorer
 from sparrow_jax.train import stage_data, stages
 from sparrow_jax.train.step import batch_shardings
 from tiny_models import tiny_model_config

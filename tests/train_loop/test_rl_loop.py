@@ -13,7 +13,7 @@ import pytest
 from loop_helpers import TINY, check_sigkill_resume, make_world, sparrow, tiny_config, tiny_overrides
 from sparrow_jax import sharding as shd
 from sparrow_jax.config import ConfigError
-from sparrow_jax.rl import lengths, phases, trainer
+from sparrow_jax.rl import lengths, phases, reward_models, trainer
 from sparrow_jax.train import init_from, loop
 from sparrow_jax.train.checkpoints import Checkpointer
 from sparrow_jax.train.metrics import read_metrics
@@ -114,4 +114,4 @@ def test_rl_reward_model_workdirs_are_checked(inputs, tmp_path):
     other_trunk = jax.tree.map(lambda x: x + 1, params["trunk"])
     cfg = tiny_config("rl", inputs["world"], **_knobs(inputs, 1))
     with pytest.raises(ConfigError, match="its trunk differs from the policy's"):
-        trainer.load_reward_models(cfg, mesh, other_trunk)
+        reward_models.load_reward_models(cfg, mesh, other_trunk)
