@@ -21,7 +21,9 @@ from sparrow_jax.config import model_parallel_decode_rules
 STAGES = (("lm", None), ("sft", "lm"), ("pref_rm", "sft"), ("rule_rm", "sft"), ("rl", "sft"))
 # RL on a data 2 x fsdp 2 mesh, sampling in the pod configs' model-parallel decode layout
 # (weights split over fsdp by heads / MLP / vocabulary, resharded every step).
+# Two batch widths (112 and 88): every process must pick the same one each step.
 RL_KNOBS = {"rl.max_prompt_len": 96, "rl.max_new_tokens": 12, "rl.normaliser_batches": 1,
+            "rl.length_buckets": "(0.75,)",
             "train.checkpoint_every": 1, "mesh.shape.data": 2, "mesh.shape.fsdp": 2,
             "mesh.decode_logical_axis_rules": repr(model_parallel_decode_rules())}
 STEPS = 3
