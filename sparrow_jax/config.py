@@ -235,6 +235,11 @@ def rl_defaults() -> ml_collections.ConfigDict:
     # computed; each width is one more compile of the rule scorer and of the update, all made
     # before the first step. () = every step at the full width.
     r.length_buckets = ()
+    # The rollout's sampler calls and the rule scorer as part-batch programs run side by side
+    # on host threads [ours]: a CPU backend's cores run two small programs better than one
+    # (`rl.parallel`); results equal one call's. 0 = auto: 2 on a CPU backend with one
+    # process and one device, 1 elsewhere; > 1 needs one process.
+    r.parallel_calls = 0
     r.format_penalty = 2.0  # [paper, GopherCite]
     # A2C with a KL anchor to the frozen teacher.
     r.kl_mode = "loss"  # loss: alpha * KL + (1 - alpha) * A2C | reward: KL penalty in the reward
@@ -543,6 +548,9 @@ def _validate_rl(r) -> None:
     for key in ("temperature", "role_temperature", "value_lr_scale"):
         if r[key] <= 0:
             raise ConfigError(f"config key 'rl.{key}' must be positive, got {r[key]}")
+    if r.parallel_calls < 0:
+        raise ConfigError(f"config key 'rl.parallel_calls' must be >= 0 (0 = auto), "
+                          f"got {r.parallel_calls}")
     if r.rule_chunk < -1:
         raise ConfigError(f"config key 'rl.rule_chunk' must be >= -1 (0 = all rules at once, "
                           f"-1 = measured), got {r.rule_chunk}")

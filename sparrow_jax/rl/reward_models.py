@@ -5,16 +5,19 @@ calls on rollout batches (the preference RM's Elo, the rule RM's P(broken) for e
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
 from sparrow_jax import distributed
 from sparrow_jax.config import ConfigError
+from sparrow_jax.rl import parallel
 from sparrow_jax.rewards.pref_scoring import pref_elo
 from sparrow_jax.rewards.reward import aggregate_rules
 from sparrow_jax.rewards.rule_scoring import (group_rules_by_length, prepare_rule_suffixes,
@@ -63,10 +66,12 @@ class RewardScorer:
     assembled into global arrays laid out by `batch_shardings` (the RL update's) and the
     scores come back as this process's rows. `widths`: the batch widths a step may have
     (`rl.lengths.bucket_widths`); the rule scorer compiles at all of them on its first call.
+    `parallel_calls` P > 1 (`rl.parallel`): the rule scorer runs as P calls of B/P rows side by
+    side, and the trunk's outputs are joined into one batch.
     """
 
     def __init__(self, cfg, tokenizer, mesh, rules, batch_shardings: dict,
-                 widths: tuple[int, ...] = ()):
+                 widths: tuple[int, ...] = (), parallel_calls: int = 1):
         self.cfg = cfg
         self.mesh, self.shardings = mesh, batch_shardings
         tokens = batch_shardings["tokens_BxL"]
@@ -87,6 +92,14 @@ class RewardScorer:
         self.rule_chunk_seconds: dict[int, float] = {}
         self.widths = tuple(widths)  # the rule scorer compiles at each on its first call
         self._compiled_widths = False
+        # Each part's rows must still split over the devices the batch is sharded over.
+        local_rows = self.rows.stop - self.rows.start
+        shard_rows = tokens.shard_shape((cfg.train.batch_size, 1))[0]
+        shards = cfg.train.batch_size // shard_rows
+        self.parallel_calls = parallel_calls if local_rows % (parallel_calls * shards) == 0 else 1
+        if self.parallel_calls != parallel_calls:
+            log.info("rl.parallel_calls: the rule scorer runs in one call (%d rows do not split "
+                     "into %d parts over %d devices)", local_rows, parallel_calls, shards)
 
     def _rules_fn(self, chunk: int):
         """The jitted rule scorer at `chunk` rules per step (0 = all at once)."""
@@ -110,8 +123,9 @@ class RewardScorer:
         return chunks + [0]
 
     def measure_rule_chunk(self, rm, tokens, valid, repeats: int = 2) -> int:
-        """Time every candidate on this batch (after a compiling call), keep the fastest;
-        every process takes process 0's choice (one program for all)."""
+        """Time every candidate on this batch (one part of it, with parallel calls; after a
+        compiling call), keep the fastest; every process takes process 0's choice (one program
+        for all)."""
         seconds = {}
         for chunk in self.rule_chunk_candidates():
             fn = self._rules_fn(chunk)
@@ -141,7 +155,7 @@ class RewardScorer:
     def _compile_widths(self, rm) -> None:
         """Compile the scorer at every batch width (`rl.length_buckets`) now, by scoring
         empty dialogues: no width compiles in the middle of the run."""
-        rows = self.rows.stop - self.rows.start
+        rows = (self.rows.stop - self.rows.start) // self.parallel_calls
         for width in self.widths:
             empty = {"tokens_BxL": np.zeros((rows, width), np.int32),
                      "valid_BxL": np.zeros((rows, width), bool)}
@@ -149,6 +163,13 @@ class RewardScorer:
             jax.block_until_ready(self._rules_fn(self.rule_chunk)(
                 rm, batch["tokens_BxL"], batch["valid_BxL"], *self._rule_suffixes))
         self._compiled_widths = True
+
+    def _part_batches(self, arrays) -> list[dict]:
+        """This process's rows as `parallel_calls` global batches of tokens and valid."""
+        keys, parts = ("tokens_BxL", "valid_BxL"), self.parallel_calls
+        width = len(arrays["tokens_BxL"]) // parts
+        return [self._global({k: arrays[k][i * width:(i + 1) * width] for k in keys}, keys)
+                for i in range(parts)]
 
     def _global(self, arrays, keys):
         local = {k: arrays[k] for k in keys}
@@ -165,14 +186,26 @@ class RewardScorer:
         """(this process's rows of P(broken) [B, R], the trunk's output over the whole
         batch's dialogues [B, L, D], a global array laid out as the update's batch)."""
         rm = {k: params[k] for k in ("trunk", "rule_rm")}
-        batch = self._global(arrays, ("tokens_BxL", "valid_BxL"))
+        batches = self._part_batches(arrays)
         if self.rule_chunk < 0:
-            self.measure_rule_chunk(rm, batch["tokens_BxL"], batch["valid_BxL"])
+            self.measure_rule_chunk(rm, batches[0]["tokens_BxL"], batches[0]["valid_BxL"])
         if not self._compiled_widths:
             self._compile_widths(rm)
-        p_broken, trunk = self._rules_fn(self.rule_chunk)(
-            rm, batch["tokens_BxL"], batch["valid_BxL"], *self._rule_suffixes)
-        return distributed.host_rows(p_broken, self.rows), trunk
+        fn = self._rules_fn(self.rule_chunk)
+
+        def score(batch):  # ready before its thread returns (`parallel.run`)
+            return jax.block_until_ready(fn(rm, batch["tokens_BxL"], batch["valid_BxL"],
+                                            *self._rule_suffixes))
+
+        scored = parallel.run([functools.partial(score, b) for b in batches], self.parallel_calls)
+        if len(scored) == 1:
+            p_broken, trunk = scored[0]
+            return distributed.host_rows(p_broken, self.rows), trunk
+        # One process (`rl.parallel.parallel_calls`): every part's rows are this process's.
+        p_broken = np.concatenate([np.asarray(p) for p, _ in scored])
+        trunk = jax.device_put(jnp.concatenate([t for _, t in scored]),
+                               self.shardings["trunk_BxLxD"])
+        return p_broken, trunk
 
     def host_rewards(self, params, arrays) -> tuple[np.ndarray, dict, jax.Array]:
         """(rewards_BxL: rule term - format penalty at each reward index, per-row figures

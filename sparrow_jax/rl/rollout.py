@@ -13,6 +13,8 @@ contexts (each a sequence of Turns, usually ending with a User turn), in at most
      "no_results"; then those rows (only) sample their Sparrow turn after the evidence, their
      prompt cut to the width as a whole: in calls of half the batch when at most half the rows
      search (`_sample_live`; a row draws the same tokens in any call, by its row id).
+With `parallel_calls` P > 1 (`rl.parallel`), step 1 runs as P calls of B/P rows side by side
+and the live rows' calls are B/(2P) wide, P at a time: the tokens are the same.
 Malformed kinds (the format penalty reads them): a policy turn that is empty ("empty"), has no eot within
 max_new_tokens ("over_length"), holds a control id ("control_token"), or a query with no results
 ("no_results"); an episode's flag is the first of its step, in turn order.
@@ -26,6 +28,7 @@ fold_in(rng, 3); a seed gives the same rollouts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Sequence
 
 import jax
@@ -35,7 +38,7 @@ from sparrow_jax import distributed
 from sparrow_jax.data.jsonl import clean_text
 from sparrow_jax.dialogue.tokenizer import Tokenizer
 from sparrow_jax.dialogue.turns import Dialogue, Role, Turn
-from sparrow_jax.rl import phases
+from sparrow_jax.rl import parallel, phases
 from sparrow_jax.rl import sequence as seq_lib
 from sparrow_jax.rl.sequence import Block
 from sparrow_jax.sampling import sampler
@@ -98,7 +101,8 @@ class Environment:
     ids: the sampler's special ids (default `TokenIds.from_tokenizer`).  mesh/rules: the sampler's mesh and
     logical-axis rules (its decode layout, `sampling/layout.py`).  row_rules: the rules whose 'batch' rule
     says which rows of the global batch each process hands in (the training rules; default `rules`). With a
-    mesh, the contexts a process passes are its own rows.
+    mesh, the contexts a process passes are its own rows. parallel_calls: part-batch sampler calls run side by
+    side (`rl.parallel.parallel_calls`; 1 = one call at a time).
     """
     model_cfg: Any
     tokenizer: Tokenizer
@@ -108,6 +112,7 @@ class Environment:
     mesh: Any = None
     rules: Any = None
     row_rules: Any = None
+    parallel_calls: int = 1
 
     @property
     def token_ids(self) -> TokenIds:
@@ -210,37 +215,46 @@ def _turn_blocks(env: Environment, roles: Sequence[Role], out) -> tuple[list[Blo
     return blocks, turns
 
 
+def _row_ids(env: Environment, rows: int) -> np.ndarray:
+    return sampler.global_row_ids(rows, env.mesh, env.row_rules or env.rules)
+
+
 def _sample_live(env: Environment, params, tokens_BxP, valid_BxP, rng, config: SamplingConfig,
                  live_B=None) -> sampler.SampleOutput:
     """`sampler.sample` of the `live_B` rows only (host numpy, all B rows; the others empty);
-    live_B None = every row, in one call.
+    live_B None = every row, in one call when `env.parallel_calls` is 1.
 
-    Otherwise the live rows are sampled in calls of B/2 rows (the live ones, then filler rows
-    that sample nothing), each row with its own row id, so it draws what it would in the whole
-    batch; a decode step of B/2 rows costs less. Every such call is one program, and a step
-    with more than half the rows live (on some process) makes two of them: no compile depends
-    on how many rows search or continue."""
+    Otherwise the live rows are sampled in calls of B/(2P) rows (P = `env.parallel_calls`; the
+    live ones, then filler rows that sample nothing), P calls at a time, each row with its own
+    row id, so it draws what it would in the whole batch; a decode step of fewer rows costs
+    less. Every such call is one program, and the number of calls follows the most live rows
+    of any process: no compile depends on how many rows search or continue."""
     rows = len(tokens_BxP)
-    width = rows // 2 if rows % 2 == 0 else rows
-    if live_B is None or width == rows:
+    parts = env.parallel_calls
+    width = rows // (2 * parts) if rows % (2 * parts) == 0 else rows
+    if (live_B is None and parts == 1) or width == rows:
         return sampler.sample(params, env.model_cfg, tokens_BxP, valid_BxP, rng, config,
                               env.token_ids, live_B=live_B, mesh=env.mesh, rules=env.rules,
                               row_rules=env.row_rules)
-    row_ids_B = sampler.global_row_ids(rows, env.mesh, env.row_rules or env.rules)
-    live = np.flatnonzero(np.asarray(live_B, bool))
+    row_ids_B = _row_ids(env, rows)
+    live = np.flatnonzero(np.ones(rows, bool) if live_B is None else np.asarray(live_B, bool))
     calls = -(-max(distributed.allgather_objects(len(live))) // width)
     n = config.max_new_tokens
     full = {"tokens_BxN": np.full((rows, n), env.token_ids.pad_id, np.int32),
             "token_valid_BxN": np.zeros((rows, n), bool),
             "logprobs_BxN": np.zeros((rows, n), np.float32),
             "lengths_B": np.zeros(rows, np.int32), "finished_B": np.zeros(rows, bool)}
-    for call in range(calls):  # none if no process has a live row
-        mine = live[call * width:(call + 1) * width]
+    picks = [live[call * width:(call + 1) * width] for call in range(calls)]  # none: no call
+
+    def sample_rows(mine):
         pick = np.concatenate([mine, np.zeros(width - len(mine), np.int64)])
-        out = sampler.sample(params, env.model_cfg, tokens_BxP[pick], valid_BxP[pick], rng,
-                             config, env.token_ids, live_B=np.arange(width) < len(mine),
-                             row_ids_B=row_ids_B[pick], mesh=env.mesh, rules=env.rules,
-                             row_rules=env.row_rules)
+        return jax.device_get(sampler.sample(
+            params, env.model_cfg, tokens_BxP[pick], valid_BxP[pick], rng, config,
+            env.token_ids, live_B=np.arange(width) < len(mine), row_ids_B=row_ids_B[pick],
+            mesh=env.mesh, rules=env.rules, row_rules=env.row_rules))
+
+    outs = parallel.run([functools.partial(sample_rows, mine) for mine in picks], parts)
+    for mine, out in zip(picks, outs):
         for name, value in full.items():
             value[mine] = np.asarray(getattr(out, name))[:len(mine)]
     return sampler.SampleOutput(**full)
@@ -281,13 +295,23 @@ def _speak(env: Environment, params, rows, rng):
     mode = env.config.evidence
     _, was_cut, tokens, valid = _prompts(env, rows, None, reserve=1)
     choice = {"always": "first", "never": "second", "choose": "choose", "free": "free"}[mode]
-    with phases.phase("sample"):
-        out = jax.device_get(sampler.sample_step(
-            params, env.model_cfg, tokens, valid,
+    rows_n = len(rows)
+    parts = env.parallel_calls if rows_n % env.parallel_calls == 0 else 1
+    width, row_ids_B = rows_n // parts, _row_ids(env, rows_n)
+
+    def step(part):  # rows part * width .. : one call of B/P rows (each row its own row id)
+        pick = slice(part * width, (part + 1) * width)
+        return jax.device_get(sampler.sample_step(
+            params, env.model_cfg, tokens[pick], valid[pick],
             [env.tokenizer.role_id(r) for r in _CHOICE_ROLES], choice,
             [jax.random.fold_in(rng, i) for i in range(3)],
             (env.config.query_config, env.config.agent), env.token_ids,
-            env.config.role_temperature, mesh=env.mesh, rules=env.rules, row_rules=env.row_rules))
+            env.config.role_temperature, row_ids_B=row_ids_B[pick], mesh=env.mesh,
+            rules=env.rules, row_rules=env.row_rules))
+
+    with phases.phase("sample"):
+        outs = parallel.run([functools.partial(step, part) for part in range(parts)], parts)
+        out = jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
     phases.count("sampler_calls")
     index_B = np.asarray(out.role_index_B)
     blocks, turns = _turn_blocks(env, [_CHOICE_ROLES[i] for i in index_B], out.turn)

@@ -42,6 +42,7 @@ from sparrow_jax.dialogue.turns import ROLE_INDEX, Role
 from sparrow_jax.model.spec import ModelSpec
 from sparrow_jax.rewards.pref_scoring import EloNormaliser
 from sparrow_jax.rl.lengths import bucket_for, bucket_widths, sequence_length
+from sparrow_jax.rl.parallel import parallel_calls
 from sparrow_jax.rl import checkpoint as rl_checkpoint
 from sparrow_jax.rl import phases
 from sparrow_jax.rl.reward_models import RewardScorer, load_reward_models
@@ -187,8 +188,10 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
     # if unset): a copy of trunk + policy top resharded once per step; rows come in by the
     # training rules' batch placement.
     decode_shardings = layout.decode_param_shardings(cfg, mesh)
+    parts = parallel_calls(cfg, mesh)  # part-batch programs side by side (rl.parallel_calls)
     env = Environment(cfg.model, tokenizer, engine, RolloutConfig.from_rl_config(cfg.rl),
-                      mesh=mesh, rules=layout.decode_rules(cfg.mesh), row_rules=rules)
+                      mesh=mesh, rules=layout.decode_rules(cfg.mesh), row_rules=rules,
+                      parallel_calls=parts)
     length = sequence_length(cfg)
     # The update reads the trunk's output from the rule scorer, which runs the frozen trunk
     # over the same dialogues first (`RewardScorer.p_broken_BxR`).
@@ -200,7 +203,7 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
     local_rows = distributed.process_batch_slice(cfg.train.batch_size, rows_sharding)
     local_batch = local_rows.stop - local_rows.start
     widths = bucket_widths(cfg)  # the batch widths a step may run at (rl.length_buckets)
-    scorer = RewardScorer(cfg, tokenizer, mesh, rules, in_shardings, widths)
+    scorer = RewardScorer(cfg, tokenizer, mesh, rules, in_shardings, widths, parts)
     log.info("rl: the rule term scores %d rules (rl.rule_scope=%s): %s", len(scorer.rule_ids),
              cfg.rl.rule_scope, ", ".join(scorer.rule_ids))
     ckpt = Checkpointer(init_from.checkpoint_dir(workdir), cfg.train.checkpoint_every,

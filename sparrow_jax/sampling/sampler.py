@@ -459,8 +459,8 @@ def sample(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, rng: jax.Arra
 
 def sample_step(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, role_ids: Sequence[int],
                 choice: str, rngs: Sequence[jax.Array], configs: Sequence[SamplingConfig],
-                ids: TokenIds, temperature: float = 1.0, *, mesh=None, rules=None,
-                row_rules=None) -> StepSample:
+                ids: TokenIds, temperature: float = 1.0, *, row_ids_B=None, mesh=None,
+                rules=None, row_rules=None) -> StepSample:
     """Choose each row's next speaker between two roles and sample its turn, with ONE prefill.
 
     The prompt is a left-padded dialogue ending with eot (no open role). `choice` (ROLE_CHOICES):
@@ -471,7 +471,8 @@ def sample_step(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, role_ids
     configs = (first role's SamplingConfig, second's), with the same max_new_tokens. A row's
     tokens are those `sample` would draw with its role's key and config on the prompt plus
     that role token (equal up to float rounding: the prompt and role token are encoded in two
-    calls), so a row pays for its own turn only.
+    calls), so a row pays for its own turn only. row_ids_B, mesh, rules, row_rules: as `sample`'s
+    (a row's role draw is keyed by its row id too).
     """
     if choice not in ROLE_CHOICES:
         raise ValueError(f"choice must be one of {ROLE_CHOICES}, got {choice!r}")
@@ -481,7 +482,7 @@ def sample_step(params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, role_ids
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     return _call(_sample_step, params, model_cfg, prompt_tokens_BxP, prompt_valid_BxP, *rngs,
-                 mesh=mesh, rules=rules, row_rules=row_rules,
+                 row_ids_B=row_ids_B, mesh=mesh, rules=rules, row_rules=row_rules,
                  role_ids=tuple(int(i) for i in role_ids), choice=choice,
                  temperature=float(temperature) if choice == "free" else 1.0,
                  configs=configs, ids=ids)

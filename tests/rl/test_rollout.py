@@ -270,15 +270,18 @@ def test_rollout_equals_sampling_every_phase_from_scratch(params, model_cfg, tok
             np.testing.assert_array_equal(query, queries[row])
 
 
-@pytest.mark.parametrize("live_rows", [(1, 4, 6), (0, 1, 2, 3, 5, 6, 7)])
+@pytest.mark.parametrize("parts", [1, 2])
+@pytest.mark.parametrize("live_rows", [(1, 4, 6), (0, 1, 2, 3, 5, 6, 7), None])
 def test_sampling_some_rows_in_half_batches_draws_what_the_whole_batch_draws(
-        params, model_cfg, tok, prompts, live_rows):
-    """At most B/2 live rows: one call of B/2 rows; more: two. Either way each live row's turn
-    is the one `sampler.sample` draws for it in the whole batch, and the others are empty."""
+        params, model_cfg, tok, prompts, live_rows, parts):
+    """With one call at a time: at most B/2 live rows, one call of B/2 rows; more, two; every
+    row live, one call. With P parallel calls (`rl.parallel_calls`), calls of B/(2P) rows, as
+    many as the live rows need. Either way each live row's turn is the one `sampler.sample`
+    draws for it in the whole batch, and the others are empty."""
     from sparrow_jax.rl.rollout import _sample_live
-    env = make_env(model_cfg, tok, EchoEngine())
+    env = dataclasses.replace(make_env(model_cfg, tok, EchoEngine()), parallel_calls=parts)
     tokens, valid = _left_padded(contexts_from(prompts, B), tok, env.config.max_prompt_len)
-    live = np.isin(np.arange(B), live_rows)
+    live = np.ones(B, bool) if live_rows is None else np.isin(np.arange(B), live_rows)
     rng = jax.random.PRNGKey(3)
     calls = []
     real_sample = sampler.sample
@@ -288,10 +291,15 @@ def test_sampling_some_rows_in_half_batches_draws_what_the_whole_batch_draws(
         return real_sample(params_, model_cfg_, tokens_, *args, **kwargs)
     sampler.sample = counting_sample
     try:
-        some = _sample_live(env, params, tokens, valid, rng, env.config.agent, live)
+        some = _sample_live(env, params, tokens, valid, rng, env.config.agent,
+                            None if live_rows is None else live)
     finally:
         sampler.sample = real_sample
-    assert calls == [B // 2] * (1 if len(live_rows) <= B // 2 else 2)
+    if parts == 1 and live_rows is None:
+        assert calls == [B]
+    else:
+        width = B // (2 * parts)
+        assert calls == [width] * -(-int(live.sum()) // width)
     everyone = sampler.sample(params, model_cfg, tokens, valid, rng, env.config.agent,
                               env.token_ids)
     for name in ("tokens_BxN", "token_valid_BxN", "lengths_B", "finished_B"):

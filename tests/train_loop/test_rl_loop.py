@@ -18,8 +18,11 @@ from sparrow_jax.train import init_from, loop
 from sparrow_jax.train.checkpoints import Checkpointer
 from sparrow_jax.train.metrics import read_metrics
 
+# Two part-batch calls side by side (rl.parallel_calls): what auto picks on one CPU device, as
+# the kill/resume runs (`sparrow train` processes); the in-process smoke run, on the tests' 8
+# host devices, samples in parts too (its rule scorer keeps one call: 4 rows over 8 devices).
 RL_KNOBS = {"rl.max_prompt_len": 96, "rl.max_new_tokens": 12, "rl.normaliser_batches": 1,
-            "train.checkpoint_every": 2}
+            "train.checkpoint_every": 2, "rl.parallel_calls": 2}
 
 
 @pytest.fixture(scope="module")
