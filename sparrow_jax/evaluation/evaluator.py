@@ -31,6 +31,7 @@ from sparrow_jax.evaluation import metrics as metrics_lib
 from sparrow_jax.evaluation.agent import Agent
 from sparrow_jax.evaluation.reranking import RerankConfig, best_of_n
 from sparrow_jax.evaluation.judge import Judge, Verdict
+from sparrow_jax.rl.parallel import sampling_parallel_calls
 from sparrow_jax.rl.rollout import EVIDENCE_MODES, Environment, RolloutConfig, rollout
 from sparrow_jax.search.data_engine import NoSearch, data_dir_engine
 from sparrow_jax.train.metrics import Progress
@@ -125,13 +126,15 @@ def load_engine(data_dir: str):
 
 def make_environment(agent: Agent, evidence: str = "free", engine=None) -> Environment:
     """The rollout environment with the config's `rl` sampling knobs. With search off (`NoSearch`)
-    the policy is not offered search (evidence "free" / "choose" become "never")."""
+    the policy is not offered search (evidence "free" / "choose" become "never"). On a CPU the
+    sampler calls run in parts side by side (`rl.parallel_calls`, as in training)."""
     engine = engine or load_engine(agent.data_dir)
     evidence = evidence or agent.cfg.rl.evidence
     if isinstance(engine, NoSearch) and evidence in ("free", "choose"):
         evidence = "never"
     config = RolloutConfig.from_rl_config(agent.cfg.rl, evidence)
-    return Environment(agent.model_cfg, agent.tokenizer, engine, config)
+    return Environment(agent.model_cfg, agent.tokenizer, engine, config,
+                       parallel_calls=sampling_parallel_calls(agent.cfg))
 
 
 def _batches(prompts: Sequence[PromptRecord], size: int):

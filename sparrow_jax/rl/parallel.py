@@ -24,23 +24,33 @@ AUTO = 0
 CPU_PARTS = 2  # measured on a 2-core host: 4 parts of 4 rows were slower than 2 of 8
 
 
+def _auto(mesh=None) -> int:
+    one_device = mesh is None or mesh.devices.size == 1
+    alone = jax.default_backend() == "cpu" and jax.process_count() == 1 and one_device
+    return CPU_PARTS if alone else 1
+
+
+def _asked(cfg) -> int:
+    parts = int(cfg.rl.parallel_calls)
+    if parts > 1 and jax.process_count() > 1:
+        raise ConfigError(f"rl.parallel_calls={parts} needs one process (this run has "
+                          f"{jax.process_count()}): set it to 1 or 0 (auto)")
+    return parts
+
+
 def parallel_calls(cfg, mesh=None) -> int:
-    """`rl.parallel_calls` resolved for this run: 0 (auto) is CPU_PARTS on a CPU backend with
+    """`rl.parallel_calls` resolved for an RL run: 0 (auto) is CPU_PARTS on a CPU backend with
     one process and one device (when the batch splits into 2 x CPU_PARTS parts), else 1.
 
     Raises ConfigError naming the key if more than one part is asked for with several
     processes (their collectives need one program at a time, in the same order everywhere)
     or for a batch that does not split into 2 x parts rows (the sampler's calls of the live
     rows are half a part wide)."""
-    parts = int(cfg.rl.parallel_calls)
+    parts = _asked(cfg)
     batch = int(cfg.train.batch_size)
     if parts == AUTO:
-        one_device = mesh is None or mesh.devices.size == 1
-        alone = jax.default_backend() == "cpu" and jax.process_count() == 1 and one_device
-        return CPU_PARTS if alone and batch % (2 * CPU_PARTS) == 0 else 1
-    if parts > 1 and jax.process_count() > 1:
-        raise ConfigError(f"rl.parallel_calls={parts} needs one process (this run has "
-                          f"{jax.process_count()}): set it to 1 or 0 (auto)")
+        auto = _auto(mesh)
+        return auto if batch % (2 * auto) == 0 else 1
     if parts > 1 and batch % (2 * parts):
         raise ConfigError(f"rl.parallel_calls={parts}: train.batch_size={batch} must be a "
                           f"multiple of {2 * parts} (parts of whole rows, and live-row calls "
@@ -61,3 +71,11 @@ def run(calls: Sequence[Callable[[], T]], parallel: int) -> list[T]:
     if parallel <= 1 or len(calls) <= 1:
         return [call() for call in calls]
     return list(_pool(parallel).map(lambda call: call(), calls))
+
+
+def sampling_parallel_calls(cfg) -> int:
+    """`rl.parallel_calls` for sampling outside training (`sparrow eval`, `chat`, the rating
+    app: one process, unsharded params): auto as for an RL run on one device, or as set. A
+    batch whose rows do not split into parts is sampled in one call (`rl.rollout`)."""
+    parts = _asked(cfg)
+    return _auto() if parts == AUTO else parts

@@ -121,6 +121,9 @@ def test_auto_is_two_parts_on_one_cpu_device_and_one_elsewhere():
     assert parallel.parallel_calls(_rl_cfg(0, batch=6), one_device) == 1  # 6 rows: no B/4 call
     assert parallel.parallel_calls(_rl_cfg(1), one_device) == 1
     assert parallel.parallel_calls(_rl_cfg(4), eight) == 4  # as asked, in one process
+    # Sampling outside training (eval, chat, rating): unsharded params, any batch.
+    assert parallel.sampling_parallel_calls(_rl_cfg(0, batch=6)) == 2
+    assert parallel.sampling_parallel_calls(_rl_cfg(1)) == 1
 
 
 def test_bad_parallel_calls_are_errors_naming_the_key():
