@@ -24,10 +24,9 @@ from sparrow_jax.train.step import batch_shardings
 B = 8
 
 
-@pytest.mark.parametrize("seed", [5, 6])
-def test_a_rollout_in_parallel_part_calls_equals_one_call(params, model_cfg, tok, prompts, seed):
+def test_a_rollout_in_parallel_part_calls_equals_one_call(params, model_cfg, tok, prompts):
     env = make_env(model_cfg, tok, EchoEngine(), "free")
-    contexts, rng = contexts_from(prompts, B), jax.random.PRNGKey(seed)
+    contexts, rng = contexts_from(prompts, B), jax.random.PRNGKey(5)
     one = rollout(env, params, contexts, rng)
     step_rows = []
     real_step = sampler.sample_step
