@@ -1,8 +1,11 @@
 """Helpers of the RL tests (a module of its own name: `conftest` is ambiguous across test folders)."""
+import contextlib
+
 import jax
 import numpy as np
 
 from sparrow_jax.rl.rollout import Environment, RolloutConfig
+from sparrow_jax.sampling import sampler
 from sparrow_jax.sampling.sampler import SamplingConfig
 
 
@@ -24,3 +27,19 @@ def make_env(model_cfg, tok, engine, evidence="choose", max_new_tokens=8, max_pr
 
 def contexts_from(prompts, n):
     return [p.context for p in prompts[:n]]
+
+
+@contextlib.contextmanager
+def rows_per_call(name: str):
+    """Yields a list that gets the prompt rows of every `sampler.<name>` call made in the block
+    (e.g. "sample", "sample_step"), in call order; the real function still runs."""
+    rows, real = [], getattr(sampler, name)
+
+    def recording(params, model_cfg, tokens, *args, **kwargs):
+        rows.append(len(tokens))
+        return real(params, model_cfg, tokens, *args, **kwargs)
+    setattr(sampler, name, recording)
+    try:
+        yield rows
+    finally:
+        setattr(sampler, name, real)

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from rl_helpers import contexts_from, make_env
+from rl_helpers import contexts_from, make_env, rows_per_call
 from test_rollout import EchoEngine
 from tiny_models import tiny_model_config
 from sparrow_jax import sharding as shd
@@ -17,7 +17,6 @@ from sparrow_jax.model import hydra
 from sparrow_jax.rl import parallel
 from sparrow_jax.rl.reward_models import RewardScorer
 from sparrow_jax.rl.rollout import rollout
-from sparrow_jax.sampling import sampler
 from sparrow_jax.train import stages
 from sparrow_jax.train.step import batch_shardings
 
@@ -28,17 +27,8 @@ def test_a_rollout_in_parallel_part_calls_equals_one_call(params, model_cfg, tok
     env = make_env(model_cfg, tok, EchoEngine(), "free")
     contexts, rng = contexts_from(prompts, B), jax.random.PRNGKey(5)
     one = rollout(env, params, contexts, rng)
-    step_rows = []
-    real_step = sampler.sample_step
-
-    def recording_step(params_, model_cfg_, tokens_, *args, **kwargs):
-        step_rows.append(len(tokens_))
-        return real_step(params_, model_cfg_, tokens_, *args, **kwargs)
-    sampler.sample_step = recording_step
-    try:
+    with rows_per_call("sample_step") as step_rows:
         two = rollout(dataclasses.replace(env, parallel_calls=2), params, contexts, rng)
-    finally:
-        sampler.sample_step = real_step
     assert step_rows == [B // 2, B // 2]  # the speaker and first turn: two calls of B/2 rows
     searched = [r.searched for r in one.rollouts]
     assert any(searched) and not all(searched)  # answers after evidence were sampled too

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rl_helpers import boost, contexts_from, make_env
+from rl_helpers import boost, contexts_from, make_env, rows_per_call
 from sparrow_jax.data.jsonl import clean_text
 from sparrow_jax.dialogue.render import parse, render, truncate_left
 from sparrow_jax.dialogue.turns import Role, Turn
@@ -283,18 +283,9 @@ def test_sampling_some_rows_in_half_batches_draws_what_the_whole_batch_draws(
     tokens, valid = _left_padded(contexts_from(prompts, B), tok, env.config.max_prompt_len)
     live = np.ones(B, bool) if live_rows is None else np.isin(np.arange(B), live_rows)
     rng = jax.random.PRNGKey(3)
-    calls = []
-    real_sample = sampler.sample
-
-    def counting_sample(params_, model_cfg_, tokens_, *args, **kwargs):
-        calls.append(len(tokens_))
-        return real_sample(params_, model_cfg_, tokens_, *args, **kwargs)
-    sampler.sample = counting_sample
-    try:
+    with rows_per_call("sample") as calls:
         some = _sample_live(env, params, tokens, valid, rng, env.config.agent,
                             None if live_rows is None else live)
-    finally:
-        sampler.sample = real_sample
     if parts == 1 and live_rows is None:
         assert calls == [B]
     else:
