@@ -17,6 +17,9 @@ def pytest_addoption(parser):
 @pytest.hookimpl(trylast=True)  # after pytest's tmpdir plugin has set up the base temp dir
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: slow test, run with --runslow")
+    config.addinivalue_line(
+        "markers", "long_running(seconds): a module that takes about this long on the 2-core CI "
+        "host; such modules are started first (`_longest_modules_first`)")
     _share_compilation_cache(config)
 
 
@@ -37,9 +40,22 @@ def _share_compilation_cache(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    _longest_modules_first(items)
     if config.getoption("--runslow"):
         return
     skip_slow = pytest.mark.skip(reason="slow: run with --runslow")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip_slow)
+
+
+def _longest_modules_first(items):
+    """Reorder `items` so that modules marked `long_running` come first, longest first; the rest
+    keep their order. xdist (`--dist loadfile`, pytest.ini) hands modules to its workers in this
+    order: a 7-minute module started last would keep one worker busy while the other idles."""
+    seconds = {}
+    for item in items:
+        marker = item.get_closest_marker("long_running")
+        if marker is not None:
+            seconds[item.path] = max(seconds.get(item.path, 0), float(marker.args[0]))
+    items.sort(key=lambda item: -seconds.get(item.path, 0))  # stable: the rest keep their order

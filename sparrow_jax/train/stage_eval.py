@@ -13,7 +13,6 @@ from typing import Iterable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats
 
 from sparrow_jax import distributed
 from sparrow_jax.model import hydra
@@ -27,6 +26,7 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     n_pos, n_neg = labels.sum(), (~labels).sum()
     if n_pos == 0 or n_neg == 0:
         return float("nan")
+    from scipy import stats  # here: half a second to import, and only rule_rm needs it
     ranks = stats.rankdata(scores)
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 

@@ -7,8 +7,12 @@ are what is checked.
 import json
 import os
 
+import pytest
+
 from sparrow_jax.cli import main
 from sparrow_jax.evaluation.schema import DEMO_REPORT_SCHEMA, validate
+
+pytestmark = pytest.mark.long_running(155)
 
 SMALL_WORLD = ["n_entities=24", "n_heldout=6", "n_dialogues=120", "n_preferences=60",
                "n_rule_ratings=80", "n_prompts=40"]
@@ -60,7 +64,6 @@ def test_demo_runs_every_stage_writes_the_report_and_skips_finished_stages(tmp_p
 
 
 def test_a_failed_second_process_is_an_error_that_names_its_log(tmp_path):
-    import pytest
     from sparrow_jax import demo
     from sparrow_jax.train.run_control import TrainingError
     settings = demo.DemoSettings(overrides=("--config.train.no_such_key=1",))

@@ -14,6 +14,8 @@ from sparrow_jax.model.layers import Attention
 from sparrow_jax.model.spec import ModelSpec
 from sparrow_jax.model.stack import attention_context
 
+pytestmark = pytest.mark.long_running(80)
+
 
 def _numpy_smeared_keys(k, smear, pos, valid):
     """k'_j = w k_j + (1 - w) k_p, w = sigmoid(smear), p the nearest valid j' < j, used only

@@ -15,6 +15,8 @@ from sparrow_jax.model import hydra
 from sparrow_jax.rewards.rule_scoring import rule_violation_probs
 from sparrow_jax.train import stages
 
+pytestmark = pytest.mark.long_running(60)
+
 READ_LEN = 2 * (MAX_NEW + 2) + 1
 # Two made-up rule suffixes: only the scorer's dialogue prefill (its trunk) matters here.
 RULE_TOKENS = np.asarray([[5, 6, 7, 0], [8, 9, 0, 0]], np.int32)

@@ -24,6 +24,10 @@ import subprocess
 import sys
 import time
 
+import pytest
+
+pytestmark = pytest.mark.long_running(60)
+
 FIXTURE_PARTS = ("tests", "fixtures", "hf", "llama")
 SP_PIECES = 400   # + 7 Sparrow control ids the model lacks = 407 rows (the fixture has 128)
 STEPS = 1

@@ -3,6 +3,8 @@ import pytest
 
 from loop_helpers import TINY, check_sigkill_resume, make_world, sparrow, tiny_overrides
 
+pytestmark = pytest.mark.long_running(65)
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):

@@ -18,6 +18,8 @@ from loop_helpers import REPO, TINY, make_world, state_leaves, tiny_overrides
 from multiprocess_runs import free_port
 from sparrow_jax.config import model_parallel_decode_rules
 
+pytestmark = pytest.mark.long_running(440)
+
 STAGES = (("lm", None), ("sft", "lm"), ("pref_rm", "sft"), ("rule_rm", "sft"), ("rl", "sft"))
 # RL on a data 2 x fsdp 2 mesh, sampling in the pod configs' model-parallel decode layout
 # (weights split over fsdp by heads / MLP / vocabulary, resharded every step).

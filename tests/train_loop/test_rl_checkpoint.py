@@ -1,7 +1,7 @@
 """RL checkpoints hold what RL trains; the frozen parts come back from their sources, checked.
 
-One tiny rl run (2 steps) from copies of its sources (sft, pref_rm, rule_rm at 2 steps each),
-so a test can change or remove a source and put it back.
+One tiny rl run (2 steps) from copies of its sources (sft, pref_rm, rule_rm at 2 steps each, the
+`rl_inputs` fixture's), so a test can change or remove a source and put it back.
 """
 import os
 import shutil
@@ -10,28 +10,30 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from loop_helpers import make_world, tiny_config
+from loop_helpers import tiny_config
 from sparrow_jax import sharding as shd
 from sparrow_jax.evaluation.agent import load_agent
 from sparrow_jax.evaluation.checkpoint_params import FrozenSourceError
 from sparrow_jax.rl import trainer
-from sparrow_jax.train import init_from, loop
+from sparrow_jax.train import init_from
 from sparrow_jax.train.checkpoints import Checkpointer, CheckpointError
 from sparrow_jax.train.fingerprint import fingerprint
+
+pytestmark = pytest.mark.long_running(80)
 
 RL_KNOBS = {"rl.max_prompt_len": 96, "rl.max_new_tokens": 12, "rl.normaliser_batches": 1,
             "train.checkpoint_every": 2}
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """{'world', 'sft', 'pref_rm', 'rule_rm', 'rl', 'cfg'}: an rl workdir at step 2 and its sources."""
+def run(rl_inputs, tmp_path_factory):
+    """{'world', 'sft', 'pref_rm', 'rule_rm', 'rl', 'cfg'}: an rl workdir at step 2 and copies of its
+    sources (the tests change them)."""
     root = tmp_path_factory.mktemp("rl_checkpoint")
-    out = {"world": make_world(str(root / "toy"))}
-    for stage, source in (("sft", None), ("pref_rm", "sft"), ("rule_rm", "sft")):
-        extra = {"train.init_from": out[source]} if source else {}
+    out = {"world": rl_inputs["world"]}
+    for stage in ("sft", "pref_rm", "rule_rm"):
         out[stage] = str(root / stage)
-        loop.train_stage(tiny_config(stage, out["world"], steps=2, **extra), out[stage])
+        shutil.copytree(rl_inputs[stage], out[stage])
     out["cfg"] = _rl_config(out, steps=2)
     out["rl"] = str(root / "rl")
     assert trainer.train_rl(out["cfg"], out["rl"])["finished"]

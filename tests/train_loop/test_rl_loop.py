@@ -1,7 +1,7 @@
 """The RL stage end to end at toy size: smoke run, SIGKILL + rerun == uninterrupted, bad inputs.
 
-The inputs (sft, pref_rm, rule_rm workdirs) are made with 2 steps each: these tests check
-plumbing and resumption, not learning (BUILD_NOTES.md has the real figures).
+The inputs (sft, pref_rm, rule_rm workdirs: the `rl_inputs` fixture) are made with 2 steps each:
+these tests check plumbing and resumption, not learning (BUILD_NOTES.md has the real figures).
 """
 import json
 import os
@@ -10,13 +10,15 @@ import jax
 import numpy as np
 import pytest
 
-from loop_helpers import TINY, check_sigkill_resume, make_world, sparrow, tiny_config, tiny_overrides
+from loop_helpers import TINY, check_sigkill_resume, sparrow, tiny_config, tiny_overrides
 from sparrow_jax import sharding as shd
 from sparrow_jax.config import ConfigError
 from sparrow_jax.rl import lengths, phases, reward_models, trainer
-from sparrow_jax.train import init_from, loop
+from sparrow_jax.train import init_from
 from sparrow_jax.train.checkpoints import Checkpointer
 from sparrow_jax.train.metrics import read_metrics
+
+pytestmark = pytest.mark.long_running(160)
 
 # Two part-batch calls side by side (rl.parallel_calls): what auto picks on one CPU device, as
 # the kill/resume runs (`sparrow train` processes); the in-process smoke run, on the tests' 8
@@ -25,26 +27,14 @@ RL_KNOBS = {"rl.max_prompt_len": 96, "rl.max_new_tokens": 12, "rl.normaliser_bat
             "train.checkpoint_every": 2, "rl.parallel_calls": 2}
 
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    """{'world', 'sft', 'pref_rm', 'rule_rm'}: paths ready for an rl run."""
-    root = tmp_path_factory.mktemp("rl_inputs")
-    out = {"world": make_world(str(root / "toy"))}
-    for stage, source in (("sft", None), ("pref_rm", "sft"), ("rule_rm", "sft")):
-        extra = {"train.init_from": out[source]} if source else {}
-        out[stage] = str(root / stage)
-        loop.train_stage(tiny_config(stage, out["world"], steps=2, **extra), out[stage])
-    return out
+def _knobs(rl_inputs, steps, **extra):
+    return {"train.init_from": rl_inputs["sft"], "rl.pref_rm_from": rl_inputs["pref_rm"],
+            "rl.rule_rm_from": rl_inputs["rule_rm"], "train.steps": steps, **RL_KNOBS, **extra}
 
 
-def _knobs(inputs, steps, **extra):
-    return {"train.init_from": inputs["sft"], "rl.pref_rm_from": inputs["pref_rm"],
-            "rl.rule_rm_from": inputs["rule_rm"], "train.steps": steps, **RL_KNOBS, **extra}
-
-
-def test_rl_smoke_run_logs_every_component_and_keeps_the_reward_models(inputs, tmp_path):
+def test_rl_smoke_run_logs_every_component_and_keeps_the_reward_models(rl_inputs, tmp_path):
     steps = 5
-    cfg = tiny_config("rl", inputs["world"], **_knobs(inputs, steps=steps, **{
+    cfg = tiny_config("rl", rl_inputs["world"], **_knobs(rl_inputs, steps=steps, **{
         "train.log_every": 1, "rl.rule_chunk": -1, "rl.length_buckets": "(0.75,)"}))
     compiles_at_step = []  # steps finished when XLA compiled something
 
@@ -85,36 +75,37 @@ def test_rl_smoke_run_logs_every_component_and_keeps_the_reward_models(inputs, t
     assert meta["normaliser"]["count"] == cfg.train.batch_size and all(
         "buffer" in shard for shard in meta["selfplay"].values())  # one state per batch shard
     params, _ = init_from.load_params(str(tmp_path / "rl"), cfg, shd.make_mesh(cfg.mesh))
-    source, _ = init_from.load_params(inputs["rule_rm"], cfg, shd.make_mesh(cfg.mesh))
+    source, _ = init_from.load_params(rl_inputs["rule_rm"], cfg, shd.make_mesh(cfg.mesh))
     for a, b in zip(jax.tree.leaves(params["rule_rm"]), jax.tree.leaves(source["rule_rm"])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def _rl_process(inputs, workdir, steps):
-    overrides = tiny_overrides(inputs["world"], steps=steps)
-    overrides += [f"--config.{k}={v}" for k, v in _knobs(inputs, steps).items()]
+def _rl_process(rl_inputs, workdir, steps):
+    overrides = tiny_overrides(rl_inputs["world"], steps=steps)
+    overrides += [f"--config.{k}={v}" for k, v in _knobs(rl_inputs, steps).items()]
     return sparrow("train", "--config", f"{TINY}:rl", "--workdir", workdir, *overrides)
 
 
-def test_rl_sigkill_then_rerun_equals_uninterrupted_run(inputs, tmp_path):
+def test_rl_sigkill_then_rerun_equals_uninterrupted_run(rl_inputs, tmp_path):
     steps = 8
-    reference, workdir = check_sigkill_resume(lambda workdir: _rl_process(inputs, workdir, steps),
+    reference, workdir = check_sigkill_resume(lambda workdir: _rl_process(rl_inputs, workdir, steps),
                                               str(tmp_path), steps, "rl")
     meta = [json.dumps(Checkpointer(os.path.join(d, "checkpoints")).read_meta(steps)["selfplay"],
                        sort_keys=True) for d in (reference, workdir)]
     assert meta[0] == meta[1]  # same prompts drawn, same buffer of dialogues
 
 
-def test_rl_reward_model_workdirs_are_checked(inputs, tmp_path):
-    cfg = tiny_config("rl", inputs["world"], **_knobs(inputs, 1, **{"rl.rule_rm_from": ""}))
+def test_rl_reward_model_workdirs_are_checked(rl_inputs, tmp_path):
+    cfg = tiny_config("rl", rl_inputs["world"], **_knobs(rl_inputs, 1, **{"rl.rule_rm_from": ""}))
     with pytest.raises(ConfigError, match="rl.rule_rm_from is empty"):
         trainer.train_rl(cfg, str(tmp_path / "a"))
-    cfg = tiny_config("rl", inputs["world"], **_knobs(inputs, 1, **{"rl.rule_rm_from": inputs["sft"]}))
+    cfg = tiny_config("rl", rl_inputs["world"],
+                      **_knobs(rl_inputs, 1, **{"rl.rule_rm_from": rl_inputs["sft"]}))
     with pytest.raises(ConfigError, match="holds a 'sft' checkpoint, not 'rule_rm'"):
         trainer.train_rl(cfg, str(tmp_path / "b"))
     mesh = shd.make_mesh(cfg.mesh)
-    params, _ = init_from.load_params(inputs["sft"], cfg, mesh)
+    params, _ = init_from.load_params(rl_inputs["sft"], cfg, mesh)
     other_trunk = jax.tree.map(lambda x: x + 1, params["trunk"])
-    cfg = tiny_config("rl", inputs["world"], **_knobs(inputs, 1))
+    cfg = tiny_config("rl", rl_inputs["world"], **_knobs(rl_inputs, 1))
     with pytest.raises(ConfigError, match="its trunk differs from the policy's"):
         reward_models.load_reward_models(cfg, mesh, other_trunk)
