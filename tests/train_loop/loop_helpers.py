@@ -42,6 +42,12 @@ def tiny_config(stage: str, world: str, **extra):
     return apply_overrides(load_experiment(f"{TINY}:{stage}"), tiny_overrides(world, **extra))
 
 
+def rl_sources(workdirs: dict) -> dict:
+    """The rl stage's config keys naming its sources, from {'sft', 'pref_rm', 'rule_rm': workdir}."""
+    return {"train.init_from": workdirs["sft"], "rl.pref_rm_from": workdirs["pref_rm"],
+            "rl.rule_rm_from": workdirs["rule_rm"]}
+
+
 def sparrow(*args, **popen_kwargs) -> subprocess.Popen:
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
     return subprocess.Popen([sys.executable, "-m", "sparrow_jax", *args], cwd=REPO, env=env,

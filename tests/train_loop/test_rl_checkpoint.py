@@ -10,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from loop_helpers import tiny_config
+from loop_helpers import rl_sources, tiny_config
 from sparrow_jax import sharding as shd
 from sparrow_jax.evaluation.agent import load_agent
 from sparrow_jax.evaluation.checkpoint_params import FrozenSourceError
@@ -41,9 +41,7 @@ def run(rl_inputs, tmp_path_factory):
 
 
 def _rl_config(run, steps):
-    return tiny_config("rl", run["world"], steps=steps, **{
-        "train.init_from": run["sft"], "rl.pref_rm_from": run["pref_rm"],
-        "rl.rule_rm_from": run["rule_rm"], **RL_KNOBS})
+    return tiny_config("rl", run["world"], steps=steps, **rl_sources(run), **RL_KNOBS)
 
 
 def test_rl_checkpoint_stores_only_what_rl_trains(run):

@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from loop_helpers import TINY, check_sigkill_resume, sparrow, tiny_config, tiny_overrides
+from loop_helpers import (TINY, check_sigkill_resume, rl_sources, sparrow, tiny_config,
+                          tiny_overrides)
 from sparrow_jax import sharding as shd
 from sparrow_jax.config import ConfigError
 from sparrow_jax.rl import lengths, phases, reward_models, trainer
@@ -28,8 +29,7 @@ RL_KNOBS = {"rl.max_prompt_len": 96, "rl.max_new_tokens": 12, "rl.normaliser_bat
 
 
 def _knobs(rl_inputs, steps, **extra):
-    return {"train.init_from": rl_inputs["sft"], "rl.pref_rm_from": rl_inputs["pref_rm"],
-            "rl.rule_rm_from": rl_inputs["rule_rm"], "train.steps": steps, **RL_KNOBS, **extra}
+    return {**rl_sources(rl_inputs), "train.steps": steps, **RL_KNOBS, **extra}
 
 
 def test_rl_smoke_run_logs_every_component_and_keeps_the_reward_models(rl_inputs, tmp_path):
