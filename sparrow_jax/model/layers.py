@@ -51,7 +51,17 @@ def project(equation: str, x: jax.Array, w: jax.Array, spec: ModelSpec) -> jax.A
     that save dots take the plain einsum (they cannot see into a custom_vjp). Only
     for projections: some batched bf16 x bf16 -> float32 dots (attention scores)
     fail to run on XLA:CPU (jaxlib 0.10).
+
+    With `spec.projection_dtype` set (forward-only calls: `ModelSpec.with_projection_dtype`)
+    x and w are rounded to it and the products accumulated in x's dtype (bfloat16 inputs,
+    float32 accumulation and output: the f32 model's rollouts at XLA:CPU's bf16 matmul
+    speed). Not differentiable: its gradient would need batched mixed dots that XLA:CPU
+    cannot run.
     """
+    narrow = spec.narrow_projection_dtype
+    if narrow is not None and narrow != x.dtype:
+        return jnp.einsum(equation, x.astype(narrow), w.astype(narrow),
+                          preferred_element_type=x.dtype)
     if x.dtype != w.dtype or spec.remat in _DOT_SAVING_REMAT:
         return jnp.einsum(equation, x, w)
     return _f32_accumulated_einsum(equation, x, w)

@@ -54,6 +54,9 @@ class ModelSpec:
     rotary_low_freq_factor: float = 1.0
     rotary_high_freq_factor: float = 4.0
     rotary_original_max_len: int = 8192
+    # Forward-only calls (RL rollouts and reward scoring, `rl.projection_dtype`): 'bfloat16'
+    # = weight projections take bf16 inputs in a float32 model; '' = the compute dtype.
+    projection_dtype: str = ""
 
     @classmethod
     def of(cls, model_cfg: Any) -> "ModelSpec":
@@ -100,6 +103,21 @@ class ModelSpec:
     def dtype(self):
         """Compute dtype (activations, matmul inputs, KV cache)."""
         return _DTYPES[self.compute_dtype]
+
+    def with_projection_dtype(self, name: str) -> "ModelSpec":
+        """This spec with weight projections fed `name` ('float32' | 'bfloat16') inputs,
+        for forward-only calls (no gradient rule: `layers.project`). Only narrows: with
+        a bfloat16 compute dtype (or name 'float32') the projections are the model's own."""
+        if name not in _DTYPES:
+            raise ValueError(f"projection dtype must be one of {sorted(_DTYPES)}, got {name!r}")
+        narrow = name == "bfloat16" and self.compute_dtype == "float32"
+        return dataclasses.replace(self, projection_dtype="bfloat16" if narrow else "")
+
+    @property
+    def narrow_projection_dtype(self):
+        """Input dtype of the weight projections when narrower than the compute dtype
+        (`with_projection_dtype`), else None."""
+        return _DTYPES[self.projection_dtype] if self.projection_dtype else None
 
     @property
     def pdtype(self):

@@ -18,6 +18,7 @@ from jax.sharding import PartitionSpec
 from sparrow_jax import distributed
 from sparrow_jax.config import ConfigError
 from sparrow_jax.rl import parallel
+from sparrow_jax.rl.rollout import inference_spec
 from sparrow_jax.rewards.pref_scoring import pref_elo
 from sparrow_jax.rewards.reward import aggregate_rules
 from sparrow_jax.rewards.rule_scoring import (group_rules_by_length, prepare_rule_suffixes,
@@ -82,7 +83,7 @@ class RewardScorer:
         self.rule_tokens_RxQ, self.rule_valid_RxQ = prepare_rule_suffixes(rule_texts, tokenizer)
         self._rule_suffixes = distributed.host_local_to_global(
             (self.rule_tokens_RxQ, self.rule_valid_RxQ), mesh, PartitionSpec())
-        model_cfg = cfg.model
+        model_cfg = self.model_spec = inference_spec(cfg)
         self._elo = jax.jit(lambda p, t, v, i, s: pref_elo(p, model_cfg, t, v, i, s))
         self._rule_groups = group_rules_by_length(self.rule_valid_RxQ)
         self._mesh_rules = rules
@@ -104,7 +105,7 @@ class RewardScorer:
     def _rules_fn(self, chunk: int):
         """The jitted rule scorer at `chunk` rules per step (0 = all at once)."""
         if chunk not in self._rule_fns:
-            model_cfg, mesh, rules, groups = (self.cfg.model, self.mesh, self._mesh_rules,
+            model_cfg, mesh, rules, groups = (self.model_spec, self.mesh, self._mesh_rules,
                                               self._rule_groups)
             # P(broken) by rows as the tokens; the trunk laid out as the update reads it.
             out_shardings = (self.shardings["tokens_BxL"], self.shardings["trunk_BxLxD"])

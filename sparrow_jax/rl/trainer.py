@@ -46,7 +46,7 @@ from sparrow_jax.rl.parallel import parallel_calls
 from sparrow_jax.rl import checkpoint as rl_checkpoint
 from sparrow_jax.rl import phases
 from sparrow_jax.rl.reward_models import RewardScorer, load_reward_models
-from sparrow_jax.rl.rollout import Environment, RolloutConfig, rollout
+from sparrow_jax.rl.rollout import Environment, RolloutConfig, inference_spec, rollout
 from sparrow_jax.rl.selfplay import ContextBuffer, EpisodeSource, ShardedSource, play
 from sparrow_jax.sampling import layout
 from sparrow_jax.search.data_engine import data_dir_engine
@@ -189,7 +189,7 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
     # training rules' batch placement.
     decode_shardings = layout.decode_param_shardings(cfg, mesh)
     parts = parallel_calls(cfg, mesh)  # part-batch programs side by side (rl.parallel_calls)
-    env = Environment(cfg.model, tokenizer, engine, RolloutConfig.from_rl_config(cfg.rl),
+    env = Environment(inference_spec(cfg), tokenizer, engine, RolloutConfig.from_rl_config(cfg.rl),
                       mesh=mesh, rules=layout.decode_rules(cfg.mesh), row_rules=rules,
                       parallel_calls=parts)
     length = sequence_length(cfg)

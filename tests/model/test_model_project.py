@@ -1,4 +1,5 @@
-"""layers.project: the weight projections' written-out VJP against plain autodiff."""
+"""layers.project: the weight projections' written-out VJP against plain autodiff, and the
+forward-only bf16-input projection (rl.projection_dtype) against NumPy."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,3 +60,31 @@ def test_dot_saving_remat_takes_the_plain_einsum():
     x, w = _inputs((2, 5, 8), (8, 16), jnp.float32)
     jaxpr = jax.make_jaxpr(lambda x, w: project("bld,df->blf", x, w, spec))(x, w)
     assert "custom_vjp" not in str(jaxpr)
+
+
+def _bf16_rounded(a):
+    return np.asarray(jnp.asarray(a).astype(jnp.bfloat16).astype(jnp.float32), np.float64)
+
+
+@pytest.mark.parametrize("equation,x_shape,w_shape", PROJECTIONS)
+def test_bfloat16_input_projection_is_rounded_inputs_summed_in_float32(equation, x_shape, w_shape):
+    """rl.projection_dtype=bfloat16 in a float32 model: NumPy on the bf16-rounded inputs,
+    accumulated in float64, within float32 summation error; output float32."""
+    spec = ModelSpec.of(tiny_model_cfg()).with_projection_dtype("bfloat16")
+    x, w = _inputs(x_shape, w_shape, jnp.float32)
+    got = jax.jit(lambda x, w: project(equation, x, w, spec))(x, w)
+    assert got.dtype == jnp.float32
+    want = np.einsum(equation, _bf16_rounded(x), _bf16_rounded(w))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # ... and not the float32 projection: the rounding is real at these values.
+    assert np.abs(np.asarray(got) - np.einsum(equation, np.asarray(x), np.asarray(w))).max() > 1e-4
+
+
+def test_projection_dtype_only_narrows_a_float32_model():
+    f32 = ModelSpec.of(tiny_model_cfg())
+    assert f32.with_projection_dtype("bfloat16").narrow_projection_dtype == jnp.bfloat16
+    assert f32.with_projection_dtype("float32") == f32
+    bf16 = ModelSpec.of(tiny_model_cfg(compute_dtype="bfloat16"))
+    assert bf16.with_projection_dtype("bfloat16") == bf16
+    with pytest.raises(ValueError, match="projection dtype must be one of"):
+        f32.with_projection_dtype("float16")
