@@ -30,7 +30,8 @@ from sparrow_jax.hlo_collectives import collective_bytes
 from sparrow_jax.model import hydra
 from sparrow_jax.rewards.rule_scoring import group_rules_by_length, rule_violation_probs
 from sparrow_jax.rl.lengths import estimate_tokens, sequence_length
-from sparrow_jax.rl.rollout import RolloutConfig, inference_spec
+from sparrow_jax.rl.projection import aot_projection_dtype, inference_spec
+from sparrow_jax.rl.rollout import RolloutConfig
 from sparrow_jax.sampling import layout, sampler
 from sparrow_jax.sampling.sampler import TokenIds
 from sparrow_jax.train.trainable import merge_params
@@ -104,7 +105,7 @@ def _compile_sample_in(cfg, mesh, rules, resident_state) -> dict[str, Any]:
             params, tokens, valid, _replicated(mesh, (2,), jnp.uint32),
             *(jax.ShapeDtypeStruct((batch,), dtype, sharding=NamedSharding(
                 mesh, P(tokens.sharding.spec[0]))) for dtype in (jnp.bool_, jnp.int32)),
-            spec=inference_spec(cfg), config=config, ids=AOT_TOKEN_IDS,
+            spec=inference_spec(cfg, aot_projection_dtype(cfg)), config=config, ids=AOT_TOKEN_IDS,
             sharding_key=(mesh, rules))
     compiled = lowered.compile()
     # Parameters the state already holds (the training layout) are not counted twice.
@@ -166,7 +167,7 @@ def compile_rule_score(cfg, mesh, rl_state) -> dict[str, Any]:
     full = merge_params(rl_state.params, rl_state.frozen)
     params = {k: full[k] for k in ("trunk", "rule_rm")}
     tokens, valid = _batch_inputs(mesh, rules, batch, length)
-    model_cfg = inference_spec(cfg)
+    model_cfg = inference_spec(cfg, aot_projection_dtype(cfg))
     fn = jax.jit(lambda p, t, v, rt, rv: rule_violation_probs(
         p, model_cfg, t, v, rt, rv, rule_chunk=rule_chunk, rule_groups=groups, mesh=mesh,
         rules=rules, return_trunk=True))

@@ -17,8 +17,8 @@ from jax.sharding import PartitionSpec
 
 from sparrow_jax import distributed
 from sparrow_jax.config import ConfigError
+from sparrow_jax.model.spec import ModelSpec
 from sparrow_jax.rl import parallel
-from sparrow_jax.rl.rollout import inference_spec
 from sparrow_jax.rewards.pref_scoring import pref_elo
 from sparrow_jax.rewards.reward import aggregate_rules
 from sparrow_jax.rewards.rule_scoring import (group_rules_by_length, prepare_rule_suffixes,
@@ -68,11 +68,12 @@ class RewardScorer:
     scores come back as this process's rows. `widths`: the batch widths a step may have
     (`rl.lengths.bucket_widths`); the rule scorer compiles at all of them on its first call.
     `parallel_calls` P > 1 (`rl.parallel`): the rule scorer runs as P calls of B/P rows side by
-    side, and the trunk's outputs are joined into one batch.
+    side, and the trunk's outputs are joined into one batch. `model_spec`: the spec both
+    reward models run under (the RL stage's `rl.projection.inference_spec`; default cfg.model's).
     """
 
     def __init__(self, cfg, tokenizer, mesh, rules, batch_shardings: dict,
-                 widths: tuple[int, ...] = (), parallel_calls: int = 1):
+                 widths: tuple[int, ...] = (), parallel_calls: int = 1, model_spec=None):
         self.cfg = cfg
         self.mesh, self.shardings = mesh, batch_shardings
         tokens = batch_shardings["tokens_BxL"]
@@ -83,7 +84,7 @@ class RewardScorer:
         self.rule_tokens_RxQ, self.rule_valid_RxQ = prepare_rule_suffixes(rule_texts, tokenizer)
         self._rule_suffixes = distributed.host_local_to_global(
             (self.rule_tokens_RxQ, self.rule_valid_RxQ), mesh, PartitionSpec())
-        model_cfg = self.model_spec = inference_spec(cfg)
+        model_cfg = self.model_spec = model_spec or ModelSpec.of(cfg.model)
         self._elo = jax.jit(lambda p, t, v, i, s: pref_elo(p, model_cfg, t, v, i, s))
         self._rule_groups = group_rules_by_length(self.rule_valid_RxQ)
         self._mesh_rules = rules

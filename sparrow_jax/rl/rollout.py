@@ -38,7 +38,6 @@ from sparrow_jax import distributed
 from sparrow_jax.data.jsonl import clean_text
 from sparrow_jax.dialogue.tokenizer import Tokenizer
 from sparrow_jax.dialogue.turns import Dialogue, Role, Turn
-from sparrow_jax.model.spec import ModelSpec
 from sparrow_jax.rl import parallel, phases
 from sparrow_jax.rl import sequence as seq_lib
 from sparrow_jax.rl.sequence import Block
@@ -93,12 +92,6 @@ class RolloutConfig:
     def max_seq_len(self) -> int:
         """Bound on a training sequence: the Sparrow prompt + its text + an eot."""
         return self.max_prompt_len + self.agent.max_new_tokens + 1
-
-
-def inference_spec(cfg) -> ModelSpec:
-    """The model spec of the RL stage's forward-only calls (rollouts, reward scoring):
-    `cfg.model` with weight projections in `rl.projection_dtype`."""
-    return ModelSpec.of(cfg.model).with_projection_dtype(cfg.rl.projection_dtype)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -46,7 +46,8 @@ from sparrow_jax.rl.parallel import parallel_calls
 from sparrow_jax.rl import checkpoint as rl_checkpoint
 from sparrow_jax.rl import phases
 from sparrow_jax.rl.reward_models import RewardScorer, load_reward_models
-from sparrow_jax.rl.rollout import Environment, RolloutConfig, inference_spec, rollout
+from sparrow_jax.rl.projection import inference_spec, resolve_projection_dtype
+from sparrow_jax.rl.rollout import Environment, RolloutConfig, rollout
 from sparrow_jax.rl.selfplay import ContextBuffer, EpisodeSource, ShardedSource, play
 from sparrow_jax.sampling import layout
 from sparrow_jax.search.data_engine import data_dir_engine
@@ -189,9 +190,6 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
     # training rules' batch placement.
     decode_shardings = layout.decode_param_shardings(cfg, mesh)
     parts = parallel_calls(cfg, mesh)  # part-batch programs side by side (rl.parallel_calls)
-    env = Environment(inference_spec(cfg), tokenizer, engine, RolloutConfig.from_rl_config(cfg.rl),
-                      mesh=mesh, rules=layout.decode_rules(cfg.mesh), row_rules=rules,
-                      parallel_calls=parts)
     length = sequence_length(cfg)
     # The update reads the trunk's output from the rule scorer, which runs the frozen trunk
     # over the same dialogues first (`RewardScorer.p_broken_BxR`).
@@ -203,12 +201,18 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
     local_rows = distributed.process_batch_slice(cfg.train.batch_size, rows_sharding)
     local_batch = local_rows.stop - local_rows.start
     widths = bucket_widths(cfg)  # the batch widths a step may run at (rl.length_buckets)
-    scorer = RewardScorer(cfg, tokenizer, mesh, rules, in_shardings, widths, parts)
-    log.info("rl: the rule term scores %d rules (rl.rule_scope=%s): %s", len(scorer.rule_ids),
-             cfg.rl.rule_scope, ", ".join(scorer.rule_ids))
     ckpt = Checkpointer(init_from.checkpoint_dir(workdir), cfg.train.checkpoint_every,
                         cfg.train.keep_checkpoints, cfg.train.async_checkpoint)
     restored = rl_checkpoint.restore(ckpt, setup.abstract_state, json.dumps(cfg.to_dict()), cfg)
+    # Rollouts and reward scoring (forward only) in the run's projection dtype (rl/projection.py).
+    projection = resolve_projection_dtype(cfg, None if restored is None else restored[0].meta)
+    forward_spec = inference_spec(cfg, projection)
+    env = Environment(forward_spec, tokenizer, engine, RolloutConfig.from_rl_config(cfg.rl),
+                      mesh=mesh, rules=layout.decode_rules(cfg.mesh), row_rules=rules,
+                      parallel_calls=parts)
+    scorer = RewardScorer(cfg, tokenizer, mesh, rules, in_shardings, widths, parts, forward_spec)
+    log.info("rl: the rule term scores %d rules (rl.rule_scope=%s): %s", len(scorer.rule_ids),
+             cfg.rl.rule_scope, ", ".join(scorer.rule_ids))
     guard = NonfiniteGuard(cfg.train.max_nonfinite_in_row, ckpt.directory)
     source = selfplay_source(cfg, prompts, rows_sharding)
     if restored is not None:
@@ -239,7 +243,7 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
         rl_checkpoint.save(ckpt, step, state, frozen_references,
                            meta={"selfplay": source.get_state(), "normaliser": normaliser.state(),
                                  "config": cfg.to_dict(), "stage": "rl", "nonfinite_total": guard.total,
-                                 "rule_chunk": scorer.rule_chunk},
+                                 "rule_chunk": scorer.rule_chunk, "projection_dtype": projection},
                            assets={"tokenizer.model": tokenizer.serialized_model})
 
     writer = MetricsWriter(storage.join(workdir, "logs"))
