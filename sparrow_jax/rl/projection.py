@@ -69,9 +69,13 @@ def resolve_projection_dtype(cfg, stored_meta: Mapping[str, Any] | None = None) 
     """'float32' or 'bfloat16' for this run: a resumed run's stored choice; else the configured
     one; for 'auto', 'bfloat16' when the model computes in bfloat16 (nothing to narrow), else
     process 0's measurement (`matmul_seconds`: bf16 at least MIN_SPEEDUP times faster)."""
-    if stored_meta is not None:
-        return str(stored_meta.get("projection_dtype", STORED_BEFORE_THE_KEY))
     chosen = cfg.rl.projection_dtype
+    if stored_meta is not None:
+        stored = str(stored_meta.get("projection_dtype", STORED_BEFORE_THE_KEY))
+        if chosen not in ("auto", stored):
+            log.warning("rl.projection_dtype=%s, but the run being resumed began with %s: it "
+                        "keeps %s (start a new workdir to change it)", chosen, stored, stored)
+        return stored
     if chosen != "auto":
         return chosen
     spec = ModelSpec.of(cfg.model)

@@ -86,7 +86,7 @@ def test_a_bad_projection_dtype_is_an_error_naming_the_key():
         validate(cfg)
 
 
-def test_auto_is_measured_kept_when_resumed_and_a_no_op_for_a_bf16_model(monkeypatch):
+def test_auto_is_measured_kept_when_resumed_and_a_no_op_for_a_bf16_model(monkeypatch, caplog):
     cfg = default_config()
     cfg.model.compute_dtype = "float32"
     assert cfg.rl.projection_dtype == "auto"
@@ -102,6 +102,9 @@ def test_auto_is_measured_kept_when_resumed_and_a_no_op_for_a_bf16_model(monkeyp
     cfg.rl.projection_dtype = "bfloat16"  # as configured, unmeasured
     timings.clear()
     assert resolve_projection_dtype(cfg) == "bfloat16"
+    cfg.rl.projection_dtype = "float32"  # a resumed run keeps its own, and says so
+    assert resolve_projection_dtype(cfg, {"projection_dtype": "bfloat16"}) == "bfloat16"
+    assert "began with bfloat16" in caplog.text
     cfg.rl.projection_dtype, cfg.model.compute_dtype = "auto", "bfloat16"
     assert resolve_projection_dtype(cfg) == "bfloat16"
     assert inference_spec(cfg, "bfloat16") == ModelSpec.of(cfg.model)
