@@ -247,8 +247,8 @@ def rl_defaults() -> ml_collections.ConfigDict:
     # up to bf16 rounding of those inputs, as a bf16 rollout engine does (BUILD_NOTES, "bf16
     # projections"); float32: the update's arithmetic exactly; auto: bfloat16 where this
     # backend runs such matmuls at least 1.25x faster than float32, measured when the run
-    # begins (`rl/projection.py`). A run keeps its choice when resumed. No effect when
-    # model.compute_dtype is bfloat16.
+    # begins (`rl/projection.py`). A run keeps its choice when resumed; pin the key for runs
+    # on different hosts that must match. No effect when model.compute_dtype is bfloat16.
     r.projection_dtype = "auto"
     r.format_penalty = 2.0  # [paper, GopherCite]
     # A2C with a KL anchor to the frozen teacher.

@@ -24,8 +24,10 @@ pytestmark = pytest.mark.long_running(160)
 # Two part-batch calls side by side (rl.parallel_calls): what auto picks on one CPU device, as
 # the kill/resume runs (`sparrow train` processes); the in-process smoke run, on the tests' 8
 # host devices, samples in parts too (its rule scorer keeps one call: 4 rows over 8 devices).
+# Rollouts and reward scoring with bf16 projection inputs (rl.projection_dtype), as auto picks
+# for tiny_cpu on a host with fast bf16 matmuls.
 RL_KNOBS = {"rl.max_prompt_len": 96, "rl.max_new_tokens": 12, "rl.normaliser_batches": 1,
-            "train.checkpoint_every": 2, "rl.parallel_calls": 2}
+            "train.checkpoint_every": 2, "rl.parallel_calls": 2, "rl.projection_dtype": "bfloat16"}
 
 
 def _knobs(rl_inputs, steps, **extra):
@@ -90,9 +92,10 @@ def test_rl_sigkill_then_rerun_equals_uninterrupted_run(rl_inputs, tmp_path):
     steps = 8
     reference, workdir = check_sigkill_resume(lambda workdir: _rl_process(rl_inputs, workdir, steps),
                                               str(tmp_path), steps, "rl")
-    meta = [json.dumps(Checkpointer(os.path.join(d, "checkpoints")).read_meta(steps)["selfplay"],
-                       sort_keys=True) for d in (reference, workdir)]
-    assert meta[0] == meta[1]  # same prompts drawn, same buffer of dialogues
+    metas = [Checkpointer(os.path.join(d, "checkpoints")).read_meta(steps) for d in (reference, workdir)]
+    selfplay = [json.dumps(meta["selfplay"], sort_keys=True) for meta in metas]
+    assert selfplay[0] == selfplay[1]  # same prompts drawn, same buffer of dialogues
+    assert [meta["projection_dtype"] for meta in metas] == ["bfloat16"] * 2
 
 
 def test_rl_reward_model_workdirs_are_checked(rl_inputs, tmp_path):
