@@ -21,23 +21,19 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workdir", required=True, help="an rl (or sft with RMs) workdir")
-    parser.add_argument("--batches", type=int, default=4, help="sft test batches to read")
-    args = parser.parse_args(argv)
-
+def measure(workdir: str, batches: int = 4) -> dict:
+    """The report of the module docstring for `workdir`'s checkpoint, over `batches` batches."""
     from sparrow_jax.evaluation.agent import load_agent
     from sparrow_jax.model import hydra
     from sparrow_jax.model.spec import ModelSpec
     from sparrow_jax.rewards.rule_scoring import prepare_rule_suffixes, rule_violation_probs
     from sparrow_jax.train import stage_data
 
-    agent = load_agent(args.workdir)
+    agent = load_agent(workdir)
     f32 = ModelSpec.of(agent.model_cfg)
     specs = {"f32": f32, "bf16": f32.with_projection_dtype("bfloat16")}
     if specs["bf16"] == f32:
-        raise SystemExit(f"{args.workdir}: model.compute_dtype is {f32.compute_dtype}; "
+        raise SystemExit(f"{workdir}: model.compute_dtype is {f32.compute_dtype}; "
                          "bf16 projection inputs change nothing")
     rule_tokens, rule_valid = prepare_rule_suffixes(agent.rules, agent.tokenizer)
     roles = ("policy",) + (("pref_rm",) if agent.has_pref_rm else ())
@@ -53,7 +49,7 @@ def main(argv=None) -> int:
     runs = {name: jax.jit(lambda b, s=spec: run(s, b)) for name, spec in specs.items()}
 
     kl, logp_diff, agree, elo, p_diff = [], [], [], {"f32": [], "bf16": []}, []
-    for batch, n in stage_data.eval_batches(agent.cfg, "sft", agent.tokenizer, args.batches):
+    for batch, n in stage_data.eval_batches(agent.cfg, "sft", agent.tokenizer, batches):
         batch = {k: jnp.asarray(v[:n]) for k, v in batch.items()}
         outs = {name: jax.device_get(fn(batch)) for name, fn in runs.items()}
         mask = np.asarray(batch["loss_mask_BxL"])[:, 1:]
@@ -75,7 +71,7 @@ def main(argv=None) -> int:
         if agent.has_rule_rm:
             p_diff.append(np.abs(outs["bf16"]["p_broken"] - outs["f32"]["p_broken"])[one_dialogue])
     kl, logp_diff, agree = (np.concatenate(a) for a in (kl, logp_diff, agree))
-    report = {"workdir": args.workdir, "tokens": int(kl.size),
+    report = {"workdir": workdir, "tokens": int(kl.size),
               "policy_kl_mean": float(kl.mean()), "policy_kl_max": float(kl.max()),
               "policy_abs_logp_diff_mean": float(logp_diff.mean()),
               "policy_argmax_agreement": float(agree.mean())}
@@ -86,7 +82,15 @@ def main(argv=None) -> int:
     if agent.has_rule_rm:
         p = np.concatenate(p_diff)
         report.update(p_broken_abs_diff_mean=float(p.mean()), p_broken_abs_diff_max=float(p.max()))
-    print(json.dumps(report, indent=1))
+    return report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True, help="an rl (or sft with RMs) workdir")
+    parser.add_argument("--batches", type=int, default=4, help="sft test batches to read")
+    args = parser.parse_args(argv)
+    print(json.dumps(measure(args.workdir, args.batches), indent=1))
     return 0
 
 

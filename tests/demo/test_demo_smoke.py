@@ -4,7 +4,9 @@ The figures of a real run are in BUILD_NOTES.md; here the stages train 2 steps e
 world and 6 held-out prompts are evaluated: the plumbing, the report and the rerun behaviour
 are what is checked.
 """
+import importlib.util
 import json
+import math
 import os
 
 import pytest
@@ -54,6 +56,7 @@ def test_demo_runs_every_stage_writes_the_report_and_skips_finished_stages(tmp_p
     assert report["models"]["sft"]["pref_win_rate_vs_sft"] == 0.5
     assert "rule violation" in out and "report.md" in out
     assert os.path.exists(os.path.join(root, "training_curves.png"))
+    _check_projection_gap(os.path.join(root, "rl"))
 
     summary_times = {s: os.path.getmtime(os.path.join(root, s, "summary.json"))
                      for s in ("lm", "rl")}
@@ -61,6 +64,21 @@ def test_demo_runs_every_stage_writes_the_report_and_skips_finished_stages(tmp_p
     assert "== lm" not in rerun and "== rl" not in rerun  # finished stages are skipped
     assert {s: os.path.getmtime(os.path.join(root, s, "summary.json")) for s in summary_times} \
         == summary_times
+
+
+def _check_projection_gap(rl_workdir):
+    """benchmarks/projection_gap.py on the smoke run's rl checkpoint: both reward models
+    scored, every figure finite, bf16 inputs near but not equal to float32."""
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "projection_gap.py")
+    spec = importlib.util.spec_from_file_location("projection_gap", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = module.measure(rl_workdir, batches=1)
+    assert report["tokens"] > 0 and report["dialogues"] > 0
+    assert all(math.isfinite(v) for v in report.values() if isinstance(v, float)), report
+    assert 0 < report["policy_kl_mean"] < 0.01 and 0 < report["policy_abs_logp_diff_mean"] < 0.1
+    assert 0.9 <= report["policy_argmax_agreement"] <= 1
+    assert 0 <= report["p_broken_abs_diff_mean"] < 0.05 and report["elo_abs_diff_over_std"] < 0.2
 
 
 def test_a_failed_second_process_is_an_error_that_names_its_log(tmp_path):
