@@ -9,6 +9,7 @@ samples and scores with the same arithmetic.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from typing import Any, Mapping
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from sparrow_jax import distributed
+from sparrow_jax.model.layers import project
 from sparrow_jax.model.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -45,15 +47,14 @@ def _shape(spec: ModelSpec) -> tuple[int, int, int]:
 
 def matmul_seconds(spec: ModelSpec, repeats: int = 7) -> dict[str, float]:
     """{'float32': s, 'bfloat16': s}: the best time of one [rows, D] x [D, F] projection
-    (`_shape`) on the default backend, f32 inputs against bf16 inputs with f32 accumulation;
-    the two alternate, after a warm-up."""
+    (`_shape`) on the default backend, as `layers.project` runs it in a float32 model and with
+    bf16 inputs; the two alternate, after a warm-up."""
     rows, d, f = _shape(spec)
     x = jax.random.normal(jax.random.PRNGKey(0), (rows, d), jnp.float32)
     w = jax.random.normal(jax.random.PRNGKey(1), (d, f), jnp.float32)
-    fns = {"float32": jax.jit(lambda x, w: x @ w),
-           "bfloat16": jax.jit(lambda x, w: jnp.einsum(
-               "rd,df->rf", x.astype(jnp.bfloat16), w.astype(jnp.bfloat16),
-               preferred_element_type=jnp.float32))}
+    fns = {name: jax.jit(functools.partial(project, "rd,df->rf",
+                                           spec=spec.with_projection_dtype(name)))
+           for name in ("float32", "bfloat16")}
     times: dict[str, list[float]] = {name: [] for name in fns}
     for name, fn in fns.items():
         jax.block_until_ready(fn(x, w))
