@@ -87,7 +87,7 @@ def resolve_projection_dtype(cfg, stored_meta: Mapping[str, Any] | None = None) 
     chosen = distributed.allgather_objects(mine)[0]
     rows, d, f = _shape(spec)
     log.info("rl.projection_dtype=auto: %s (a [%d, %d] x [%d, %d] projection: float32 %.3g ms, "
-             "bfloat16 inputs %.3g ms; process 0's measurement)", chosen, rows, d, d, f,
+             "bfloat16 inputs %.3g ms here; every process takes process 0's choice)", chosen, rows, d, d, f,
              1e3 * seconds["float32"], 1e3 * seconds["bfloat16"])
     return chosen
 
