@@ -52,15 +52,16 @@ def _rl_loop_metrics(quick: bool, rl_steps: int) -> tuple[list[dict], object, ob
     return records, cfg, clock
 
 
-def _sampler_seconds(cfg, new_tokens: int, repeats: int = 10) -> float:
+def _sampler_seconds(cfg, new_tokens: int, repeats: int = 10, width: int = 0) -> float:
     """Best wall seconds of one `sampler.sample` call at the RL step's shape (batch, prompt
-    width) with `new_tokens` tokens drawn for every row (eot banned), random params."""
+    width `width`, default rl.max_prompt_len) with `new_tokens` tokens drawn for every row (eot
+    banned), random params."""
     import jax
     import numpy as np
     from sparrow_jax.model import hydra
     from sparrow_jax.sampling import sampler
     from bench_common import interleaved_best_seconds
-    batch, width = cfg.train.batch_size, cfg.rl.max_prompt_len
+    batch, width = cfg.train.batch_size, width or cfg.rl.max_prompt_len
     params = hydra.init_params(cfg.model, jax.random.PRNGKey(0), roles=("policy",))
     rng = np.random.default_rng(0)
     tokens = rng.integers(8, cfg.model.vocab_size - 8, (batch, width)).astype(np.int32)
@@ -130,8 +131,9 @@ def rl_episodes(results: dict, quick: bool = False, repeats: int = 0) -> dict:
 
 def _phase_figures(cfg, clock, first: int, last: int) -> dict:
     """Seconds per step and share of each phase over steps first+1..last (PHASES: prefill
-    and decode split the sampler calls' time by a prefill-only call of the whole batch, an
-    upper bound on the prefill: a call of the live rows only prefills half the batch), the
+    and decode split the sampler calls' time by a prefill-only call of the whole batch at
+    each call's prompt width (`rl.prompt_buckets`), an upper bound on the prefill: a call of
+    the live rows only prefills half the batch), the
     kept tokens the rollouts generated per second of self-play, and that over the bare
     sampler's tokens/s at the same batch and width (`rl_rollout_efficiency`)."""
     (sec0, cnt0), (sec1, cnt1) = clock.history[first - 1], clock.history[last - 1]
@@ -140,9 +142,12 @@ def _phase_figures(cfg, clock, first: int, last: int) -> dict:
     per_step = {k: delta(sec1, sec0, k) / steps for k in sec1}
     calls = delta(cnt1, cnt0, "sampler_calls") / steps
     new_tokens = cfg.rl.max_new_tokens
-    prefill_call = _sampler_seconds(cfg, 1)
+    at_width = "sampler_calls_at_width_"
+    prefill = sum(delta(cnt1, cnt0, key) / steps
+                  * _sampler_seconds(cfg, 1, width=int(key[len(at_width):]))
+                  for key in cnt1 if key.startswith(at_width))
     bare_call = _sampler_seconds(cfg, new_tokens)
-    phase = {"prefill": min(calls * prefill_call, per_step.get("sample", 0.0))}
+    phase = {"prefill": min(prefill, per_step.get("sample", 0.0))}
     phase["decode"] = per_step.get("sample", 0.0) - phase["prefill"]
     for name in ("search", "rule_scoring", "update"):
         phase[name] = per_step.get(name, 0.0)

@@ -72,6 +72,9 @@ def get_config(variant: str = "sft"):
     # a search, of the 184 an RL batch can need: most batches fit in 144 (0.75 x 184), where
     # the rule scorer and the update cost about a fifth less (BUILD_NOTES, session 14).
     cfg.rl.length_buckets = (0.75,)
+    # Most toy prompts are a fresh User turn of 5-25 tokens: a sampler call whose prompts all
+    # fit in 32 or 64 of the 128 prompt slots runs there (BUILD_NOTES, session 18).
+    cfg.rl.prompt_buckets = (0.25, 0.5)
     # The toy tokenizer (1024 pieces learnt from toy text) spends up to ~70 tokens
     # on a rule question.
     cfg.data.rule_len = 96

@@ -235,6 +235,13 @@ def rl_defaults() -> ml_collections.ConfigDict:
     # computed; each width is one more compile of the rule scorer and of the update, all made
     # before the first step. () = every step at the full width.
     r.length_buckets = ()
+    # Narrower prompt widths for the rollouts' sampler calls [ours]: fractions of
+    # rl.max_prompt_len, e.g. (0.25, 0.5). A call runs at the narrowest width that holds its
+    # longest prompt (left-padded prompts lose only padding), so its prefill and every decode
+    # step attend over fewer slots; each width is one more compile of each sampler program,
+    # made when a call first needs it. Tokens are the full width's; log-probs may differ in
+    # float rounding. () = every call at rl.max_prompt_len.
+    r.prompt_buckets = ()
     # The rollout's sampler calls and the rule scorer as part-batch programs run side by side
     # on host threads [ours]: a CPU backend's cores run two small programs better than one
     # (`rl.parallel`); results equal one call's. 0 = auto: 2 on a CPU backend with one
@@ -565,10 +572,12 @@ def _validate_rl(r) -> None:
     if r.rule_chunk < -1:
         raise ConfigError(f"config key 'rl.rule_chunk' must be >= -1 (0 = all rules at once, "
                           f"-1 = measured), got {r.rule_chunk}")
-    if not isinstance(r.length_buckets, (tuple, list)) or not all(
-            isinstance(f, (int, float)) and 0 < f < 1 for f in r.length_buckets):
-        raise ConfigError(f"config key 'rl.length_buckets' must be fractions of the full width "
-                          f"in (0, 1), e.g. (0.5, 0.75); got {r.length_buckets!r}")
+    for key in ("length_buckets", "prompt_buckets"):
+        fractions = r[key]
+        if not isinstance(fractions, (tuple, list)) or not all(
+                isinstance(f, (int, float)) and 0 < f < 1 for f in fractions):
+            raise ConfigError(f"config key 'rl.{key}' must be fractions of the full width "
+                              f"in (0, 1), e.g. (0.5, 0.75); got {fractions!r}")
     if not 0 < r.top_p <= 1:
         raise ConfigError(f"config key 'rl.top_p' must be in (0, 1], got {r.top_p}")
     if not 0 <= r.alpha <= 1 or not 0 <= r.continue_prob <= 1:

@@ -74,6 +74,18 @@ def bucket_widths(cfg) -> tuple[int, ...]:
     return tuple(sorted(widths))
 
 
+def prompt_widths(rl) -> tuple[int, ...]:
+    """The prompt widths a rollout's sampler call may run at, narrowest first, ending with
+    `rl.max_prompt_len`: each fraction f of `rl.prompt_buckets` gives f * max_prompt_len rounded
+    up to ROUND_TO. A call runs at the narrowest holding its longest prompt; each width is one
+    more compile of each sampler program, made when a call first needs it."""
+    full = int(rl.max_prompt_len)
+    widths = {full}
+    for fraction in rl.get("prompt_buckets", ()):  # in (0, 1): config validation checks
+        widths.add(min(full, -(-math.ceil(float(fraction) * full) // ROUND_TO) * ROUND_TO))
+    return tuple(sorted(widths))
+
+
 def bucket_for(longest: int, widths: tuple[int, ...]) -> int:
     """The narrowest of `widths` (ascending) that holds a sequence of `longest` tokens.
     Raises ValueError if none does."""

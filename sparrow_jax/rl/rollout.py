@@ -38,7 +38,7 @@ from sparrow_jax import distributed
 from sparrow_jax.data.jsonl import clean_text
 from sparrow_jax.dialogue.tokenizer import Tokenizer
 from sparrow_jax.dialogue.turns import Dialogue, Role, Turn
-from sparrow_jax.rl import parallel, phases
+from sparrow_jax.rl import lengths, parallel, phases
 from sparrow_jax.rl import sequence as seq_lib
 from sparrow_jax.rl.sequence import Block
 from sparrow_jax.sampling import sampler
@@ -49,6 +49,8 @@ from sparrow_jax.search import SearchEngine, format_evidence
 EVIDENCE_MODES = ("always", "never", "choose", "free")
 NO_RESULTS = "no_results"
 _CHOICE_ROLES = (Role.SEARCH_QUERY, Role.AGENT)  # index 0 = search, 1 = answer directly
+# The sampler's speaker choice (`sampler.sample_step`) per evidence mode.
+_SPEAKER_CHOICE = {"always": "first", "never": "second", "choose": "choose", "free": "free"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +58,8 @@ class RolloutConfig:
     """evidence: one of EVIDENCE_MODES.  max_prompt_len: prompt width in tokens (bos and the open role
     token included).  agent / query / user: sampling knobs per turn kind (query, user default to agent's;
     equal configs share one compilation).  role_temperature: the `free` mode's speaker temperature.
-    no_results_text: the Search Result text when the engine finds nothing."""
+    no_results_text: the Search Result text when the engine finds nothing.  prompt_widths: narrower
+    prompt widths a sampler call may run at (`widths`)."""
     evidence: str = "choose"
     max_prompt_len: int = 512
     agent: SamplingConfig = SamplingConfig()
@@ -64,12 +67,16 @@ class RolloutConfig:
     user: SamplingConfig | None = None
     role_temperature: float = 1.0
     no_results_text: str = "No results."
+    prompt_widths: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.evidence not in EVIDENCE_MODES:
             raise ValueError(f"evidence must be one of {EVIDENCE_MODES}, got {self.evidence!r}")
         if self.max_prompt_len < 4:
             raise ValueError(f"max_prompt_len must be >= 4, got {self.max_prompt_len}")
+        if not all(0 < w <= self.max_prompt_len for w in self.prompt_widths):
+            raise ValueError(f"prompt_widths must be in (0, max_prompt_len={self.max_prompt_len}], "
+                             f"got {self.prompt_widths}")
 
     @classmethod
     def from_rl_config(cls, r, evidence: str | None = None) -> "RolloutConfig":
@@ -78,7 +85,14 @@ class RolloutConfig:
         agent = SamplingConfig(max_new_tokens=int(r.max_new_tokens), temperature=float(r.temperature),
                                top_p=float(r.top_p), top_k=int(r.top_k))
         return cls(evidence=evidence or r.evidence, max_prompt_len=int(r.max_prompt_len), agent=agent,
-                   role_temperature=float(r.role_temperature))
+                   role_temperature=float(r.role_temperature),
+                   prompt_widths=lengths.prompt_widths(r)[:-1])
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """The prompt widths a sampler call may run at, ascending, ending with max_prompt_len:
+        a call runs at the narrowest holding its longest prompt (`narrowest_prompts`)."""
+        return tuple(sorted(set(self.prompt_widths) | {self.max_prompt_len}))
 
     @property
     def query_config(self) -> SamplingConfig:
@@ -215,6 +229,23 @@ def _turn_blocks(env: Environment, roles: Sequence[Role], out) -> tuple[list[Blo
     return blocks, turns
 
 
+def _narrowest(env: Environment, tokens_BxP, valid_BxP, rows=None) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded prompts cut to the narrowest of `env.config.widths` that holds the longest
+    prompt among `rows` (default all) of every process (a call is one program over all of them):
+    only padding is dropped, except in rows outside `rows`, which sample nothing."""
+    lengths_B = np.asarray(valid_BxP).sum(axis=1)
+    longest = int(lengths_B[slice(None) if rows is None else rows].max(initial=0))
+    width = lengths.bucket_for(max(distributed.allgather_objects(longest)), env.config.widths)
+    return tokens_BxP[:, -width:], valid_BxP[:, -width:]
+
+
+def _count_call(width: int) -> None:
+    """Count a sampler call of the rollout (its parts together) and its widest prompt width
+    (`phases`: the benchmark's prefill estimate reads both)."""
+    phases.count("sampler_calls")
+    phases.count(f"sampler_calls_at_width_{width}")
+
+
 def _row_ids(env: Environment, rows: int) -> np.ndarray:
     return sampler.global_row_ids(rows, env.mesh, env.row_rules or env.rules)
 
@@ -232,12 +263,14 @@ def _sample_live(env: Environment, params, tokens_BxP, valid_BxP, rng, config: S
     rows = len(tokens_BxP)
     parts = env.parallel_calls
     width = rows // (2 * parts) if rows % (2 * parts) == 0 else rows
+    live = np.flatnonzero(np.ones(rows, bool) if live_B is None else np.asarray(live_B, bool))
     if (live_B is None and parts == 1) or width == rows:
-        return sampler.sample(params, env.model_cfg, tokens_BxP, valid_BxP, rng, config,
-                              env.token_ids, live_B=live_B, mesh=env.mesh, rules=env.rules,
+        prompts = _narrowest(env, tokens_BxP, valid_BxP, live)
+        _count_call(prompts[0].shape[1])
+        return sampler.sample(params, env.model_cfg, *prompts, rng, config, env.token_ids,
+                              live_B=live_B, mesh=env.mesh, rules=env.rules,
                               row_rules=env.row_rules)
     row_ids_B = _row_ids(env, rows)
-    live = np.flatnonzero(np.ones(rows, bool) if live_B is None else np.asarray(live_B, bool))
     calls = -(-max(distributed.allgather_objects(len(live))) // width)
     n = config.max_new_tokens
     full = {"tokens_BxN": np.full((rows, n), env.token_ids.pad_id, np.int32),
@@ -245,15 +278,20 @@ def _sample_live(env: Environment, params, tokens_BxP, valid_BxP, rng, config: S
             "logprobs_BxN": np.zeros((rows, n), np.float32),
             "lengths_B": np.zeros(rows, np.int32), "finished_B": np.zeros(rows, bool)}
     picks = [live[call * width:(call + 1) * width] for call in range(calls)]  # none: no call
+    fillers = [np.concatenate([mine, np.zeros(width - len(mine), np.int64)]) for mine in picks]
+    prompts = [_narrowest(env, tokens_BxP[pick], valid_BxP[pick], np.arange(len(mine)))
+               for mine, pick in zip(picks, fillers)]
+    if picks:
+        _count_call(max(t.shape[1] for t, _ in prompts))
 
-    def sample_rows(mine):
-        pick = np.concatenate([mine, np.zeros(width - len(mine), np.int64)])
+    def sample_rows(call):
+        mine, pick = picks[call], fillers[call]
         return jax.device_get(sampler.sample(
-            params, env.model_cfg, tokens_BxP[pick], valid_BxP[pick], rng, config,
+            params, env.model_cfg, *prompts[call], rng, config,
             env.token_ids, live_B=np.arange(width) < len(mine), row_ids_B=row_ids_B[pick],
             mesh=env.mesh, rules=env.rules, row_rules=env.row_rules))
 
-    outs = parallel.run([functools.partial(sample_rows, mine) for mine in picks], parts)
+    outs = parallel.run([functools.partial(sample_rows, call) for call in range(calls)], parts)
     for mine, out in zip(picks, outs):
         for name, value in full.items():
             value[mine] = np.asarray(getattr(out, name))[:len(mine)]
@@ -268,7 +306,6 @@ def _sample_blocks(env: Environment, params, rows: Sequence[list[Block]], role: 
     _, was_cut, tokens, valid = _prompts(env, rows, role)
     with phases.phase("sample"):
         out = jax.device_get(_sample_live(env, params, tokens, valid, rng, config, live_B))
-    phases.count("sampler_calls")
     blocks, turns = _turn_blocks(env, [role] * len(rows), out)
     return blocks, turns, was_cut
 
@@ -294,15 +331,21 @@ def _speak(env: Environment, params, rows, rng):
     log-prob_B or None, the first turn's (Block, SampledTurn) per row, was_cut_B)."""
     mode = env.config.evidence
     _, was_cut, tokens, valid = _prompts(env, rows, None, reserve=1)
-    choice = {"always": "first", "never": "second", "choose": "choose", "free": "free"}[mode]
+    choice = _SPEAKER_CHOICE[mode]
     rows_n = len(rows)
     parts = env.parallel_calls if rows_n % env.parallel_calls == 0 else 1
     width, row_ids_B = rows_n // parts, _row_ids(env, rows_n)
+    # Parts of rows by prompt length: the shortest prompts share a call, which may then run at
+    # a narrower width (`_narrowest`). A row draws by its row id, in any part.
+    order = np.argsort(valid.sum(axis=1), kind="stable") if parts > 1 else np.arange(rows_n)
+    picks = [order[part * width:(part + 1) * width] for part in range(parts)]
 
-    def step(part):  # rows part * width .. : one call of B/P rows (each row its own row id)
-        pick = slice(part * width, (part + 1) * width)
+    prompts = [_narrowest(env, tokens[pick], valid[pick]) for pick in picks]
+
+    def step(part):  # one call of B/P rows (each row its own row id)
+        pick = picks[part]
         return jax.device_get(sampler.sample_step(
-            params, env.model_cfg, tokens[pick], valid[pick],
+            params, env.model_cfg, *prompts[part],
             [env.tokenizer.role_id(r) for r in _CHOICE_ROLES], choice,
             [jax.random.fold_in(rng, i) for i in range(3)],
             (env.config.query_config, env.config.agent), env.token_ids,
@@ -311,13 +354,44 @@ def _speak(env: Environment, params, rows, rng):
 
     with phases.phase("sample"):
         outs = parallel.run([functools.partial(step, part) for part in range(parts)], parts)
-        out = jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
-    phases.count("sampler_calls")
+        back = np.argsort(np.concatenate(picks))  # the parts' rows back in batch order
+        out = jax.tree.map(lambda *xs: np.concatenate(xs)[back], *outs)
+    _count_call(max(t.shape[1] for t, _ in prompts))
     index_B = np.asarray(out.role_index_B)
     blocks, turns = _turn_blocks(env, [_CHOICE_ROLES[i] for i in index_B], out.turn)
     logprobs = None if mode in ("always", "never") else np.asarray(out.role_logprobs_Bx2)
     picked = None if mode != "free" else logprobs[np.arange(len(index_B)), index_B]
     return index_B == 0, logprobs, picked, list(zip(blocks, turns)), was_cut
+
+
+def compile_prompt_widths(env: Environment, params, rows: int) -> None:
+    """Run once, at every width of `env.config.widths`, each sampler program a rollout of
+    `rows` contexts (this process's) calls: the speaker call and the live rows' calls with the
+    agent's and the User's sampling knobs. Prompts are a bos each, and the live rows' calls
+    have no live row, so they decode nothing. XLA:CPU takes seconds to compile a sampler
+    program: a width first needed in the middle of a run would cost a step that much."""
+    cfg, ids = env.config, env.token_ids
+    parts = env.parallel_calls if rows % env.parallel_calls == 0 else 1
+    live_rows = rows // (2 * parts) if rows % (2 * parts) == 0 else rows
+    row_ids_B = _row_ids(env, rows)
+    rng = jax.random.PRNGKey(0)
+    for width in cfg.widths:
+        def bos_prompts(n):
+            tokens = np.full((n, width), env.tokenizer.pad_id, np.int32)
+            tokens[:, -1] = env.tokenizer.bos_id
+            return tokens, np.arange(width)[None, :].repeat(n, 0) == width - 1
+        jax.block_until_ready(sampler.sample_step(
+            params, env.model_cfg, *bos_prompts(rows // parts),
+            [env.tokenizer.role_id(r) for r in _CHOICE_ROLES], _SPEAKER_CHOICE[cfg.evidence],
+            [rng] * 3, (cfg.query_config, cfg.agent), ids, cfg.role_temperature,
+            row_ids_B=row_ids_B[:rows // parts], mesh=env.mesh, rules=env.rules,
+            row_rules=env.row_rules))
+        for config in {cfg.agent, cfg.user_config}:
+            jax.block_until_ready(sampler.sample(
+                params, env.model_cfg, *bos_prompts(live_rows), rng, config, ids,
+                live_B=np.zeros(live_rows, bool),
+                row_ids_B=None if live_rows == rows else row_ids_B[:live_rows],
+                mesh=env.mesh, rules=env.rules, row_rules=env.row_rules))
 
 
 def sampled_length(turn: SampledTurn) -> int:

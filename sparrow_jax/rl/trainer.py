@@ -47,7 +47,8 @@ from sparrow_jax.rl import checkpoint as rl_checkpoint
 from sparrow_jax.rl import phases
 from sparrow_jax.rl.reward_models import RewardScorer, load_reward_models
 from sparrow_jax.rl.projection import inference_spec, resolve_projection_dtype
-from sparrow_jax.rl.rollout import Environment, RolloutConfig, rollout
+from sparrow_jax.rl.rollout import (Environment, RolloutConfig, compile_prompt_widths,
+                                    rollout)
 from sparrow_jax.rl.selfplay import ContextBuffer, EpisodeSource, ShardedSource, play
 from sparrow_jax.sampling import layout
 from sparrow_jax.search.data_engine import data_dir_engine
@@ -233,6 +234,11 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
         frozen_references = rl_checkpoint.frozen_references(state.frozen, sft, reward_models)
         normaliser = fit_normaliser(cfg, env, merge_params(state.params, state.frozen), prompts,
                                     scorer, length, rows_sharding, decode_shardings)
+    if len(env.config.widths) > 1:  # rl.prompt_buckets: every width compiled before step 1
+        decode_params = layout.to_decode_layout(merge_params(state.params, state.frozen),
+                                                decode_shardings)
+        compile_prompt_widths(env, decode_params, local_batch)
+        del decode_params
     # The update step closes over the normaliser (fixed for the run).
     std = max(normaliser.std, normaliser.min_std)
     updates = compile_updates(cfg, mesh, setup, setup.step_with(

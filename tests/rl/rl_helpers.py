@@ -30,16 +30,16 @@ def contexts_from(prompts, n):
 
 
 @contextlib.contextmanager
-def rows_per_call(name: str):
-    """Yields a list that gets the prompt rows of every `sampler.<name>` call made in the block
-    (e.g. "sample", "sample_step"), in call order; the real function still runs."""
-    rows, real = [], getattr(sampler, name)
+def prompt_shapes_per_call(name: str):
+    """Yields a list that gets the prompts' (rows, width) of every `sampler.<name>` call made in
+    the block (e.g. "sample", "sample_step"), in call order; the real function still runs."""
+    shapes, real = [], getattr(sampler, name)
 
     def recording(params, model_cfg, tokens, *args, **kwargs):
-        rows.append(len(tokens))
+        shapes.append(tuple(np.shape(tokens)))
         return real(params, model_cfg, tokens, *args, **kwargs)
     setattr(sampler, name, recording)
     try:
-        yield rows
+        yield shapes
     finally:
         setattr(sampler, name, real)

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from rl_helpers import contexts_from, make_env, rows_per_call
+from rl_helpers import contexts_from, make_env, prompt_shapes_per_call
 from test_rollout import EchoEngine
 from tiny_models import tiny_model_config
 from sparrow_jax import sharding as shd
@@ -27,9 +27,9 @@ def test_a_rollout_in_parallel_part_calls_equals_one_call(params, model_cfg, tok
     env = make_env(model_cfg, tok, EchoEngine(), "free")
     contexts, rng = contexts_from(prompts, B), jax.random.PRNGKey(5)
     one = rollout(env, params, contexts, rng)
-    with rows_per_call("sample_step") as step_rows:
+    with prompt_shapes_per_call("sample_step") as step_shapes:
         two = rollout(dataclasses.replace(env, parallel_calls=2), params, contexts, rng)
-    assert step_rows == [B // 2, B // 2]  # the speaker and first turn: two calls of B/2 rows
+    assert [rows for rows, _ in step_shapes] == [B // 2, B // 2]  # the speaker and first turn: two calls of B/2 rows
     searched = [r.searched for r in one.rollouts]
     assert any(searched) and not all(searched)  # answers after evidence were sampled too
     assert [r.new_turns for r in two.rollouts] == [r.new_turns for r in one.rollouts]

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rl_helpers import boost, contexts_from, make_env, rows_per_call
+from rl_helpers import boost, contexts_from, make_env, prompt_shapes_per_call
 from sparrow_jax.data.jsonl import clean_text
 from sparrow_jax.dialogue.render import parse, render, truncate_left
 from sparrow_jax.dialogue.turns import Role, Turn
@@ -283,9 +283,10 @@ def test_sampling_some_rows_in_half_batches_draws_what_the_whole_batch_draws(
     tokens, valid = _left_padded(contexts_from(prompts, B), tok, env.config.max_prompt_len)
     live = np.ones(B, bool) if live_rows is None else np.isin(np.arange(B), live_rows)
     rng = jax.random.PRNGKey(3)
-    with rows_per_call("sample") as calls:
+    with prompt_shapes_per_call("sample") as shapes:
         some = _sample_live(env, params, tokens, valid, rng, env.config.agent,
                             None if live_rows is None else live)
+    calls = [rows for rows, _ in shapes]
     if parts == 1 and live_rows is None:
         assert calls == [B]
     else:

@@ -28,7 +28,8 @@ def make_world(out_dir: str) -> str:
 
 def tiny_overrides(world: str, steps: int = 12, **extra) -> list[str]:
     """A model small enough that a step takes milliseconds; float32 for bitwise tests. RL runs
-    at one batch width (each width is a compile per run); the tests of widths set them. RL's
+    at one batch width and one prompt width (each width is a compile per run); the tests of
+    widths set them. RL's
     projection dtype is pinned (float32): runs that tests compare must not each measure `auto`
     on a loaded host (the RL loop tests set bfloat16)."""
     values = {"data.dir": world, "model.vocab_size": 512, "model.d_model": 32,
@@ -36,7 +37,8 @@ def tiny_overrides(world: str, steps: int = 12, **extra) -> list[str]:
               "model.n_frozen_layers": 1, "model.value_hidden": 16, "train.batch_size": 8,
               "train.seq_len": 160, "train.steps": steps, "train.warmup_steps": 2,
               "train.log_every": 1000, "train.eval_batches": 2, "data.rule_len": 128,
-              "rl.length_buckets": "()", "rl.projection_dtype": "float32", **extra}
+              "rl.length_buckets": "()", "rl.prompt_buckets": "()", "rl.projection_dtype": "float32",
+              **extra}
     return [f"--config.{k}={v}" for k, v in values.items()]
 
 

@@ -37,7 +37,8 @@ def _knobs(rl_inputs, steps, **extra):
 def test_rl_smoke_run_logs_every_component_and_keeps_the_reward_models(rl_inputs, tmp_path):
     steps = 5
     cfg = tiny_config("rl", rl_inputs["world"], **_knobs(rl_inputs, steps=steps, **{
-        "train.log_every": 1, "rl.rule_chunk": -1, "rl.length_buckets": "(0.75,)"}))
+        "train.log_every": 1, "rl.rule_chunk": -1, "rl.length_buckets": "(0.75,)",
+        "rl.prompt_buckets": "(0.5,)"}))
     compiles_at_step = []  # steps finished when XLA compiled something
 
     def on_event(event, duration, **kwargs):
@@ -59,7 +60,8 @@ def test_rl_smoke_run_logs_every_component_and_keeps_the_reward_models(rl_inputs
         assert all(np.isfinite(r[key]) for r in records), key
     # Steady state compiles nothing: by step 3 every program of these steps has run (a search
     # came, so the answer after evidence did; no dialogue was continued: the untrained
-    # policy's turns are all over length, and malformed dialogues are not kept).
+    # policy's turns are all over length, and malformed dialogues are not kept), and every
+    # prompt width (rl.prompt_buckets) compiled before step 1.
     first = records[:3]
     assert any(r["search_rate"] > 0 for r in first)
     assert all(r["continued_rate"] == 0 for r in records)
