@@ -1,8 +1,11 @@
-"""The whole tiny recipe as a pod runs it: every stage and `sparrow eval` through the `sparrow`
-command in 2 processes x 2 CPU devices (coordinator on 127.0.0.1), against the same commands in
-1 process x 4 devices. Same global mesh, same global batches: the summaries must agree to 1e-4
-and the parameters to 1e-5. Then one process of an RL run is killed, both are rerun, and the
-run resumes to the uninterrupted run's state.
+"""The recipe as a pod runs it: stages and `sparrow eval` through the `sparrow` command in
+2 processes x 2 CPU devices (coordinator on 127.0.0.1), against the same commands in 1 process x
+4 devices. Same global mesh, same global batches: the summaries must agree to 1e-4 and the
+parameters to 1e-5.
+
+By default the RL stage and `sparrow eval` run so, from the same SFT start and reward models.
+With --runslow every stage runs so, from the language model on; then one process of the
+2-process RL run is killed, both are rerun, and the run resumes to the uninterrupted run's state.
 """
 import json
 import os
@@ -18,14 +21,15 @@ from loop_helpers import REPO, TINY, make_world, state_leaves, tiny_overrides
 from multiprocess_runs import free_port
 from sparrow_jax.config import model_parallel_decode_rules
 
-pytestmark = pytest.mark.long_running(440)
+pytestmark = pytest.mark.long_running(200)
 
 STAGES = (("lm", None), ("sft", "lm"), ("pref_rm", "sft"), ("rule_rm", "sft"), ("rl", "sft"))
 # RL on a data 2 x fsdp 2 mesh, sampling in the pod configs' model-parallel decode layout
 # (weights split over fsdp by heads / MLP / vocabulary, resharded every step).
-# Two batch widths (112 and 88): every process must pick the same one each step.
+# Two batch widths (112 and 88) and two prompt widths (96 and 48): every process must pick the
+# same one each step and each sampler call.
 RL_KNOBS = {"rl.max_prompt_len": 96, "rl.max_new_tokens": 12, "rl.normaliser_batches": 1,
-            "rl.length_buckets": "(0.75,)",
+            "rl.length_buckets": "(0.75,)", "rl.prompt_buckets": "(0.5,)",
             "train.checkpoint_every": 1, "mesh.shape.data": 2, "mesh.shape.fsdp": 2,
             "mesh.decode_logical_axis_rules": repr(model_parallel_decode_rules())}
 STEPS = 3
@@ -78,8 +82,9 @@ def _stage_args(stage: str, root: str, world: str, steps: int = STEPS, **extra) 
             *tiny_overrides(world, steps=steps, **knobs)]
 
 
-def _run_recipe(root: str, world: str, processes: int) -> None:
-    for stage, _ in STAGES:
+def _run_stages(root: str, world: str, processes: int, stages) -> None:
+    """Each of `stages` in turn (its sources in `root`), then `sparrow eval` of the rl stage."""
+    for stage in stages:
         args = _stage_args(stage, root, world)
         _wait(_launch(args, processes, f"{root}/{stage}.log"), f"{root}/{stage}.log")
     eval_args = ["eval", "--workdir", os.path.join(root, "rl"), "--max-prompts", "8",
@@ -99,21 +104,33 @@ def _figures(tree, prefix=""):
     return {}
 
 
-def test_two_processes_equal_one_and_resume_after_a_kill(tmp_path):
+def test_two_process_rl_and_eval_equal_one(rl_inputs, tmp_path):
+    runs = {}
+    for processes in (1, 2):
+        runs[processes] = root = str(tmp_path / f"p{processes}")
+        os.makedirs(root)
+        for stage in ("sft", "pref_rm", "rule_rm"):
+            os.symlink(rl_inputs[stage], os.path.join(root, stage))
+        _run_stages(root, rl_inputs["world"], processes, ["rl"])
+    _check_equal(runs[1], runs[2], ["rl"])
+
+
+@pytest.mark.slow
+def test_two_processes_train_every_stage_like_one_and_resume_after_a_kill(tmp_path):
     """One test, so that xdist runs the recipe once (a module fixture would run in each worker)."""
     world = make_world(str(tmp_path / "world"))
+    stages = [stage for stage, _ in STAGES]
     runs = {"world": world}
     for processes in (1, 2):
         runs[processes] = str(tmp_path / f"p{processes}")
         os.makedirs(runs[processes])
-        _run_recipe(runs[processes], world, processes)
-    one, two = runs[1], runs[2]
-    _check_equal(one, two)
+        _run_stages(runs[processes], world, processes, stages)
+    _check_equal(runs[1], runs[2], stages)
     _check_kill_and_resume(runs, str(tmp_path / "killed"))
 
 
-def _check_equal(one: str, two: str) -> None:
-    for stage, _ in STAGES:
+def _check_equal(one: str, two: str, stages) -> None:
+    for stage in stages:
         summaries = [json.load(open(os.path.join(root, stage, "summary.json"))) for root in (one, two)]
         assert all(s["finished"] and s["step"] == STEPS for s in summaries), stage
         expected, actual = (_figures(s["eval"]) for s in summaries)
