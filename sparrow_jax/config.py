@@ -239,8 +239,9 @@ def rl_defaults() -> ml_collections.ConfigDict:
     # rl.max_prompt_len, e.g. (0.25, 0.5). A call runs at the narrowest width that holds its
     # longest prompt (left-padded prompts lose only padding), so its prefill and every decode
     # step attend over fewer slots; each width is one more compile of each sampler program,
-    # made when a call first needs it. Tokens are the full width's; log-probs may differ in
-    # float rounding. () = every call at rl.max_prompt_len.
+    # all made before the RL stage's first step (`sparrow eval` compiles one when a call first
+    # needs it). Tokens are the full width's; log-probs may differ in float rounding.
+    # () = every call at rl.max_prompt_len.
     r.prompt_buckets = ()
     # The rollout's sampler calls and the rule scorer as part-batch programs run side by side
     # on host threads [ours]: a CPU backend's cores run two small programs better than one

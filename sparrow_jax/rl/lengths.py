@@ -78,7 +78,7 @@ def prompt_widths(rl) -> tuple[int, ...]:
     """The prompt widths a rollout's sampler call may run at, narrowest first, ending with
     `rl.max_prompt_len`: each fraction f of `rl.prompt_buckets` gives f * max_prompt_len rounded
     up to ROUND_TO. A call runs at the narrowest holding its longest prompt; each width is one
-    more compile of each sampler program, made when a call first needs it."""
+    more compile of each sampler program (`rollout.compile_prompt_widths`)."""
     full = int(rl.max_prompt_len)
     widths = {full}
     for fraction in rl.get("prompt_buckets", ()):  # in (0, 1): config validation checks

@@ -9,8 +9,9 @@ Phases marked: "play" (self-play: sampling, search and host work), "sample" (sam
 prefill and decode), "search" (the engine),
 "rule_scoring" (the rule RM over every rule), "update" (the jitted A2C step, whose one trunk
 pass also gives the preference RM's Elo), "step" (a whole RL step). Counts: "sampler_calls",
-"sampler_calls_at_width_<w>" (those whose widest prompt width was w), "generated_tokens" (sampled tokens the episodes keep, eot included), "steps" (and the
-totals after every step in `clock.history`). With
+"sampler_calls_at_width_<w>" (those whose widest prompt width was w), "generated_tokens"
+(sampled tokens the episodes keep, eot included), "steps" (and the totals after every step in
+`clock.history`). With
 `sync=True` a phase waits for its device results before its clock stops, so the split is
 exact but host work no longer overlaps device work; without a clock nothing is timed or waited.
 """

@@ -19,8 +19,10 @@ Malformed kinds (the format penalty reads them): a policy turn that is empty ("e
 max_new_tokens ("over_length"), holds a control id ("control_token"), or a query with no results
 ("no_results"); an episode's flag is the first of its step, in turn order.
 
-Prompts are left-padded to a FIXED width `max_prompt_len` (one compilation per batch size); a context too
-long for it is cut from the left keeping whole final turns (`sequence.cut_left`), counted per row.
+Prompts are left-padded to a FIXED width `max_prompt_len`; a context too long for it is cut from the left
+keeping whole final turns (`sequence.cut_left`), counted per row. A call then runs at the narrowest of
+`RolloutConfig.widths` (`rl.prompt_buckets`) that holds its prompts, which drops only padding: one
+compilation per batch size and width (`compile_prompt_widths` makes them all ahead of a run).
 RNG: the role draw uses fold_in(rng, 0), the query fold_in(rng, 1), the Sparrow turn fold_in(rng, 2) (in
 either call: a row's draws do not depend on which call samples it), a `sample_turns` call
 fold_in(rng, 3); a seed gives the same rollouts.
@@ -91,7 +93,7 @@ class RolloutConfig:
     @property
     def widths(self) -> tuple[int, ...]:
         """The prompt widths a sampler call may run at, ascending, ending with max_prompt_len:
-        a call runs at the narrowest holding its longest prompt (`narrowest_prompts`)."""
+        a call runs at the narrowest holding its longest prompt (`_narrowest`)."""
         return tuple(sorted(set(self.prompt_widths) | {self.max_prompt_len}))
 
     @property
@@ -258,8 +260,9 @@ def _sample_live(env: Environment, params, tokens_BxP, valid_BxP, rng, config: S
     Otherwise the live rows are sampled in calls of B/(2P) rows (P = `env.parallel_calls`; the
     live ones, then filler rows that sample nothing), P calls at a time, each row with its own
     row id, so it draws what it would in the whole batch; a decode step of fewer rows costs
-    less. Every such call is one program, and the number of calls follows the most live rows
-    of any process: no compile depends on how many rows search or continue."""
+    less. Every such call is one program at a width (`_narrowest`), and the number of calls
+    follows the most live rows of any process: no compile depends on how many rows search or
+    continue."""
     rows = len(tokens_BxP)
     parts = env.parallel_calls
     width = rows // (2 * parts) if rows % (2 * parts) == 0 else rows
@@ -339,7 +342,6 @@ def _speak(env: Environment, params, rows, rng):
     # a narrower width (`_narrowest`). A row draws by its row id, in any part.
     order = np.argsort(valid.sum(axis=1), kind="stable") if parts > 1 else np.arange(rows_n)
     picks = [order[part * width:(part + 1) * width] for part in range(parts)]
-
     prompts = [_narrowest(env, tokens[pick], valid[pick]) for pick in picks]
 
     def step(part):  # one call of B/P rows (each row its own row id)

@@ -235,10 +235,13 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
         normaliser = fit_normaliser(cfg, env, merge_params(state.params, state.frozen), prompts,
                                     scorer, length, rows_sharding, decode_shardings)
     if len(env.config.widths) > 1:  # rl.prompt_buckets: every width compiled before step 1
+        tick = time.perf_counter()
         decode_params = layout.to_decode_layout(merge_params(state.params, state.frozen),
                                                 decode_shardings)
         compile_prompt_widths(env, decode_params, local_batch)
         del decode_params
+        log.info("rl: the sampler programs at prompt widths %s (rl.prompt_buckets) took %.1f s",
+                 ", ".join(map(str, env.config.widths)), time.perf_counter() - tick)
     # The update step closes over the normaliser (fixed for the run).
     std = max(normaliser.std, normaliser.min_std)
     updates = compile_updates(cfg, mesh, setup, setup.step_with(
