@@ -18,13 +18,13 @@ pytestmark = pytest.mark.long_running(155)
 
 SMALL_WORLD = ["n_entities=24", "n_heldout=6", "n_dialogues=120", "n_preferences=60",
                "n_rule_ratings=80", "n_prompts=40"]
-# rl at one batch width: a second is another ~10 s of compiles for 2 steps (the RL loop
-# smoke test and the two-process recipe run two).
+# rl at one batch width and one prompt width: each more is another ~10 s of compiles for 2
+# steps (the RL loop smoke test and the two-process recipe run two of each).
 FAST = ["--config.train.steps=2", "--config.rl.normaliser_batches=1",
         "--config.train.eval_batches=2", "--config.rl.max_new_tokens=12",
         "--config.model.d_model=32", "--config.model.head_dim=16", "--config.model.n_heads=2",
         "--config.model.d_ff=64", "--config.model.value_hidden=16",
-        "--config.rl.length_buckets=()"]
+        "--config.rl.length_buckets=()", "--config.rl.prompt_buckets=()"]
 
 
 def _demo(root, capsys):
