@@ -29,7 +29,8 @@ def test_a_rollout_in_parallel_part_calls_equals_one_call(params, model_cfg, tok
     one = rollout(env, params, contexts, rng)
     with prompt_shapes_per_call("sample_step") as step_shapes:
         two = rollout(dataclasses.replace(env, parallel_calls=2), params, contexts, rng)
-    assert [rows for rows, _ in step_shapes] == [B // 2, B // 2]  # the speaker and first turn: two calls of B/2 rows
+    # The speaker and first turn: two calls of B/2 rows.
+    assert [rows for rows, _ in step_shapes] == [B // 2, B // 2]
     searched = [r.searched for r in one.rollouts]
     assert any(searched) and not all(searched)  # answers after evidence were sampled too
     assert [r.new_turns for r in two.rollouts] == [r.new_turns for r in one.rollouts]

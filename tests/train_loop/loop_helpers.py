@@ -29,9 +29,8 @@ def make_world(out_dir: str) -> str:
 def tiny_overrides(world: str, steps: int = 12, **extra) -> list[str]:
     """A model small enough that a step takes milliseconds; float32 for bitwise tests. RL runs
     at one batch width and one prompt width (each width is a compile per run); the tests of
-    widths set them. RL's
-    projection dtype is pinned (float32): runs that tests compare must not each measure `auto`
-    on a loaded host (the RL loop tests set bfloat16)."""
+    widths set them. RL's projection dtype is pinned (float32): runs that tests compare must
+    not each measure `auto` on a loaded host (the RL loop tests set bfloat16)."""
     values = {"data.dir": world, "model.vocab_size": 512, "model.d_model": 32,
               "model.n_heads": 2, "model.head_dim": 16, "model.d_ff": 64, "model.n_layers": 2,
               "model.n_frozen_layers": 1, "model.value_hidden": 16, "train.batch_size": 8,
