@@ -25,6 +25,19 @@ def make_env(model_cfg, tok, engine, evidence="choose", max_new_tokens=8, max_pr
     return Environment(model_cfg, tok, engine, config)
 
 
+def assert_same_rollouts(one, two, label=""):
+    """Two RolloutBatches drew the same turns: equal training arrays but the behaviour
+    log-probs and the role log-probs, which may differ in float rounding (1e-5)."""
+    assert [r.new_turns for r in two.rollouts] == [r.new_turns for r in one.rollouts], label
+    arrays_one, arrays_two = one.training_arrays(), two.training_arrays()
+    for name, value in arrays_one.items():
+        if name == "behaviour_logprobs_BxL":
+            np.testing.assert_allclose(arrays_two[name], value, atol=1e-5, err_msg=name)
+        else:
+            np.testing.assert_array_equal(arrays_two[name], value, err_msg=name)
+    np.testing.assert_allclose(two.role_logprobs_Bx2, one.role_logprobs_Bx2, atol=1e-5)
+
+
 def contexts_from(prompts, n):
     return [p.context for p in prompts[:n]]
 

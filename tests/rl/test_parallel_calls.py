@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from rl_helpers import contexts_from, make_env, prompt_shapes_per_call
+from rl_helpers import assert_same_rollouts, contexts_from, make_env, prompt_shapes_per_call
 from test_rollout import EchoEngine
 from tiny_models import tiny_model_config
 from sparrow_jax import sharding as shd
@@ -33,14 +33,7 @@ def test_a_rollout_in_parallel_part_calls_equals_one_call(params, model_cfg, tok
     assert [rows for rows, _ in step_shapes] == [B // 2, B // 2]
     searched = [r.searched for r in one.rollouts]
     assert any(searched) and not all(searched)  # answers after evidence were sampled too
-    assert [r.new_turns for r in two.rollouts] == [r.new_turns for r in one.rollouts]
-    arrays_one, arrays_two = one.training_arrays(), two.training_arrays()
-    for name, value in arrays_one.items():
-        if name == "behaviour_logprobs_BxL":
-            np.testing.assert_allclose(arrays_two[name], value, atol=1e-5, err_msg=name)
-        else:
-            np.testing.assert_array_equal(arrays_two[name], value, err_msg=name)
-    np.testing.assert_allclose(two.role_logprobs_Bx2, one.role_logprobs_Bx2, atol=1e-5)
+    assert_same_rollouts(one, two)
 
 
 def test_parallel_run_keeps_order_uses_threads_and_raises():

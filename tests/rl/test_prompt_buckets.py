@@ -4,10 +4,9 @@ compiles before a run needs it; the key is checked."""
 import dataclasses
 
 import jax
-import numpy as np
 import pytest
 
-from rl_helpers import contexts_from, make_env, prompt_shapes_per_call
+from rl_helpers import assert_same_rollouts, contexts_from, make_env, prompt_shapes_per_call
 from test_rollout import EchoEngine
 from sparrow_jax.config import ConfigError, default_config, validate
 from sparrow_jax.dialogue.turns import Role, Turn
@@ -46,14 +45,7 @@ def test_a_rollout_at_narrower_prompt_widths_draws_the_full_widths_turns(
         with prompt_shapes_per_call("sample_step") as step_shapes, \
                 prompt_shapes_per_call("sample") as live_shapes:
             two = rollout(narrow, params, contexts, rng)
-        assert [r.new_turns for r in two.rollouts] == [r.new_turns for r in one.rollouts], kind
-        arrays_one, arrays_two = one.training_arrays(), two.training_arrays()
-        for name, value in arrays_one.items():
-            if name == "behaviour_logprobs_BxL":
-                np.testing.assert_allclose(arrays_two[name], value, atol=1e-5, err_msg=name)
-            else:
-                np.testing.assert_array_equal(arrays_two[name], value, err_msg=name)
-        np.testing.assert_allclose(two.role_logprobs_Bx2, one.role_logprobs_Bx2, atol=1e-5)
+        assert_same_rollouts(one, two, kind)
         assert any(r.searched for r in two.rollouts), kind  # answers after evidence ran too
         assert len(step_shapes) == parts and live_shapes, kind
         assert all(width in narrow.config.widths for _, width in step_shapes + live_shapes)
