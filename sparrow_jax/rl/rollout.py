@@ -248,6 +248,17 @@ def _count_call(width: int) -> None:
     phases.count(f"sampler_calls_at_width_{width}")
 
 
+def _speaker_parts(env: Environment, rows: int) -> int:
+    """Part-batch calls of the speaker call of `rows` rows (`_speak`)."""
+    return env.parallel_calls if rows % env.parallel_calls == 0 else 1
+
+
+def _live_call_rows(env: Environment, rows: int) -> int:
+    """Rows of each live-rows call of a batch of `rows` (`_sample_live`): B/(2P), or B."""
+    parts = env.parallel_calls
+    return rows // (2 * parts) if rows % (2 * parts) == 0 else rows
+
+
 def _row_ids(env: Environment, rows: int) -> np.ndarray:
     return sampler.global_row_ids(rows, env.mesh, env.row_rules or env.rules)
 
@@ -264,8 +275,7 @@ def _sample_live(env: Environment, params, tokens_BxP, valid_BxP, rng, config: S
     follows the most live rows of any process: no compile depends on how many rows search or
     continue."""
     rows = len(tokens_BxP)
-    parts = env.parallel_calls
-    width = rows // (2 * parts) if rows % (2 * parts) == 0 else rows
+    parts, width = env.parallel_calls, _live_call_rows(env, rows)
     live = np.flatnonzero(np.ones(rows, bool) if live_B is None else np.asarray(live_B, bool))
     if (live_B is None and parts == 1) or width == rows:
         prompts = _narrowest(env, tokens_BxP, valid_BxP, live)
@@ -336,7 +346,7 @@ def _speak(env: Environment, params, rows, rng):
     _, was_cut, tokens, valid = _prompts(env, rows, None, reserve=1)
     choice = _SPEAKER_CHOICE[mode]
     rows_n = len(rows)
-    parts = env.parallel_calls if rows_n % env.parallel_calls == 0 else 1
+    parts = _speaker_parts(env, rows_n)
     width, row_ids_B = rows_n // parts, _row_ids(env, rows_n)
     # Parts of rows by prompt length: the shortest prompts share a call, which may then run at
     # a narrower width (`_narrowest`). A row draws by its row id, in any part.
@@ -373,8 +383,7 @@ def compile_prompt_widths(env: Environment, params, rows: int) -> None:
     have no live row, so they decode nothing. XLA:CPU takes seconds to compile a sampler
     program: a width first needed in the middle of a run would cost a step that much."""
     cfg, ids = env.config, env.token_ids
-    parts = env.parallel_calls if rows % env.parallel_calls == 0 else 1
-    live_rows = rows // (2 * parts) if rows % (2 * parts) == 0 else rows
+    parts, live_rows = _speaker_parts(env, rows), _live_call_rows(env, rows)
     row_ids_B = _row_ids(env, rows)
     rng = jax.random.PRNGKey(0)
     for width in cfg.widths:
