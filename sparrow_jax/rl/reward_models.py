@@ -115,6 +115,13 @@ class RewardScorer:
                 mesh=mesh, rules=rules, return_trunk=True), out_shardings=out_shardings)
         return self._rule_fns[chunk]
 
+    @functools.cached_property
+    def _join_parts(self):
+        """The parts' trunk outputs joined into the update's batch layout: jitted, so that it
+        too compiles at every width before the first step (`_compile_widths`)."""
+        return jax.jit(lambda *parts: jnp.concatenate(parts),
+                       out_shardings=self.shardings["trunk_BxLxD"])
+
     def rule_chunk_candidates(self) -> list[int]:
         """1, 2, 4, ... below the largest rule group, then 0 (all at once)."""
         largest = max(len(indices) for indices, _ in self._rule_groups)
@@ -155,15 +162,18 @@ class RewardScorer:
         return self.rule_chunk
 
     def _compile_widths(self, rm) -> None:
-        """Compile the scorer at every batch width (`rl.length_buckets`) now, by scoring
-        empty dialogues: no width compiles in the middle of the run."""
+        """Compile the scorer (and the join of its parts' trunks) at every batch width
+        (`rl.length_buckets`) now, by scoring empty dialogues: no width compiles in the middle
+        of the run."""
         rows = (self.rows.stop - self.rows.start) // self.parallel_calls
         for width in self.widths:
             empty = {"tokens_BxL": np.zeros((rows, width), np.int32),
                      "valid_BxL": np.zeros((rows, width), bool)}
             batch = self._global(empty, tuple(empty))
-            jax.block_until_ready(self._rules_fn(self.rule_chunk)(
+            _, trunk = jax.block_until_ready(self._rules_fn(self.rule_chunk)(
                 rm, batch["tokens_BxL"], batch["valid_BxL"], *self._rule_suffixes))
+            if self.parallel_calls > 1:
+                jax.block_until_ready(self._join_parts(*[trunk] * self.parallel_calls))
         self._compiled_widths = True
 
     def _part_batches(self, arrays) -> list[dict]:
@@ -205,9 +215,7 @@ class RewardScorer:
             return distributed.host_rows(p_broken, self.rows), trunk
         # One process (`rl.parallel.parallel_calls`): every part's rows are this process's.
         p_broken = np.concatenate([np.asarray(p) for p, _ in scored])
-        trunk = jax.device_put(jnp.concatenate([t for _, t in scored]),
-                               self.shardings["trunk_BxLxD"])
-        return p_broken, trunk
+        return p_broken, self._join_parts(*[t for _, t in scored])
 
     def host_rewards(self, params, arrays) -> tuple[np.ndarray, dict, jax.Array]:
         """(rewards_BxL: rule term - format penalty at each reward index, per-row figures

@@ -89,6 +89,39 @@ def test_the_rule_scorer_in_parallel_part_calls_equals_one_call(world, tok, devi
     np.testing.assert_allclose(out[2][1], out[1][1], rtol=1e-6, atol=1e-6)
 
 
+def test_the_rule_scorer_compiles_nothing_after_its_first_call(world, tok):
+    """Its first call compiles the scorer, and the join of its parts' trunks, at every width
+    (`rl.length_buckets`): a step at a width not seen before compiles nothing."""
+    cfg = _scorer_config(world)
+    cfg.train.batch_size, cfg.rl.rule_chunk = B, 1
+    mesh = shd.make_mesh(cfg.mesh, jax.devices()[:1])
+    rules = shd.rules_from_config(cfg.mesh)
+    widths = (32, 48)
+    shapes = stages.batch_shapes("rl", B, widths[-1], trunk=(cfg.model.d_model, jax.numpy.float32))
+    shardings = batch_shardings(shapes, mesh, rules)
+    params = hydra.init_params(cfg.model, jax.random.PRNGKey(1), roles=("rule_rm",))
+    scorer = RewardScorer(cfg, tok, mesh, rules, shardings, widths, 2)
+    rng = np.random.default_rng(0)
+
+    def score(width):
+        arrays = {"tokens_BxL": rng.integers(8, 500, (B, width)).astype(np.int32),
+                  "valid_BxL": np.arange(width)[None] < rng.integers(5, width, B)[:, None]}
+        return scorer.p_broken_BxR(params, arrays)
+    score(widths[0])
+    compiled = []
+
+    def on_event(event, duration, fun_name="", **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiled.append(fun_name)
+    jax.monitoring.register_event_duration_secs_listener(on_event)
+    try:
+        _, trunk = score(widths[1])
+    finally:
+        jax.monitoring.unregister_event_duration_listener(on_event)
+    assert trunk.shape[:2] == (B, widths[1])
+    assert not compiled, compiled
+
+
 def _rl_cfg(parts, batch=16):
     cfg = default_config()
     cfg.rl.parallel_calls, cfg.train.batch_size = parts, batch
