@@ -56,3 +56,4 @@ def prompt_shapes_per_call(name: str):
         yield shapes
     finally:
         setattr(sampler, name, real)
+

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from compile_events import compiled_programs
 from rl_helpers import assert_same_rollouts, contexts_from, make_env, prompt_shapes_per_call
 from test_rollout import EchoEngine
 from tiny_models import tiny_model_config
@@ -108,16 +109,8 @@ def test_the_rule_scorer_compiles_nothing_after_its_first_call(world, tok):
                   "valid_BxL": np.arange(width)[None] < rng.integers(5, width, B)[:, None]}
         return scorer.p_broken_BxR(params, arrays)
     score(widths[0])
-    compiled = []
-
-    def on_event(event, duration, fun_name="", **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiled.append(fun_name)
-    jax.monitoring.register_event_duration_secs_listener(on_event)
-    try:
+    with compiled_programs() as compiled:
         _, trunk = score(widths[1])
-    finally:
-        jax.monitoring.unregister_event_duration_listener(on_event)
     assert trunk.shape[:2] == (B, widths[1])
     assert not compiled, compiled
 

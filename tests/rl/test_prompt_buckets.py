@@ -6,6 +6,7 @@ import dataclasses
 import jax
 import pytest
 
+from compile_events import compiled_programs
 from rl_helpers import assert_same_rollouts, contexts_from, make_env, prompt_shapes_per_call
 from test_rollout import EchoEngine
 from sparrow_jax.config import ConfigError, default_config, validate
@@ -62,20 +63,11 @@ def test_compiled_widths_leave_nothing_to_compile_in_a_rollout(params, model_cfg
                               parallel_calls=2)
     env = dataclasses.replace(env, config=dataclasses.replace(env.config, prompt_widths=(24, 48)))
     compile_prompt_widths(env, params, B)
-    compiled = []
-
-    def on_event(event, duration, fun_name="", **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiled.append(fun_name)
-
-    jax.monitoring.register_event_duration_secs_listener(on_event)
-    try:
+    with compiled_programs() as compiled:
         for seed, contexts in enumerate((contexts_from(prompts, B), _mixed_contexts(prompts))):
             with prompt_shapes_per_call("sample_step") as shapes:
                 rollout(env, params, contexts, jax.random.PRNGKey(seed))
             assert shapes
-    finally:
-        jax.monitoring.unregister_event_duration_listener(on_event)
     assert not [name for name in compiled if "sample" in name], compiled
 
 

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 import pytest
 
+from compile_events import compiled_programs
 from loop_helpers import (TINY, check_sigkill_resume, rl_sources, sparrow, tiny_config,
                           tiny_overrides)
 from sparrow_jax import sharding as shd
@@ -39,18 +40,11 @@ def test_rl_smoke_run_logs_every_component_and_keeps_the_reward_models(rl_inputs
     cfg = tiny_config("rl", rl_inputs["world"], **_knobs(rl_inputs, steps=steps, **{
         "train.log_every": 1, "rl.rule_chunk": -1, "rl.length_buckets": "(0.75,)",
         "rl.prompt_buckets": "(0.5,)"}))
-    compiles_at_step = []  # steps finished when XLA compiled something
-
-    def on_event(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiles_at_step.append(len(clock.history))
-
-    jax.monitoring.register_event_duration_secs_listener(on_event)
-    try:
-        with phases.timing(phases.PhaseClock()) as clock:
+    clock = phases.PhaseClock()
+    # The steps finished when XLA compiled something.
+    with compiled_programs(label=lambda: len(clock.history)) as compiles_at_step:
+        with phases.timing(clock):
             summary = trainer.train_rl(cfg, str(tmp_path / "rl"))
-    finally:
-        jax.monitoring.unregister_event_duration_listener(on_event)
     assert summary["finished"] and summary["step"] == steps
     records = read_metrics(str(tmp_path / "rl" / "logs"), split="train")
     assert [r["step"] for r in records] == list(range(1, steps + 1))
