@@ -56,4 +56,3 @@ def prompt_shapes_per_call(name: str):
         yield shapes
     finally:
         setattr(sampler, name, real)
-
