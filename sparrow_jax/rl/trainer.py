@@ -47,8 +47,8 @@ from sparrow_jax.rl import checkpoint as rl_checkpoint
 from sparrow_jax.rl import phases
 from sparrow_jax.rl.reward_models import RewardScorer, load_reward_models
 from sparrow_jax.rl.projection import inference_spec, resolve_projection_dtype
-from sparrow_jax.rl.rollout import (Environment, RolloutConfig, compile_prompt_widths,
-                                    rollout)
+from sparrow_jax.rl.rollout import Environment, RolloutConfig, rollout
+from sparrow_jax.rl.sampler_calls import compile_prompt_widths
 from sparrow_jax.rl.selfplay import ContextBuffer, EpisodeSource, ShardedSource, play
 from sparrow_jax.sampling import layout
 from sparrow_jax.search.data_engine import data_dir_engine

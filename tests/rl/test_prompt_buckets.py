@@ -12,7 +12,8 @@ from test_rollout import EchoEngine
 from sparrow_jax.config import ConfigError, default_config, validate
 from sparrow_jax.dialogue.turns import Role, Turn
 from sparrow_jax.rl import lengths
-from sparrow_jax.rl.rollout import RolloutConfig, compile_prompt_widths, rollout
+from sparrow_jax.rl.rollout import RolloutConfig, rollout
+from sparrow_jax.rl.sampler_calls import compile_prompt_widths
 
 B = 8
 FULL, WIDTHS = 160, (40, 80)

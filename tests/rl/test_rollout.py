@@ -278,13 +278,13 @@ def test_sampling_some_rows_in_half_batches_draws_what_the_whole_batch_draws(
     row live, one call. With P parallel calls (`rl.parallel_calls`), calls of B/(2P) rows, as
     many as the live rows need. Either way each live row's turn is the one `sampler.sample`
     draws for it in the whole batch, and the others are empty."""
-    from sparrow_jax.rl.rollout import _sample_live
+    from sparrow_jax.rl.sampler_calls import sample_live
     env = dataclasses.replace(make_env(model_cfg, tok, EchoEngine()), parallel_calls=parts)
     tokens, valid = _left_padded(contexts_from(prompts, B), tok, env.config.max_prompt_len)
     live = np.ones(B, bool) if live_rows is None else np.isin(np.arange(B), live_rows)
     rng = jax.random.PRNGKey(3)
     with prompt_shapes_per_call("sample") as shapes:
-        some = _sample_live(env, params, tokens, valid, rng, env.config.agent,
+        some = sample_live(env, params, tokens, valid, rng, env.config.agent,
                             None if live_rows is None else live)
     calls = [rows for rows, _ in shapes]
     if parts == 1 and live_rows is None:
