@@ -4,7 +4,9 @@
   plot_training_curves    reward and KL against the RL step, from a workdir's logs/metrics.jsonl
   plot_model_comparison   grouped bars: each model's headline rates side by side (with intervals: error
                           bars and n)
-Each returns the path written, or None when there is nothing to plot.
+Each returns the path written, or None when there is nothing to plot. matplotlib is imported on the
+first plot, not with this module: every command that reads an evaluation module imports the package,
+and most of them (chat, rate, the trainer's evaluation) draw nothing.
 """
 from __future__ import annotations
 
@@ -12,23 +14,27 @@ import os
 from typing import Mapping, Sequence
 
 import numpy as np
-import matplotlib
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from sparrow_jax.train.metrics import read_metrics  # noqa: E402
+from sparrow_jax.train.metrics import read_metrics
 
 CURVE_KEYS = ("reward", "kl")
 COMPARISON_METRICS = ("rule_violation_rate", "supported_and_correct_rate", "search_rate",
                       "pref_win_rate_vs_sft")
 
 
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
 def _save(fig, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
@@ -48,7 +54,7 @@ def plot_rule_violations(per_rule: Mapping[str, Mapping], path: str, title: str 
         return None
     rules = list(per_rule)
     rates = [float(per_rule[r]["rate"]) for r in rules]
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(rules) + 2), 3.8))
+    fig, ax = _pyplot().subplots(figsize=(max(5.0, 0.7 * len(rules) + 2), 3.8))
     yerr = error_bars(rates, [per_rule[r] for r in rules])
     ax.bar(range(len(rules)), rates, color="tab:red", yerr=yerr, capsize=3, ecolor="black")
     for i, rule in enumerate(rules):
@@ -81,7 +87,7 @@ def plot_training_curves(workdir: str, path: str, keys: Sequence[str] = CURVE_KE
     curves = training_curves(read_metrics(os.path.join(workdir, "logs")), keys)
     if not curves:
         return None
-    fig, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.4), squeeze=False)
+    fig, axes = _pyplot().subplots(1, len(curves), figsize=(4.5 * len(curves), 3.4), squeeze=False)
     for ax, (key, (steps, values)) in zip(axes[0], curves.items()):
         ax.plot(steps, values, marker="." if len(steps) < 50 else None, alpha=0.4, label="per batch")
         window = max(1, len(values) // 10)
@@ -106,7 +112,7 @@ def plot_model_comparison(models: Mapping[str, Mapping[str, float | None]], path
     if not models or not metrics:
         return None
     width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.9 * len(metrics) + 2), 4.2))
+    fig, ax = _pyplot().subplots(figsize=(max(6.0, 1.9 * len(metrics) + 2), 4.2))
     for i, (name, values) in enumerate(models.items()):
         xs = [j + (i - (len(models) - 1) / 2) * width for j in range(len(metrics))]
         heights = [values.get(m) or 0.0 for m in metrics]

@@ -1,6 +1,8 @@
 """Reports built from real (tiny) evaluations match their documented schemas, types included."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -103,6 +105,15 @@ def test_training_curves_from_metrics_jsonl(tmp_path):
     path = plot_training_curves(str(tmp_path), str(tmp_path / "curves.png"))
     assert path and os.path.getsize(path) > 0
     assert plot_training_curves(str(tmp_path / "none"), str(tmp_path / "x.png")) is None
+
+
+def test_the_evaluation_package_imports_matplotlib_only_to_plot():
+    """`sparrow chat` and `sparrow rate` read evaluation modules and draw nothing: they do
+    not pay for matplotlib's import; the first plot loads it."""
+    code = ("import sys, sparrow_jax.evaluation, sparrow_jax.evaluation.plots as plots; "
+            "assert 'matplotlib' not in sys.modules, 'imported with the package'; "
+            "plots._pyplot(); assert 'matplotlib.pyplot' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
 
 
 def test_eval_command_writes_the_report(root, tmp_path, capsys):
