@@ -22,7 +22,7 @@ host). JAX sees one device per chip. The mesh is FSDP over every chip (8 heads a
 do not split over a tensor axis worth having at this size). Default: `v5e_8`.
 
 Sizes, and why: the stage is rl (as the pod configs): 64 episodes per step
-(EPISODES_PER_STEP), sampled and rule-scored at once, prompts of 1536 tokens and agent turns of
+(`sparrow_jax.hf.pod`), sampled and rule-scored at once, prompts of 1536 tokens and agent turns of
 128 (`pod_config`; Gemma's 256k vocabulary needs fewer tokens for the same text than the 32k
 one those were measured with, so they are generous). The update runs microbatches of
 MICROBATCH_PER_DEVICE sequence per chip: a 2048-token sequence's logits over 256000 pieces are
@@ -35,8 +35,7 @@ rematerialisation, float32 params with bfloat16 compute, Adafactor (factored sec
 its state is small beside the params). `sparrow aot --config experiments/gemma_2b.py:<variant>`
 reports each step's per-chip memory (README, the open-weight table).
 """
-from sparrow_jax.config import pod_config
-from sparrow_jax.hf.families import model_overrides
+from sparrow_jax.hf.pod import MESHES, open_weight_config, open_weight_sweep  # noqa: F401 (the variants)
 
 # google/gemma-2b config.json (the fields the import reads).
 HF_CONFIG = {
@@ -52,41 +51,16 @@ HF_CONFIG = {
 APPENDED_CONTROL_IDS = 6
 VOCAB_SIZE = HF_CONFIG["vocab_size"] + APPENDED_CONTROL_IDS
 N_FROZEN_LAYERS = 14  # sparrow_jax.hf.importer.default_frozen_layers(18)
-
-MESHES = {
-    # name: (devices = chips, HBM budget name)
-    "v5e_8": (8, "v5e"),
-    "v4_8": (4, "v4"),
-    "v5p_8": (4, "v5p"),
-    "v5e_32": (32, "v5e"),   # 4 hosts
-}
-EPISODES_PER_STEP = 64
 MICROBATCH_PER_DEVICE = 1
 IMPORTED = "runs/gemma_2b/imported"   # placeholder: the `sparrow import --workdir` directory
 
 
 def get_config(variant: str = "v5e_8"):
-    if variant not in MESHES:
-        raise ValueError(f"unknown variant {variant!r}; choose from {sorted(MESHES)}")
-    devices, hbm = MESHES[variant]
-    hf = HF_CONFIG
-    cfg = pod_config(f"gemma_2b_{variant}", d_model=hf["hidden_size"],
-                     n_heads=hf["num_attention_heads"], d_ff=hf["intermediate_size"],
-                     n_layers=hf["num_hidden_layers"], n_frozen_layers=N_FROZEN_LAYERS,
-                     devices=devices, hbm=hbm, microbatch=MICROBATCH_PER_DEVICE,
-                     value_hidden=1024, learning_rate=5e-6, batch_size=EPISODES_PER_STEP,
-                     decode="model_parallel")
-    for key, value in model_overrides(hf).items():
-        cfg.model[key] = value
-    cfg.model.vocab_size = VOCAB_SIZE
-    cfg.model.max_len = cfg.train.seq_len   # rotary: no table; the longest sequence used
-    cfg.train.init_from = IMPORTED
-    return cfg
+    return open_weight_config("gemma_2b", HF_CONFIG, variant, n_frozen_layers=N_FROZEN_LAYERS,
+                              vocab_size=VOCAB_SIZE, microbatch=MICROBATCH_PER_DEVICE,
+                              imported=IMPORTED)
 
 
 def get_sweep(variant: str = "v5e_8"):
-    """RL learning rate x KL weight alpha: 4 runs from one shared sft workdir and one pair of
-    reward models (no model key varies)."""
-    from sparrow_jax.sweeps import product, sweep_axis
-    return product(sweep_axis("train.learning_rate", [2e-6, 5e-6]),
-                   sweep_axis("rl.alpha", [0.05, 0.1]))
+    """RL learning rate x KL weight alpha (`sparrow_jax.hf.pod.open_weight_sweep`)."""
+    return open_weight_sweep()

@@ -35,8 +35,7 @@ over 8 chips: replicated, it put the v5e-8 sampler over 16 GiB (16.32). Full rem
 params with bfloat16 compute, Adafactor. `sparrow aot --config experiments/llama3_2_1b.py:<variant>`
 reports each step's per-chip memory (README, the open-weight table).
 """
-from sparrow_jax.config import pod_config
-from sparrow_jax.hf.families import model_overrides
+from sparrow_jax.hf.pod import MESHES, open_weight_config, open_weight_sweep  # noqa: F401 (the variants)
 
 # meta-llama/Llama-3.2-1B config.json (the fields the import reads).
 HF_CONFIG = {
@@ -50,45 +49,18 @@ HF_CONFIG = {
 }
 VOCAB_SIZE = HF_CONFIG["vocab_size"]
 N_FROZEN_LAYERS = 12  # sparrow_jax.hf.importer.default_frozen_layers(16)
-
-MESHES = {
-    # name: (devices = chips, HBM budget name)
-    "v5e_8": (8, "v5e"),
-    "v4_8": (4, "v4"),
-    "v5p_8": (4, "v5p"),
-    "v5e_32": (32, "v5e"),   # 4 hosts
-}
-EPISODES_PER_STEP = 64
 MICROBATCH_PER_DEVICE = 2
 IMPORTED = "runs/llama3_2_1b/imported"   # placeholder: the `sparrow import --workdir` directory
 
 
 def get_config(variant: str = "v5e_8"):
-    if variant not in MESHES:
-        raise ValueError(f"unknown variant {variant!r}; choose from {sorted(MESHES)}")
-    devices, hbm = MESHES[variant]
-    hf = HF_CONFIG
-    cfg = pod_config(f"llama3_2_1b_{variant}", d_model=hf["hidden_size"],
-                     n_heads=hf["num_attention_heads"], d_ff=hf["intermediate_size"],
-                     n_layers=hf["num_hidden_layers"], n_frozen_layers=N_FROZEN_LAYERS,
-                     devices=devices, hbm=hbm, microbatch=MICROBATCH_PER_DEVICE,
-                     value_hidden=1024, learning_rate=5e-6, batch_size=EPISODES_PER_STEP,
-                     decode="model_parallel")
-    for key, value in model_overrides(hf).items():
-        cfg.model[key] = value
-    cfg.model.vocab_size = VOCAB_SIZE
     # Decoding splits the 8 key/value heads (weights and cache) over fsdp like the 32 query
     # heads; without it every chip holds the whole batch's cache (replicated 'kv_heads').
-    cfg.mesh.decode_logical_axis_rules = [*cfg.mesh.decode_logical_axis_rules,
-                                          ("kv_heads", "fsdp")]
-    cfg.model.max_len = cfg.train.seq_len   # rotary: no table; the longest sequence used
-    cfg.train.init_from = IMPORTED
-    return cfg
+    return open_weight_config("llama3_2_1b", HF_CONFIG, variant, n_frozen_layers=N_FROZEN_LAYERS,
+                              vocab_size=VOCAB_SIZE, microbatch=MICROBATCH_PER_DEVICE,
+                              imported=IMPORTED, decode_rules=[("kv_heads", "fsdp")])
 
 
 def get_sweep(variant: str = "v5e_8"):
-    """RL learning rate x KL weight alpha: 4 runs from one shared sft workdir and one pair of
-    reward models (no model key varies)."""
-    from sparrow_jax.sweeps import product, sweep_axis
-    return product(sweep_axis("train.learning_rate", [2e-6, 5e-6]),
-                   sweep_axis("rl.alpha", [0.05, 0.1]))
+    """RL learning rate x KL weight alpha (`sparrow_jax.hf.pod.open_weight_sweep`)."""
+    return open_weight_sweep()
