@@ -1,29 +1,18 @@
 """`sparrow aot`: JSON report keys, analytic FLOPs, bad meshes, and the 70B runs (slow)."""
 import json
 import os
-import subprocess
-import sys
 import time
 
 import pytest
 
+from aot_cli import ROOT, finish_cli, start_cli
 from sparrow_jax import aot, cli
 from sparrow_jax.config import ConfigError, load_experiment
 from sparrow_jax.rl.lengths import sequence_length
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_70B = os.path.join(ROOT, "experiments", "sparrow_70b.py")
 CONFIG_TINY = os.path.join(ROOT, "experiments", "tiny_cpu.py")
 STEP_KEYS = {"per_device_bytes", "hbm_budget_bytes", "fits", "flops_per_step", "trainable_params"}
-
-
-def run_cli(*argv, timeout=600):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    start = time.time()
-    proc = subprocess.run([sys.executable, "-m", "sparrow_jax", "aot", *argv], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1]), time.time() - start
 
 
 def check_report(report, steps, devices=256, hbm_gib=95):
@@ -62,7 +51,7 @@ def check_rl_lengths(report):
 
 @pytest.mark.slow  # 2-3 min; the in-process tiny aot tests cover the same steps by default
 def test_aot_70b_shape_two_layers_json():
-    report, _ = run_cli("--config", CONFIG_70B, "--layers", "2", "--json")
+    report, _ = finish_cli(start_cli(CONFIG_70B, "--layers", "2"), timeout=600)
     check_report(report, aot.AOT_STEPS)  # the default --steps: every step
     assert report["n_layers"] == 2 and report["n_frozen_layers"] == 1
     for name in ("sample", "rule_score"):
@@ -75,7 +64,7 @@ def test_aot_70b_shape_two_layers_json():
 
 @pytest.mark.slow
 def test_aot_70b_full_depth():
-    report, seconds = run_cli("--config", CONFIG_70B, "--json")
+    report, seconds = finish_cli(start_cli(CONFIG_70B), timeout=600)
     check_report(report, aot.AOT_STEPS)
     assert 69e9 <= report["total_params"] <= 71e9
     assert all(step["fits"] for step in report["steps"].values())
@@ -87,7 +76,8 @@ def test_aot_70b_full_depth():
 def test_aot_70b_rl_steps_fit_on_128_chips(variant, hbm_gib):
     """What an RL step runs, at full depth: the update, the sampler and the rule scorer."""
     steps = ("rl", "sample", "rule_score")
-    report, _ = run_cli("--config", f"{CONFIG_70B}:{variant}", "--json", "--steps", ",".join(steps))
+    report, _ = finish_cli(start_cli(f"{CONFIG_70B}:{variant}", "--steps", ",".join(steps)),
+                           timeout=600)
     check_report(report, steps, devices=128, hbm_gib=hbm_gib)
     assert report["rl_sequence_length"] >= 1024
     for name in steps:

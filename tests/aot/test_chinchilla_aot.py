@@ -7,19 +7,15 @@ on its default variant's simulated mesh (the two configs compile in parallel
 subprocesses), and every variant at full depth compiles every step within its HBM
 budget.
 """
-import json
 import os
-import subprocess
-import sys
-import time
 
 import pytest
 
+from aot_cli import ROOT, finish_cli, start_cli
 from sparrow_jax import aot, sweeps
 from sparrow_jax.config import HBM_BUDGET_GIB, load_experiment, load_experiment_module
 from sparrow_jax.rl.lengths import sequence_length
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = {name: os.path.join(ROOT, "experiments", f"{name}.py")
            for name in ("chinchilla_1b", "chinchilla_7b")}
 STEPS = aot.AOT_STEPS  # the updates, the RL sampler and the rule scorer
@@ -48,27 +44,6 @@ def lm_params(m, n_layers: int) -> int:
     """Trunk + policy: embedding [V, D], n_layers blocks, final norm, untied unembedding [D, V]."""
     assert not m.tied_embeddings
     return m.vocab_size * m.d_model + top_params(m, n_layers, m.vocab_size)
-
-
-def start_cli(spec, *argv):
-    """Start `sparrow aot --json` in a fresh process (it sets its own simulated device count)."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    proc = subprocess.Popen([sys.executable, "-m", "sparrow_jax", "aot", "--config", spec,
-                             "--json", *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    return proc, time.time()
-
-
-def finish_cli(started, timeout=900):
-    """(JSON report, wall seconds) of a run from start_cli."""
-    proc, t0 = started
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err[-3000:]
-    return json.loads(out.strip().splitlines()[-1]), time.time() - t0
 
 
 def check_report(report, cfg):

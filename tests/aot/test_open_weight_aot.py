@@ -11,12 +11,10 @@ With --runslow: every variant at full depth compiles every step within its chips
 """
 import json
 import os
-import subprocess
-import sys
-import time
 
 import pytest
 
+from aot_cli import ROOT, finish_cli, start_cli
 from sparrow_jax import aot, sweeps
 from sparrow_jax.config import HBM_BUDGET_GIB, load_experiment, load_experiment_module
 from sparrow_jax.hf.families import model_overrides
@@ -24,7 +22,6 @@ from sparrow_jax.hf.importer import default_frozen_layers, import_config
 from sparrow_jax.rl.lengths import sequence_length
 from sparrow_jax.sweep_sources import FREE_MODEL_KEYS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = {name: os.path.join(ROOT, "experiments", f"{name}.py")
            for name in ("gemma_2b", "llama3_2_1b")}
 MODULES = {name: load_experiment_module(path) for name, path in CONFIGS.items()}
@@ -49,26 +46,11 @@ def lm_params(hf: dict, vocab: int) -> int:
     return vocab * d + hf["num_hidden_layers"] * layer + d
 
 
-def start_cli(spec, *argv):
-    """`sparrow aot --json` in a fresh process (it sets its own simulated device count). The
+def start_aot(spec, *argv):
+    """`sparrow aot --json` (`aot_cli.start_cli`) at XLA's backend optimisation level 0, with the
     rule scorer at one rule per step: aot compiles one rl.rule_chunk, not the measured choice."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
-    proc = subprocess.Popen([sys.executable, "-m", "sparrow_jax", "aot", "--config", spec,
-                             "--json", *argv, "--config.rl.rule_chunk=1"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    return proc, time.time()
-
-
-def finish_cli(started, timeout=1800):
-    proc, t0 = started
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err[-3000:]
-    return json.loads(out.strip().splitlines()[-1]), time.time() - t0
+    return start_cli(spec, *argv, "--config.rl.rule_chunk=1",
+                     xla_flags="--xla_backend_optimization_level=0")
 
 
 def check_report(report, name, cfg, steps):
@@ -139,10 +121,10 @@ def test_real_shape_param_count(name):
 @pytest.fixture(scope="module")
 def reduced_depth_reports():
     """Both families' v5e_8 variants at REDUCED_LAYERS, compiled at the same time."""
-    started = {name: start_cli(f"{path}:v5e_8", "--layers", str(REDUCED_LAYERS),
+    started = {name: start_aot(f"{path}:v5e_8", "--layers", str(REDUCED_LAYERS),
                                "--steps", ",".join(REDUCED_STEPS))
                for name, path in CONFIGS.items()}
-    return {name: finish_cli(run)[0] for name, run in started.items()}
+    return {name: finish_cli(run, timeout=1800)[0] for name, run in started.items()}
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -157,7 +139,7 @@ def test_steps_compile_at_reduced_depth(name, reduced_depth_reports):
 def test_full_depth_fits(name, variant):
     spec = f"{CONFIGS[name]}:{variant}"
     cfg = load_experiment(spec)
-    report, _ = finish_cli(start_cli(spec))
+    report, _ = finish_cli(start_aot(spec), timeout=1800)
     check_report(report, name, cfg, aot.AOT_STEPS)
     assert report["n_layers"] == cfg.model.n_layers
     assert report["n_frozen_layers"] == cfg.model.n_frozen_layers
