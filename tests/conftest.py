@@ -1,9 +1,14 @@
-"""Test set-up: 8 simulated CPU devices, set before JAX initialises."""
+"""Test set-up: 8 simulated CPU devices and fast compiles (`xla_flags.py`), set before JAX
+initialises."""
 import os
+
+from xla_flags import FAST_COMPILE
 
 os.environ.setdefault("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
+if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += f" {FAST_COMPILE}"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402

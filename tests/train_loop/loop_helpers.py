@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from sparrow_jax.config import apply_overrides, load_experiment
+from xla_flags import child_xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(REPO, "experiments", "tiny_cpu.py")
@@ -52,7 +53,7 @@ def rl_sources(workdirs: dict) -> dict:
 
 
 def sparrow(*args, **popen_kwargs) -> subprocess.Popen:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=child_xla_flags())
     return subprocess.Popen([sys.executable, "-m", "sparrow_jax", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             **popen_kwargs)

@@ -32,7 +32,6 @@ FIXTURE_PARTS = ("tests", "fixtures", "hf", "llama")
 SP_PIECES = 400   # + 7 Sparrow control ids the model lacks = 407 rows (the fixture has 128)
 STEPS = 1
 STAGES = ("sft", "pref_rm", "rule_rm", "rl")
-CHILD_XLA_FLAGS = "--xla_backend_optimization_level=0"
 # Model keys that change no parameter shape (the later stages inherit them from the import's
 # config): one attention block over every key instead of 64-query blocks, and the layers as
 # a Python loop instead of a scan. Each cuts the programs' compile time (the sft step
@@ -95,6 +94,7 @@ def test_import_then_every_stage_then_eval_and_export(tmp_path):
     import sentencepiece as spm
 
     from loop_helpers import REPO, make_world
+    from xla_flags import child_xla_flags
     from sparrow_jax.dialogue.tokenizer import Tokenizer
     from sparrow_jax.train.stage_data import checkpoint_tokenizer
 
@@ -118,7 +118,7 @@ def test_import_then_every_stage_then_eval_and_export(tmp_path):
     commands_json = str(tmp_path / "commands.json")
     with open(commands_json, "w") as f:
         json.dump(commands, f)
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=CHILD_XLA_FLAGS)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=child_xla_flags())
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), commands_json], cwd=REPO,
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=900)

@@ -19,6 +19,7 @@ import pytest
 
 from loop_helpers import REPO, TINY, make_world, state_leaves, tiny_overrides
 from multiprocess_runs import free_port
+from xla_flags import child_xla_flags
 from sparrow_jax.config import model_parallel_decode_rules
 
 pytestmark = pytest.mark.long_running(200)
@@ -42,8 +43,7 @@ def _launch(args: list[str], processes: int, log_prefix: str) -> list[subprocess
     port = free_port()
     procs = []
     for index in range(processes):
-        env = dict(os.environ, JAX_PLATFORMS="cpu",
-                   XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=child_xla_flags(devices))
         extra = [] if processes == 1 else [
             "--config.distributed.mode=explicit", f"--config.distributed.coordinator=127.0.0.1:{port}",
             f"--config.distributed.num_processes={processes}",
