@@ -6,7 +6,7 @@
                           bars and n)
 Each returns the path written, or None when there is nothing to plot. matplotlib is imported on the
 first plot, not with this module: every command that reads an evaluation module imports the package,
-and most of them (chat, rate, the trainer's evaluation) draw nothing.
+and some of them (`sparrow chat`, `sparrow rate`) draw nothing.
 """
 from __future__ import annotations
 
