@@ -1,4 +1,4 @@
-"""The rollout's sampler calls: prompts cut, assembled and left-padded (`prompts`), each call
+"""The rollout's sampler calls: prompts cut, assembled and left-padded (`padded_prompts`), each call
 at the narrowest prompt width that holds its rows (`narrowest`), the speaker call (`speak`), calls
 that sample some rows only (`sample_live`), all as part-batch calls side by side when
 `Environment.parallel_calls` > 1 (`rl.parallel`), and `compile_prompt_widths`, which makes
@@ -29,8 +29,8 @@ CHOICE_ROLES = (Role.SEARCH_QUERY, Role.AGENT)  # index 0 = search, 1 = answer d
 _SPEAKER_CHOICE = {"always": "first", "never": "second", "choose": "choose", "free": "free"}
 
 
-def padded_prompts(env: Environment, rows: Sequence[list[Block]], open_role: Role | None, reserve: int = 1
-             ) -> tuple[list[list[Block]], list[bool], np.ndarray, np.ndarray]:
+def padded_prompts(env: Environment, rows: Sequence[list[Block]], open_role: Role | None,
+                   reserve: int = 1) -> tuple[list[list[Block]], list[bool], np.ndarray, np.ndarray]:
     """Cut each row to fit the prompt width less bos and `reserve` slots (the open role token), assemble
     with `open_role`, left-pad: (cut rows, was_cut, tokens_BxP, valid_BxP)."""
     width = env.config.max_prompt_len
@@ -87,7 +87,7 @@ def row_ids(env: Environment, rows: int) -> np.ndarray:
 
 
 def sample_live(env: Environment, params, tokens_BxP, valid_BxP, rng, config: SamplingConfig,
-                 live_B=None) -> sampler.SampleOutput:
+                live_B=None) -> sampler.SampleOutput:
     """`sampler.sample` of the `live_B` rows only (host numpy, all B rows; the others empty);
     live_B None = every row, in one call when `env.parallel_calls` is 1.
 
@@ -135,8 +135,8 @@ def sample_live(env: Environment, params, tokens_BxP, valid_BxP, rng, config: Sa
 
 
 def sample_blocks(env: Environment, params, rows: Sequence[list[Block]], role: Role, rng,
-                   config: SamplingConfig, live_B=None
-                   ) -> tuple[list[Block], list[SampledTurn], list[bool]]:
+                  config: SamplingConfig, live_B=None
+                  ) -> tuple[list[Block], list[SampledTurn], list[bool]]:
     """Sample one `role` turn per row (only the `live_B` rows, if given: the others' turns are
     empty and meaningless): (new blocks, SampledTurns, was_cut per row)."""
     _, was_cut, tokens, valid = padded_prompts(env, rows, role)
@@ -147,7 +147,7 @@ def sample_blocks(env: Environment, params, rows: Sequence[list[Block]], role: R
 
 
 def speak(env: Environment, params, rows, rng):
-    """Step 1 of the module docstring: (search_B bool, role_logprobs_Bx2 or None, sampled role
+    """Step 1 of `rl.rollout`'s docstring: (search_B bool, role_logprobs_Bx2 or None, sampled role
     log-prob_B or None, the first turn's (Block, SampledTurn) per row, was_cut_B)."""
     mode = env.config.evidence
     _, was_cut, tokens, valid = padded_prompts(env, rows, None, reserve=1)
