@@ -285,7 +285,7 @@ def test_sampling_some_rows_in_half_batches_draws_what_the_whole_batch_draws(
     rng = jax.random.PRNGKey(3)
     with prompt_shapes_per_call("sample") as shapes:
         some = sample_live(env, params, tokens, valid, rng, env.config.agent,
-                            None if live_rows is None else live)
+                           None if live_rows is None else live)
     calls = [rows for rows, _ in shapes]
     if parts == 1 and live_rows is None:
         assert calls == [B]
