@@ -90,7 +90,7 @@ class RolloutConfig:
     @property
     def widths(self) -> tuple[int, ...]:
         """The prompt widths a sampler call may run at, ascending, ending with max_prompt_len:
-        a call runs at the narrowest holding its longest prompt (`sampler_calls.narrowest`)."""
+        a call runs at the narrowest holding its longest prompt (`rl.sampler_calls`)."""
         return tuple(sorted(set(self.prompt_widths) | {self.max_prompt_len}))
 
     @property

@@ -1,5 +1,5 @@
-"""The rollout's sampler calls: prompts cut, assembled and left-padded (`padded_prompts`), each call
-at the narrowest prompt width that holds its rows (`narrowest`), the speaker call (`speak`), calls
+"""The rollout's sampler calls: prompts cut, assembled and left-padded (`_padded_prompts`), each call
+at the narrowest prompt width that holds its rows (`_narrowest`), the speaker call (`speak`), calls
 that sample some rows only (`sample_live`), all as part-batch calls side by side when
 `Environment.parallel_calls` > 1 (`rl.parallel`), and `compile_prompt_widths`, which makes
 every one of these programs before a run. `rl.rollout` says what each call is for.
@@ -24,12 +24,12 @@ from sparrow_jax.sampling.turns import SampledTurn, sampled_turns
 if TYPE_CHECKING:
     from sparrow_jax.rl.rollout import Environment
 
-CHOICE_ROLES = (Role.SEARCH_QUERY, Role.AGENT)  # index 0 = search, 1 = answer directly
+_CHOICE_ROLES = (Role.SEARCH_QUERY, Role.AGENT)  # index 0 = search, 1 = answer directly
 # The sampler's speaker choice (`sampler.sample_step`) per evidence mode.
 _SPEAKER_CHOICE = {"always": "first", "never": "second", "choose": "choose", "free": "free"}
 
 
-def padded_prompts(env: Environment, rows: Sequence[list[Block]], open_role: Role | None,
+def _padded_prompts(env: Environment, rows: Sequence[list[Block]], open_role: Role | None,
                    reserve: int = 1) -> tuple[list[list[Block]], list[bool], np.ndarray, np.ndarray]:
     """Cut each row to fit the prompt width less bos and `reserve` slots (the open role token), assemble
     with `open_role`, left-pad: (cut rows, was_cut, tokens_BxP, valid_BxP)."""
@@ -41,7 +41,7 @@ def padded_prompts(env: Environment, rows: Sequence[list[Block]], open_role: Rol
     return [c[0] for c in cut], [c[1] for c in cut], tokens, valid
 
 
-def turn_blocks(env: Environment, roles: Sequence[Role], out) -> tuple[list[Block], list[SampledTurn]]:
+def _turn_blocks(env: Environment, roles: Sequence[Role], out) -> tuple[list[Block], list[SampledTurn]]:
     """A sampler output (host numpy) as one (Block, SampledTurn) per row, row b as roles[b]'s turn."""
     turns = sampled_turns(env.tokenizer, roles, out.tokens_BxN, out.token_valid_BxN)
     blocks = []
@@ -54,7 +54,7 @@ def turn_blocks(env: Environment, roles: Sequence[Role], out) -> tuple[list[Bloc
     return blocks, turns
 
 
-def narrowest(env: Environment, tokens_BxP, valid_BxP, rows=None) -> tuple[np.ndarray, np.ndarray]:
+def _narrowest(env: Environment, tokens_BxP, valid_BxP, rows=None) -> tuple[np.ndarray, np.ndarray]:
     """Left-padded prompts cut to the narrowest of `env.config.widths` that holds the longest
     prompt among `rows` (default all) of every process (a call is one program over all of them):
     only padding is dropped, except in rows outside `rows`, which sample nothing."""
@@ -64,25 +64,25 @@ def narrowest(env: Environment, tokens_BxP, valid_BxP, rows=None) -> tuple[np.nd
     return tokens_BxP[:, -width:], valid_BxP[:, -width:]
 
 
-def count_call(width: int) -> None:
+def _count_call(width: int) -> None:
     """Count a sampler call of the rollout (its parts together) and its widest prompt width
     (`phases`: the benchmark's prefill estimate reads both)."""
     phases.count("sampler_calls")
     phases.count(f"sampler_calls_at_width_{width}")
 
 
-def speaker_parts(env: Environment, rows: int) -> int:
+def _speaker_parts(env: Environment, rows: int) -> int:
     """Part-batch calls of the speaker call of `rows` rows (`speak`)."""
     return env.parallel_calls if rows % env.parallel_calls == 0 else 1
 
 
-def live_call_rows(env: Environment, rows: int) -> int:
+def _live_call_rows(env: Environment, rows: int) -> int:
     """Rows of each live-rows call of a batch of `rows` (`sample_live`): B/(2P), or B."""
     parts = env.parallel_calls
     return rows // (2 * parts) if rows % (2 * parts) == 0 else rows
 
 
-def row_ids(env: Environment, rows: int) -> np.ndarray:
+def _row_ids(env: Environment, rows: int) -> np.ndarray:
     return sampler.global_row_ids(rows, env.mesh, env.row_rules or env.rules)
 
 
@@ -94,19 +94,19 @@ def sample_live(env: Environment, params, tokens_BxP, valid_BxP, rng, config: Sa
     Otherwise the live rows are sampled in calls of B/(2P) rows (P = `env.parallel_calls`; the
     live ones, then filler rows that sample nothing), P calls at a time, each row with its own
     row id, so it draws what it would in the whole batch; a decode step of fewer rows costs
-    less. Every such call is one program at a width (`narrowest`), and the number of calls
+    less. Every such call is one program at a width (`_narrowest`), and the number of calls
     follows the most live rows of any process: no compile depends on how many rows search or
     continue."""
     rows = len(tokens_BxP)
-    parts, width = env.parallel_calls, live_call_rows(env, rows)
+    parts, width = env.parallel_calls, _live_call_rows(env, rows)
     live = np.flatnonzero(np.ones(rows, bool) if live_B is None else np.asarray(live_B, bool))
     if (live_B is None and parts == 1) or width == rows:
-        prompts = narrowest(env, tokens_BxP, valid_BxP, live)
-        count_call(prompts[0].shape[1])
+        prompts = _narrowest(env, tokens_BxP, valid_BxP, live)
+        _count_call(prompts[0].shape[1])
         return sampler.sample(params, env.model_cfg, *prompts, rng, config, env.token_ids,
                               live_B=live_B, mesh=env.mesh, rules=env.rules,
                               row_rules=env.row_rules)
-    row_ids_B = row_ids(env, rows)
+    row_ids_B = _row_ids(env, rows)
     calls = -(-max(distributed.allgather_objects(len(live))) // width)
     n = config.max_new_tokens
     full = {"tokens_BxN": np.full((rows, n), env.token_ids.pad_id, np.int32),
@@ -115,10 +115,10 @@ def sample_live(env: Environment, params, tokens_BxP, valid_BxP, rng, config: Sa
             "lengths_B": np.zeros(rows, np.int32), "finished_B": np.zeros(rows, bool)}
     picks = [live[call * width:(call + 1) * width] for call in range(calls)]  # none: no call
     fillers = [np.concatenate([mine, np.zeros(width - len(mine), np.int64)]) for mine in picks]
-    prompts = [narrowest(env, tokens_BxP[pick], valid_BxP[pick], np.arange(len(mine)))
+    prompts = [_narrowest(env, tokens_BxP[pick], valid_BxP[pick], np.arange(len(mine)))
                for mine, pick in zip(picks, fillers)]
     if picks:
-        count_call(max(t.shape[1] for t, _ in prompts))
+        _count_call(max(t.shape[1] for t, _ in prompts))
 
     def sample_rows(call):
         mine, pick = picks[call], fillers[call]
@@ -139,10 +139,10 @@ def sample_blocks(env: Environment, params, rows: Sequence[list[Block]], role: R
                   ) -> tuple[list[Block], list[SampledTurn], list[bool]]:
     """Sample one `role` turn per row (only the `live_B` rows, if given: the others' turns are
     empty and meaningless): (new blocks, SampledTurns, was_cut per row)."""
-    _, was_cut, tokens, valid = padded_prompts(env, rows, role)
+    _, was_cut, tokens, valid = _padded_prompts(env, rows, role)
     with phases.phase("sample"):
         out = jax.device_get(sample_live(env, params, tokens, valid, rng, config, live_B))
-    blocks, turns = turn_blocks(env, [role] * len(rows), out)
+    blocks, turns = _turn_blocks(env, [role] * len(rows), out)
     return blocks, turns, was_cut
 
 
@@ -150,22 +150,22 @@ def speak(env: Environment, params, rows, rng):
     """Step 1 of `rl.rollout`'s docstring: (search_B bool, role_logprobs_Bx2 or None, sampled role
     log-prob_B or None, the first turn's (Block, SampledTurn) per row, was_cut_B)."""
     mode = env.config.evidence
-    _, was_cut, tokens, valid = padded_prompts(env, rows, None, reserve=1)
+    _, was_cut, tokens, valid = _padded_prompts(env, rows, None, reserve=1)
     choice = _SPEAKER_CHOICE[mode]
     rows_n = len(rows)
-    parts = speaker_parts(env, rows_n)
-    width, row_ids_B = rows_n // parts, row_ids(env, rows_n)
+    parts = _speaker_parts(env, rows_n)
+    width, row_ids_B = rows_n // parts, _row_ids(env, rows_n)
     # Parts of rows by prompt length: the shortest prompts share a call, which may then run at
-    # a narrower width (`narrowest`). A row draws by its row id, in any part.
+    # a narrower width (`_narrowest`). A row draws by its row id, in any part.
     order = np.argsort(valid.sum(axis=1), kind="stable") if parts > 1 else np.arange(rows_n)
     picks = [order[part * width:(part + 1) * width] for part in range(parts)]
-    prompts = [narrowest(env, tokens[pick], valid[pick]) for pick in picks]
+    prompts = [_narrowest(env, tokens[pick], valid[pick]) for pick in picks]
 
     def step(part):  # one call of B/P rows (each row its own row id)
         pick = picks[part]
         return jax.device_get(sampler.sample_step(
             params, env.model_cfg, *prompts[part],
-            [env.tokenizer.role_id(r) for r in CHOICE_ROLES], choice,
+            [env.tokenizer.role_id(r) for r in _CHOICE_ROLES], choice,
             [jax.random.fold_in(rng, i) for i in range(3)],
             (env.config.query_config, env.config.agent), env.token_ids,
             env.config.role_temperature, row_ids_B=row_ids_B[pick], mesh=env.mesh,
@@ -175,9 +175,9 @@ def speak(env: Environment, params, rows, rng):
         outs = parallel.run([functools.partial(step, part) for part in range(parts)], parts)
         back = np.argsort(np.concatenate(picks))  # the parts' rows back in batch order
         out = jax.tree.map(lambda *xs: np.concatenate(xs)[back], *outs)
-    count_call(max(t.shape[1] for t, _ in prompts))
+    _count_call(max(t.shape[1] for t, _ in prompts))
     index_B = np.asarray(out.role_index_B)
-    blocks, turns = turn_blocks(env, [CHOICE_ROLES[i] for i in index_B], out.turn)
+    blocks, turns = _turn_blocks(env, [_CHOICE_ROLES[i] for i in index_B], out.turn)
     logprobs = None if mode in ("always", "never") else np.asarray(out.role_logprobs_Bx2)
     picked = None if mode != "free" else logprobs[np.arange(len(index_B)), index_B]
     return index_B == 0, logprobs, picked, list(zip(blocks, turns)), was_cut
@@ -190,8 +190,8 @@ def compile_prompt_widths(env: Environment, params, rows: int) -> None:
     have no live row, so they decode nothing. XLA:CPU takes seconds to compile a sampler
     program: a width first needed in the middle of a run would cost a step that much."""
     cfg, ids = env.config, env.token_ids
-    parts, live_rows = speaker_parts(env, rows), live_call_rows(env, rows)
-    row_ids_B = row_ids(env, rows)
+    parts, live_rows = _speaker_parts(env, rows), _live_call_rows(env, rows)
+    row_ids_B = _row_ids(env, rows)
     rng = jax.random.PRNGKey(0)
     for width in cfg.widths:
         def bos_prompts(n):
@@ -200,7 +200,7 @@ def compile_prompt_widths(env: Environment, params, rows: int) -> None:
             return tokens, np.arange(width)[None, :].repeat(n, 0) == width - 1
         jax.block_until_ready(sampler.sample_step(
             params, env.model_cfg, *bos_prompts(rows // parts),
-            [env.tokenizer.role_id(r) for r in CHOICE_ROLES], _SPEAKER_CHOICE[cfg.evidence],
+            [env.tokenizer.role_id(r) for r in _CHOICE_ROLES], _SPEAKER_CHOICE[cfg.evidence],
             [rng] * 3, (cfg.query_config, cfg.agent), ids, cfg.role_temperature,
             row_ids_B=row_ids_B[:rows // parts], mesh=env.mesh, rules=env.rules,
             row_rules=env.row_rules))
