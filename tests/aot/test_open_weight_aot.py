@@ -21,6 +21,7 @@ from sparrow_jax.hf.families import model_overrides
 from sparrow_jax.hf.importer import default_frozen_layers, import_config
 from sparrow_jax.rl.lengths import sequence_length
 from sparrow_jax.sweep_sources import FREE_MODEL_KEYS
+from xla_flags import child_xla_flags
 
 CONFIGS = {name: os.path.join(ROOT, "experiments", f"{name}.py")
            for name in ("gemma_2b", "llama3_2_1b")}
@@ -49,8 +50,7 @@ def lm_params(hf: dict, vocab: int) -> int:
 def start_aot(spec, *argv):
     """`sparrow aot --json` (`aot_cli.start_cli`) at XLA's backend optimisation level 0, with the
     rule scorer at one rule per step: aot compiles one rl.rule_chunk, not the measured choice."""
-    return start_cli(spec, *argv, "--config.rl.rule_chunk=1",
-                     xla_flags="--xla_backend_optimization_level=0")
+    return start_cli(spec, *argv, "--config.rl.rule_chunk=1", xla_flags=child_xla_flags())
 
 
 def check_report(report, name, cfg, steps):
