@@ -70,8 +70,10 @@ def get_config(variant: str = "sft"):
     cfg.rl.rule_chunk = 1
     # A toy episode is about 60 tokens when the agent answers directly and about 135 after
     # a search, of the 184 an RL batch can need: most batches fit in 144 (0.75 x 184), where
-    # the rule scorer and the update cost about a fifth less (BUILD_NOTES, session 14).
-    cfg.rl.length_buckets = (0.75,)
+    # the rule scorer and the update cost about a fifth less (BUILD_NOTES, session 14), and
+    # the shorter of the two length-grouped parts (`rl.parallel_calls`) mostly fits in 72
+    # (BUILD_NOTES, session 21).
+    cfg.rl.length_buckets = (0.375, 0.75)
     # Most toy prompts are a fresh User turn of 5-25 tokens: a sampler call whose prompts all
     # fit in 32 or 64 of the 128 prompt slots runs there (BUILD_NOTES, session 18).
     cfg.rl.prompt_buckets = (0.25, 0.5)

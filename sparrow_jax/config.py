@@ -232,8 +232,10 @@ def rl_defaults() -> ml_collections.ConfigDict:
     # Narrower widths for the rule scorer and the update [ours]: fractions of the full width
     # (`rl.lengths.sequence_length`), e.g. (0.5, 0.75). A step runs at the narrowest width
     # that holds its longest sequence, so padding that no row of the batch needs is never
-    # computed; each width is one more compile of the rule scorer and of the update, all made
-    # before the first step. () = every step at the full width.
+    # computed; with rl.parallel_calls > 1 the step's rows are sorted by length and each part
+    # runs at the narrowest width holding its own rows. Each width is one more compile of the
+    # rule scorer and of the update, all made before the first step. () = every step at the
+    # full width.
     r.length_buckets = ()
     # Narrower prompt widths for the rollouts' sampler calls [ours]: fractions of
     # rl.max_prompt_len, e.g. (0.25, 0.5). A call runs at the narrowest width that holds its
@@ -245,8 +247,12 @@ def rl_defaults() -> ml_collections.ConfigDict:
     r.prompt_buckets = ()
     # The rollout's sampler calls and the rule scorer as part-batch programs run side by side
     # on host threads [ours]: a CPU backend's cores run two small programs better than one
-    # (`rl.parallel`); results equal one call's. 0 = auto: 2 on a CPU backend with one
-    # process and one device, 1 elsewhere; > 1 needs one process.
+    # (`rl.parallel`); results equal one call's. The update then takes the same parts, rows
+    # sorted by length, as length groups: a gradient program per part at its own width
+    # (rl.length_buckets) and one optimizer update (`train.part_step`), the one-program
+    # update's result up to float rounding. 0 = auto: 2 on a CPU backend with one process and
+    # one device and train.grad_accum_steps 1, 1 elsewhere; > 1 needs one process and
+    # train.grad_accum_steps 1.
     r.parallel_calls = 0
     # Input dtype of the weight projections in the stage's forward-only calls [ours]: the
     # rollouts' sampler and the reward models' scoring (whose trunk output the update reads).

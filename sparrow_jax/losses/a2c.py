@@ -40,23 +40,36 @@ def undiscounted_returns(rewards_BxT):
     return jnp.flip(jnp.cumsum(jnp.flip(rewards_BxT, axis=-1), axis=-1), axis=-1)
 
 
-def explained_variance(values_BxT, returns_BxT, mask_BxT):
-    """1 - Var(return - value) / Var(return) over masked tokens (1 = perfect, 0 = a
-    constant guess, negative = worse); 0 when the returns have no variance."""
-    mask = mask_BxT.astype(jnp.float32)
-    values = jax.lax.stop_gradient(values_BxT)
+def explained_variance_from_means(return_mean, return_sq_mean, residual_mean, residual_sq_mean):
+    """1 - Var(return - value) / Var(return) from masked means of the return, its square, the
+    residual (return - value) and its square: 1 = perfect, 0 = a constant guess, negative =
+    worse; 0 when the returns have no variance. From means, so that a batch scored in parts
+    (whose means over the whole batch add up: `combine_part_metrics`) gets the whole batch's."""
+    var_returns = return_sq_mean - jnp.square(return_mean)
+    var_residual = residual_sq_mean - jnp.square(residual_mean)
+    return jnp.where(var_returns > 1e-8, 1.0 - var_residual / jnp.maximum(var_returns, 1e-8), 0.0)
 
-    def var(x):
-        mean = masked_mean(x, mask)
-        return masked_mean(jnp.square(x - mean), mask)
-    var_returns = var(returns_BxT)
-    return jnp.where(var_returns > 1e-8, 1.0 - var(returns_BxT - values) / jnp.maximum(var_returns, 1e-8),
-                     0.0)
+
+def explained_variance(values_BxT, returns_BxT, mask_BxT):
+    """`explained_variance_from_means` over the masked tokens of one batch."""
+    mask = mask_BxT.astype(jnp.float32)
+    residual_BxT = returns_BxT - jax.lax.stop_gradient(values_BxT)
+    return explained_variance_from_means(
+        masked_mean(returns_BxT, mask), masked_mean(jnp.square(returns_BxT), mask),
+        masked_mean(residual_BxT, mask), masked_mean(jnp.square(residual_BxT), mask))
+
+
+def combine_part_metrics(summed: dict) -> dict:
+    """A batch's A2C metrics from the sums over its parts of each part's (`a2c_loss` with the
+    whole batch's `token_counts`: every metric a share of the whole batch's mean, but the
+    explained variance, recomputed here from the summed means)."""
+    return {**summed, "explained_variance": explained_variance_from_means(
+        summed["return"], summed["return_sq"], summed["advantage"], summed["advantage_sq"])}
 
 
 def a2c_loss(policy_logits_BxTxV, teacher_logits_BxTxV, values_BxT, actions_BxT, rewards_BxT,
              policy_mask_BxT, sampled_mask_BxT, *, alpha=0.1, value_coef=1.0, entropy_coef=0.0,
-             kl_mode="loss", kl_coef=0.1):
+             kl_mode="loss", kl_coef=0.1, token_counts=None):
     """GopherCite A2C loss; the policy gradient credits only sampled tokens (module docstring).
 
     Args:
@@ -74,15 +87,21 @@ def a2c_loss(policy_logits_BxTxV, teacher_logits_BxTxV, values_BxT, actions_BxT,
       entropy_coef: weight of the entropy bonus (subtracted).
       kl_mode: "loss" (KL term in the loss) or "reward" (KL penalty in the reward).
       kl_coef: per-token reward penalty weight for kl_mode="reward".
+      token_counts: (policy tokens, sampled tokens) that the means divide by, when this batch
+        is a part of a larger one (`combine_part_metrics`); default this batch's own counts.
     Returns:
       (loss, metrics) with 'loss', 'pg_loss' (mean over sampled tokens), 'value_loss', 'kl',
-      'entropy', 'return', 'advantage', 'explained_variance' (means over policy tokens),
-      'sampled_fraction' (sampled / policy tokens).
+      'entropy', 'return', 'advantage', 'return_sq', 'advantage_sq', 'explained_variance'
+      (means over policy tokens), 'sampled_fraction' (sampled / policy tokens).
     """
     if kl_mode not in ("loss", "reward"):
         raise ValueError(f"kl_mode={kl_mode!r} is not 'loss' or 'reward'")
     mask = policy_mask_BxT.astype(jnp.float32)
     sampled = sampled_mask_BxT.astype(jnp.float32) * mask
+    if token_counts is None:
+        token_counts = (jnp.sum(mask), jnp.sum(sampled))
+    policy_tokens, sampled_tokens = (jnp.maximum(n, 1.0) for n in token_counts)
+    policy_mean = lambda x_BxT: jnp.sum(x_BxT * mask) / policy_tokens  # noqa: E731
     teacher_logits_BxTxV = jax.lax.stop_gradient(teacher_logits_BxTxV)
     logp_BxTxV = jax.nn.log_softmax(policy_logits_BxTxV.astype(jnp.float32), axis=-1)
     logp_action_BxT = take_last_axis(logp_BxTxV, actions_BxT)
@@ -99,28 +118,31 @@ def a2c_loss(policy_logits_BxTxV, teacher_logits_BxTxV, values_BxT, actions_BxT,
     values_BxT = values_BxT.astype(jnp.float32)
     advantage_BxT = returns_BxT - jax.lax.stop_gradient(values_BxT)
 
-    pg_loss = -masked_mean(advantage_BxT * logp_action_BxT, sampled)
-    value_loss = 0.5 * masked_mean(jnp.square(values_BxT - returns_BxT), mask)
-    entropy = masked_mean(entropy_BxT, mask)
+    pg_loss = -jnp.sum(advantage_BxT * logp_action_BxT * sampled) / sampled_tokens
+    value_loss = 0.5 * policy_mean(jnp.square(values_BxT - returns_BxT))
+    entropy = policy_mean(entropy_BxT)
     # The entropy is always reported, but enters the loss only when weighted: a constant
     # 0 * entropy would still cost a backward pass over the B x T x V log-probs.
     unweighted = isinstance(entropy_coef, (int, float)) and entropy_coef == 0
     entropy_bonus = 0.0 if unweighted else entropy_coef * entropy
-    kl = masked_mean(kl_BxT, mask)
+    kl = policy_mean(kl_BxT)
     a2c = pg_loss + value_coef * value_loss
     if kl_mode == "loss":
         loss = alpha * kl + (1.0 - alpha) * a2c - entropy_bonus
     else:
         loss = a2c - entropy_bonus
+    moments = {"return": policy_mean(returns_BxT), "return_sq": policy_mean(jnp.square(returns_BxT)),
+               "advantage": policy_mean(advantage_BxT),
+               "advantage_sq": policy_mean(jnp.square(advantage_BxT))}
     metrics = {
         "loss": loss,
         "pg_loss": pg_loss,
         "value_loss": value_loss,
         "kl": kl,
         "entropy": entropy,
-        "return": masked_mean(returns_BxT, mask),
-        "advantage": masked_mean(advantage_BxT, mask),
-        "explained_variance": explained_variance(values_BxT, returns_BxT, mask),
-        "sampled_fraction": jnp.sum(sampled) / jnp.maximum(jnp.sum(mask), 1.0),
+        **moments,
+        "explained_variance": explained_variance_from_means(
+            moments["return"], moments["return_sq"], moments["advantage"], moments["advantage_sq"]),
+        "sampled_fraction": jnp.sum(sampled) / policy_tokens,
     }
     return loss, metrics

@@ -40,21 +40,26 @@ def _asked(cfg) -> int:
 
 def parallel_calls(cfg, mesh=None) -> int:
     """`rl.parallel_calls` resolved for an RL run: 0 (auto) is CPU_PARTS on a CPU backend with
-    one process and one device (when the batch splits into 2 x CPU_PARTS parts), else 1.
+    one process and one device (when the batch splits into 2 x CPU_PARTS parts and the update
+    takes its batch whole, `train.grad_accum_steps` 1), else 1. The parts are also the
+    update's length groups (`train.part_step`).
 
     Raises ConfigError naming the key if more than one part is asked for with several
-    processes (their collectives need one program at a time, in the same order everywhere)
-    or for a batch that does not split into 2 x parts rows (the sampler's calls of the live
-    rows are half a part wide)."""
+    processes (their collectives need one program at a time, in the same order everywhere),
+    with gradient accumulation, or for a batch that does not split into 2 x parts rows (the
+    sampler's calls of the live rows are half a part wide)."""
     parts = _asked(cfg)
-    batch = int(cfg.train.batch_size)
+    batch, accum = int(cfg.train.batch_size), int(cfg.train.grad_accum_steps)
     if parts == AUTO:
         auto = _auto(mesh)
-        return auto if batch % (2 * auto) == 0 else 1
+        return auto if batch % (2 * auto) == 0 and accum == 1 else 1
     if parts > 1 and batch % (2 * parts):
         raise ConfigError(f"rl.parallel_calls={parts}: train.batch_size={batch} must be a "
                           f"multiple of {2 * parts} (parts of whole rows, and live-row calls "
                           f"half a part wide)")
+    if parts > 1 and accum > 1:
+        raise ConfigError(f"rl.parallel_calls={parts} needs train.grad_accum_steps=1, got "
+                          f"{accum}: the update takes each part's gradient whole")
     return parts
 
 

@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
@@ -68,7 +67,8 @@ class RewardScorer:
     scores come back as this process's rows. `widths`: the batch widths a step may have
     (`rl.lengths.bucket_widths`); the rule scorer compiles at all of them on its first call.
     `parallel_calls` P > 1 (`rl.parallel`): the rule scorer runs as P calls of B/P rows side by
-    side, and the trunk's outputs are joined into one batch. `model_spec`: the spec both
+    side, each at its own width, and the trunk's output comes back per part (the update's
+    length groups, `train.part_step`). `model_spec`: the spec both
     reward models run under (the RL stage's `rl.projection.inference_spec`; default cfg.model's).
     """
 
@@ -115,13 +115,6 @@ class RewardScorer:
                 mesh=mesh, rules=rules, return_trunk=True), out_shardings=out_shardings)
         return self._rule_fns[chunk]
 
-    @functools.cached_property
-    def _join_parts(self):
-        """The parts' trunk outputs joined into the update's batch layout: jitted, so that it
-        too compiles at every width before the first step (`_compile_widths`)."""
-        return jax.jit(lambda *parts: jnp.concatenate(parts),
-                       out_shardings=self.shardings["trunk_BxLxD"])
-
     def rule_chunk_candidates(self) -> list[int]:
         """1, 2, 4, ... below the largest rule group, then 0 (all at once)."""
         largest = max(len(indices) for indices, _ in self._rule_groups)
@@ -162,26 +155,24 @@ class RewardScorer:
         return self.rule_chunk
 
     def _compile_widths(self, rm) -> None:
-        """Compile the scorer (and the join of its parts' trunks) at every batch width
-        (`rl.length_buckets`) now, by scoring empty dialogues: no width compiles in the middle
-        of the run."""
+        """Compile the scorer at every batch width (`rl.length_buckets`) now, by scoring empty
+        dialogues: no width compiles in the middle of the run."""
         rows = (self.rows.stop - self.rows.start) // self.parallel_calls
         for width in self.widths:
             empty = {"tokens_BxL": np.zeros((rows, width), np.int32),
                      "valid_BxL": np.zeros((rows, width), bool)}
             batch = self._global(empty, tuple(empty))
-            _, trunk = jax.block_until_ready(self._rules_fn(self.rule_chunk)(
+            jax.block_until_ready(self._rules_fn(self.rule_chunk)(
                 rm, batch["tokens_BxL"], batch["valid_BxL"], *self._rule_suffixes))
-            if self.parallel_calls > 1:
-                jax.block_until_ready(self._join_parts(*[trunk] * self.parallel_calls))
         self._compiled_widths = True
 
-    def _part_batches(self, arrays) -> list[dict]:
-        """This process's rows as `parallel_calls` global batches of tokens and valid."""
+    def _part_batches(self, arrays, part_widths) -> list[dict]:
+        """This process's rows as `parallel_calls` global batches of tokens and valid, part p
+        cut to `part_widths[p]` (right padding only: each part's rows fit its width)."""
         keys, parts = ("tokens_BxL", "valid_BxL"), self.parallel_calls
-        width = len(arrays["tokens_BxL"]) // parts
-        return [self._global({k: arrays[k][i * width:(i + 1) * width] for k in keys}, keys)
-                for i in range(parts)]
+        rows = len(arrays["tokens_BxL"]) // parts
+        return [self._global({k: arrays[k][i * rows:(i + 1) * rows, :width] for k in keys}, keys)
+                for i, width in enumerate(part_widths)]
 
     def _global(self, arrays, keys):
         local = {k: arrays[k] for k in keys}
@@ -194,11 +185,18 @@ class RewardScorer:
         batch = self._global(arrays, keys)
         return distributed.host_rows(self._elo(rm, *(batch[k] for k in keys)), self.rows)
 
-    def p_broken_BxR(self, params, arrays) -> tuple[np.ndarray, jax.Array]:
-        """(this process's rows of P(broken) [B, R], the trunk's output over the whole
-        batch's dialogues [B, L, D], a global array laid out as the update's batch)."""
+    def p_broken_BxR(self, params, arrays, part_widths=None) -> tuple[np.ndarray, list]:
+        """(this process's rows of P(broken) [B, R], the trunk's output over each part's
+        dialogues [B/P, L_p, D] for the P = `parallel_calls` parts of the batch's rows, part p
+        at width L_p = `part_widths[p]` (default: every part at the batch's width), as global
+        arrays laid out as the update's batch)."""
         rm = {k: params[k] for k in ("trunk", "rule_rm")}
-        batches = self._part_batches(arrays)
+        width = arrays["tokens_BxL"].shape[1]
+        part_widths = tuple(part_widths or (width,) * self.parallel_calls)
+        if len(part_widths) != self.parallel_calls or max(part_widths) > width:
+            raise ValueError(f"part widths {part_widths}: {self.parallel_calls} parts of a batch "
+                             f"{width} wide")
+        batches = self._part_batches(arrays, part_widths)
         if self.rule_chunk < 0:
             self.measure_rule_chunk(rm, batches[0]["tokens_BxL"], batches[0]["valid_BxL"])
         if not self._compiled_widths:
@@ -212,21 +210,21 @@ class RewardScorer:
         scored = parallel.run([functools.partial(score, b) for b in batches], self.parallel_calls)
         if len(scored) == 1:
             p_broken, trunk = scored[0]
-            return distributed.host_rows(p_broken, self.rows), trunk
+            return distributed.host_rows(p_broken, self.rows), [trunk]
         # One process (`rl.parallel.parallel_calls`): every part's rows are this process's.
-        p_broken = np.concatenate([np.asarray(p) for p, _ in scored])
-        return p_broken, self._join_parts(*[t for _, t in scored])
+        return np.concatenate([np.asarray(p) for p, _ in scored]), [t for _, t in scored]
 
-    def host_rewards(self, params, arrays) -> tuple[np.ndarray, dict, jax.Array]:
+    def host_rewards(self, params, arrays, part_widths=None) -> tuple[np.ndarray, dict, list]:
         """(rewards_BxL: rule term - format penalty at each reward index, per-row figures
-        {rule_compliance, p_broken_max, format_penalty}: float [B], the trunk's output
-        `p_broken_BxR` returns: the update reads it instead of running the trunk again)."""
+        {rule_compliance, p_broken_max, format_penalty}: float [B], the trunk's output over
+        each part `p_broken_BxR` returns: the update reads it instead of running the trunk
+        again)."""
         r = self.cfg.rl
-        p_broken, trunk = self.p_broken_BxR(params, arrays)
+        p_broken, trunks = self.p_broken_BxR(params, arrays, part_widths)
         compliance_B = np.asarray(aggregate_rules(p_broken, r.rule_aggregation))
         malformed_B = arrays["malformed_B"]
         host_B = r.rule_weight * compliance_B - r.format_penalty * malformed_B
         rewards_BxL = np.zeros(arrays["tokens_BxL"].shape, np.float32)
         rewards_BxL[np.arange(len(host_B)), arrays["reward_index_B"]] = host_B
         return rewards_BxL, {"rule_compliance": compliance_B, "p_broken_max": p_broken.max(axis=1),
-                             "format_penalty_rate": malformed_B.astype(np.float64)}, trunk
+                             "format_penalty_rate": malformed_B.astype(np.float64)}, trunks

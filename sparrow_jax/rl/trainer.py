@@ -12,10 +12,13 @@ starting policy's rollouts. Then each step:
   2. host reward parts: rule RM P(broken) for every rule (dialogue prefix shared,
      `rule_scoring`), aggregated; minus the format penalty for malformed turns; from here
      the batch is as wide as the narrowest of `rl.length_buckets`' widths that holds its
-     longest episode (`rl.lengths.bucket_widths`: every width compiled before step 1);
+     longest episode (`rl.lengths.bucket_widths`: every width compiled before step 1); with
+     `rl.parallel_calls` parts, its rows are sorted by length and each part is as wide as
+     its own rows need (`length_groups`);
   3. the jitted update (`stages._rl`): the frozen trunk's output over the dialogues, kept
      from step 2's prefill, feeds policy, value, teacher and the preference RM, whose
-     normalised Elo completes the reward at the final agent eot.
+     normalised Elo completes the reward at the final agent eot; with parts, a gradient
+     program per part and one optimizer update (`train.part_step`).
 A rerun resumes from the newest checkpoint: what RL trains (policy + value, optimizer state;
 the frozen trunk, teacher and both RMs are re-read from their sources, named with their
 fingerprints in the meta: rl/checkpoint.py), and in its meta the self-play state (prompt
@@ -28,11 +31,11 @@ import json
 import logging
 import os
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from sparrow_jax import distributed
 from sparrow_jax import sharding as shd
@@ -56,6 +59,7 @@ from sparrow_jax.train import init_from, stage_data, stages, storage
 from sparrow_jax.train.checkpoints import Checkpointer
 from sparrow_jax.train.metrics import MetricsWriter, Progress, to_floats
 from sparrow_jax.train.run_control import NonfiniteGuard, Preempted, write_summary
+from sparrow_jax.train.part_step import part_batch_shardings
 from sparrow_jax.train.step import batch_shardings
 from sparrow_jax.train.trainable import merge_params
 
@@ -141,26 +145,96 @@ def _check_read_slots(batch: dict, read_len: int) -> None:
                            f"tokens than two turns of rl.max_new_tokens")
 
 
-def compile_updates(cfg, mesh, setup, step_fn, widths, state) -> dict[int, Any]:
-    """{width: the update compiled for a batch of that width} (`rl.length_buckets`),
-    ahead of time on the abstract state and batch, so no step of the run compiles.
+def compile_updates(cfg, mesh, setup, widths, state, parts: int, **loss_kwargs):
+    """`update(state, part_batches) -> (state, metrics)`, compiled ahead of time at every
+    batch width (`rl.length_buckets`) on the abstract state and batch, so no step of the run
+    compiles. `part_batches`: [(width, global batch)] for the `parts` parts of the step's rows;
+    one part runs the one-program step (`step.update`), several run a gradient program per
+    part at its width and one apply (`train.part_step`; each part's batch carries the whole
+    batch's `loss_denominators_3`).
 
     On XLA:CPU a program's first run also costs about as much as a few runs (0.23 s at the
     tiny_cpu shape, BUILD_NOTES session 14), so there each program runs once here, on a copy
     of `state` and an all-zero batch, both dropped."""
     rules = shd.rules_from_config(cfg.mesh)
     trunk = (cfg.model.d_model, ModelSpec.of(cfg.model).dtype)
-    start, compiled = time.perf_counter(), {}
-    for width in widths:
-        shapes = stages.batch_shapes("rl", cfg.train.batch_size, width, trunk=trunk)
-        batch = shd.abstract_with_shardings(shapes, batch_shardings(shapes, mesh, rules))
-        compiled[width] = step_fn.lower(setup.abstract_state, batch).compile()
-        if jax.default_backend() == "cpu":
-            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype, device=s.sharding), batch)
-            jax.block_until_ready(compiled[width](jax.tree.map(jnp.copy, state), zeros))
-    log.info("rl: the update compiled at batch widths %s in %.1f s", ", ".join(map(str, widths)),
-             time.perf_counter() - start)
-    return compiled
+    start = time.perf_counter()
+    warm = jax.default_backend() == "cpu"
+
+    def abstract_batch(width, shardings_for, **whole):
+        shapes = {**stages.batch_shapes("rl", cfg.train.batch_size // parts, width, trunk=trunk),
+                  **whole}
+        return shd.abstract_with_shardings(shapes, shardings_for(shapes, mesh, rules))
+
+    def zeros_like(tree):
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype, device=s.sharding), tree)
+
+    if parts == 1:
+        step, steps = setup.step_with(cfg, mesh, **loss_kwargs), {}
+        for width in widths:
+            batch = abstract_batch(width, batch_shardings)
+            steps[width] = step.lower(setup.abstract_state, batch).compile()
+            if warm:
+                jax.block_until_ready(steps[width](jax.tree.map(jnp.copy, state), zeros_like(batch)))
+
+        def update(state, part_batches):
+            (width, batch), = part_batches
+            return steps[width](state, batch)
+    else:
+        part_steps, gradients = setup.part_steps_with(cfg, mesh, parts, **loss_kwargs), {}
+        for width in widths:
+            batch = abstract_batch(width, part_batch_shardings,
+                                   loss_denominators_3=jax.ShapeDtypeStruct((3,), jnp.float32))
+            gradients[width] = part_steps.lower_gradients(setup.abstract_state, batch).compile()
+            if warm:
+                results = jax.block_until_ready(gradients[width](state, zeros_like(batch)))
+        result = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                              gradients[widths[0]].out_info)
+        apply = part_steps.lower_apply(setup.abstract_state, (result,) * parts).compile()
+        if warm:
+            jax.block_until_ready(apply(jax.tree.map(jnp.copy, state), (results,) * parts))
+
+        def update(state, part_batches):
+            return apply(state, tuple(gradients[width](state, batch)
+                                      for width, batch in part_batches))
+    log.info("rl: the update compiled at batch widths %s%s in %.1f s", ", ".join(map(str, widths)),
+             f" ({parts} length-grouped parts)" if parts > 1 else "", time.perf_counter() - start)
+    return update
+
+
+def length_groups(arrays: dict, parts: int, widths: tuple[int, ...]
+                  ) -> tuple[dict, tuple[int, ...]]:
+    """(`arrays` with rows sorted by length, shortest first, the width of each of the `parts`
+    parts those rows cut into: the narrowest of `widths` that holds its longest row). One
+    part keeps the rows' order and the batch's width."""
+    if parts == 1:
+        return arrays, (arrays["tokens_BxL"].shape[1],)
+    lengths_B = arrays["valid_BxL"].sum(axis=1)
+    order = np.argsort(lengths_B, kind="stable")
+    rows = len(order) // parts
+    part_widths = tuple(bucket_for(int(lengths_B[order[(p + 1) * rows - 1]]), widths)
+                        for p in range(parts))
+    return {k: v[order] for k, v in arrays.items()}, part_widths
+
+
+def part_batches(batch: dict, trunks: list, part_widths: tuple[int, ...], mesh,
+                 row_shardings: dict) -> list[tuple[int, dict]]:
+    """[(width, global batch)] of the update's parts: `batch`'s rows (this process's, host
+    arrays) cut into len(part_widths) parts, part p to its width, with its trunk output and,
+    for several parts (one process: `rl.parallel.parallel_calls`), the whole batch's
+    `loss_denominators_3`. `row_shardings`: the update's batch shardings by key."""
+    rows = len(batch["tokens_BxL"]) // len(part_widths)
+    whole = {} if len(part_widths) == 1 else {
+        "loss_denominators_3": stages.rl_loss_denominators(batch)}
+    shardings = {**{k: row_shardings[k] for k in batch},
+                 **{k: NamedSharding(mesh, PartitionSpec()) for k in whole}}
+    out = []
+    for p, width in enumerate(part_widths):
+        part = {k: v[p * rows:(p + 1) * rows, :width] if v.ndim > 1 else v[p * rows:(p + 1) * rows]
+                for k, v in batch.items()}
+        out.append((width, {**distributed.host_local_to_global({**part, **whole}, mesh, shardings),
+                            "trunk_BxLxD": trunks[p]}))
+    return out
 
 
 def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
@@ -244,8 +318,8 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
                  ", ".join(map(str, env.config.widths)), time.perf_counter() - tick)
     # The update step closes over the normaliser (fixed for the run).
     std = max(normaliser.std, normaliser.min_std)
-    updates = compile_updates(cfg, mesh, setup, setup.step_with(
-        cfg, mesh, elo_mean=normaliser.mean, elo_std=std), widths, state)
+    update = compile_updates(cfg, mesh, setup, widths, state, scorer.parallel_calls,
+                             elo_mean=normaliser.mean, elo_std=std)
 
     def save(step: int) -> None:
         # What rl trains; the frozen parts by reference to their sources (rl/checkpoint.py).
@@ -276,9 +350,14 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
                 del decode_params  # a copy when the layouts differ: free it before the update
                 longest = max(len(r.sequence) for r in step_play.batch.rollouts)
                 width = bucket_for(max(distributed.allgather_objects(longest)), widths)
-                arrays = step_play.batch.training_arrays(width, tokenizer.pad_id)
+                # Rows by length in the update's parts (`rl.parallel_calls`), each as wide as
+                # its rows need (`train.part_step`).
+                arrays, part_widths = length_groups(
+                    step_play.batch.training_arrays(width, tokenizer.pad_id), scorer.parallel_calls,
+                    widths)
                 with phases.phase("rule_scoring"):
-                    rewards_BxL, reward_rows, trunk_BxLxD = scorer.host_rewards(params, arrays)
+                    rewards_BxL, reward_rows, trunks = scorer.host_rewards(params, arrays,
+                                                                           part_widths)
                 rollout_seconds += time.perf_counter() - tick
                 batch = {"tokens_BxL": arrays["tokens_BxL"], "valid_BxL": arrays["valid_BxL"],
                          "policy_mask_BxL": arrays["policy_mask_BxL"].astype(np.float32),
@@ -287,10 +366,8 @@ def train_rl(cfg, workdir: str, max_steps_this_run: int = 0) -> dict:
                          "turn_start_B": arrays["turn_start_B"]}
                 _check_read_slots(batch, read_len)
                 with phases.phase("update"):
-                    device_batch = distributed.host_local_to_global(
-                        batch, mesh, {k: in_shardings[k] for k in batch})
-                    state, metrics = phases.done(updates[width](
-                        state, {**device_batch, "trunk_BxLxD": trunk_BxLxD}))
+                    state, metrics = phases.done(update(state, part_batches(
+                        batch, trunks, part_widths, mesh, in_shardings)))
             phases.step_done()
             step, steps_this_run = step + 1, steps_this_run + 1
             episodes_done += cfg.train.batch_size

@@ -30,7 +30,7 @@ import numpy as np
 
 from sparrow_jax import sharding as shd
 from sparrow_jax.config import STAGES, ConfigError, validate
-from sparrow_jax.losses.a2c import a2c_loss
+from sparrow_jax.losses.a2c import a2c_loss, combine_part_metrics
 from sparrow_jax.losses.preference import preference_loss
 from sparrow_jax.losses.rule import rule_loss
 from sparrow_jax.losses.sft import next_token_targets, sft_loss
@@ -39,6 +39,7 @@ from sparrow_jax.model.spec import ModelSpec
 from sparrow_jax.rewards.pref_scoring import read_elo
 from sparrow_jax.train.optimizer import make_optimizer
 from sparrow_jax.train.state import sharded_state_factory
+from sparrow_jax.train.part_step import PartSteps, make_part_steps
 from sparrow_jax.train.step import TrainStep, make_train_step
 from sparrow_jax.train.trainable import STAGE_ROLES
 
@@ -163,11 +164,17 @@ def _rl(model_cfg, alpha=0.1, value_coef=1.0, entropy_coef=0.0, kl_mode="loss", 
     gradient credits `sampled_mask_BxL` only (`a2c_loss`); value_grad_to_policy=False
     keeps the value loss out of the policy top (`hydra.forward`). read_len > 0: the heads
     read only the slots the loss needs (`policy_read_slots`; the LM heads' [B, K, V]
-    instead of [B, L, V]); 0 = every slot."""
+    instead of [B, L, V]); 0 = every slot. A batch that is a part of a step's batch (the RL
+    trainer's length groups, `train.part_step`) carries `loss_denominators_3`: the whole
+    batch's (rows, policy tokens, sampled tokens, `rl_loss_denominators`), which its means
+    divide by, so that its loss and metrics are its share of the whole batch's."""
     def loss_fn(params, batch, rng):
         del rng
         roles = ("policy", "value", "teacher") + (("pref_rm",) if elo_weight else ())
         rewards_BxL = batch["rewards_BxL"].astype(jnp.float32)
+        rows, token_counts = rewards_BxL.shape[0], None
+        if "loss_denominators_3" in batch:
+            rows, *token_counts = (batch["loss_denominators_3"][i] for i in range(3))
         read_BxK = None
         if read_len:
             read_BxK = policy_read_slots(batch["policy_mask_BxL"], rewards_BxL,
@@ -183,7 +190,7 @@ def _rl(model_cfg, alpha=0.1, value_coef=1.0, entropy_coef=0.0, kl_mode="loss", 
             elo_term_B = elo_weight * (elo_B - elo_mean) / elo_std
             at_index_BxL = jnp.arange(rewards_BxL.shape[1])[None, :] == index_Bx1
             rewards_BxL = rewards_BxL + jnp.where(at_index_BxL, elo_term_B[:, None], 0.0)
-            extra = {"elo": jnp.mean(elo_B), "elo_term": jnp.mean(elo_term_B)}
+            extra = {"elo": jnp.sum(elo_B) / rows, "elo_term": jnp.sum(elo_term_B) / rows}
 
         def next_at_read(x_BxL):  # row t: x[:, t + 1], at the read slots
             x_BxL = next_token_targets(x_BxL)
@@ -193,8 +200,8 @@ def _rl(model_cfg, alpha=0.1, value_coef=1.0, entropy_coef=0.0, kl_mode="loss", 
                                  next_at_read(batch["policy_mask_BxL"]),
                                  next_at_read(batch["sampled_mask_BxL"]), alpha=alpha,
                                  value_coef=value_coef, entropy_coef=entropy_coef,
-                                 kl_mode=kl_mode, kl_coef=kl_coef)
-        return loss, {**metrics, **extra, "reward": jnp.mean(jnp.sum(rewards_BxL, axis=1))}
+                                 kl_mode=kl_mode, kl_coef=kl_coef, token_counts=token_counts)
+        return loss, {**metrics, **extra, "reward": jnp.sum(rewards_BxL) / rows}
     return loss_fn
 
 
@@ -211,6 +218,15 @@ def loss_fn_for_stage(stage: str, model_cfg, **loss_kwargs) -> Callable:
     if stage not in _LOSSES:
         raise ValueError(f"unknown stage {stage!r}; one of {STAGES}")
     return _LOSSES[stage](model_cfg, **loss_kwargs)
+
+
+def rl_loss_denominators(batch: dict) -> np.ndarray:
+    """float32 [3]: what the RL loss's means over `batch` (host arrays) divide by, (rows,
+    policy tokens, sampled tokens); the tokens counted as `a2c_loss` counts them, at the
+    slot before each (the read slots hold every such slot: `rl_read_len`)."""
+    policy_BxL = np.asarray(batch["policy_mask_BxL"], np.float32)[:, 1:]
+    sampled_BxL = np.asarray(batch["sampled_mask_BxL"], np.float32)[:, 1:] * policy_BxL
+    return np.asarray([len(policy_BxL), policy_BxL.sum(), sampled_BxL.sum()], np.float32)
 
 
 def rl_read_len(r) -> int:
@@ -331,6 +347,19 @@ class StageSetup:
         loss_fn = loss_fn_for_stage(self.stage, cfg.model, **{**self.loss_kwargs, **loss_kwargs})
         return make_train_step(cfg, loss_fn, mesh, self.state_shardings, self.batch_shapes,
                                self.optimizer, self.schedule)
+
+    def part_steps_with(self, cfg, mesh, parts: int, **loss_kwargs) -> PartSteps:
+        """The rl step as `parts` length-grouped part gradients and one apply
+        (`train.part_step`), with the loss knobs of `step_with`."""
+        if self.stage != "rl":
+            raise ValueError(f"only the rl stage updates from parts, not {self.stage!r}")
+        loss_fn = loss_fn_for_stage(self.stage, cfg.model, **{**self.loss_kwargs, **loss_kwargs})
+        rows = self.batch_shapes["tokens_BxL"].shape[0] // parts
+        shapes = {k: jax.ShapeDtypeStruct((rows,) + v.shape[1:], v.dtype)
+                  for k, v in self.batch_shapes.items()}
+        shapes["loss_denominators_3"] = jax.ShapeDtypeStruct((3,), jnp.float32)
+        return make_part_steps(cfg, loss_fn, combine_part_metrics, mesh, self.state_shardings,
+                               self.optimizer, self.schedule, parts, shapes)
 
 
 def build_stage(cfg, mesh, stage: str | None = None, total_steps: int | None = None,

@@ -71,12 +71,9 @@ def loss_and_grads(loss_fn: LossFn, trainable: dict, frozen: dict, batch: dict, 
     return jnp.mean(losses), metrics, grads
 
 
-def update(state: TrainState, batch: dict, loss_fn: LossFn, optimizer, schedule,
-           accum: int = 1, grad_shardings: Any = None, micro_shardings: Any = None):
-    """One optimizer update (pure; `make_train_step` jits it)."""
-    rng, step_rng = jax.random.split(state.rng)
-    loss, metrics, grads = loss_and_grads(loss_fn, state.params, state.frozen, batch, step_rng,
-                                          accum, grad_shardings, micro_shardings)
+def apply_gradients(state: TrainState, loss, metrics: dict, grads, optimizer, schedule):
+    """The optimizer update from a step's loss, metrics and gradients (pure)."""
+    rng, _ = jax.random.split(state.rng)
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -91,6 +88,15 @@ def update(state: TrainState, batch: dict, loss_fn: LossFn, optimizer, schedule,
                    nonfinite=(~finite).astype(jnp.float32))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
     return new_state, metrics
+
+
+def update(state: TrainState, batch: dict, loss_fn: LossFn, optimizer, schedule,
+           accum: int = 1, grad_shardings: Any = None, micro_shardings: Any = None):
+    """One optimizer update (pure; `make_train_step` jits it)."""
+    _, step_rng = jax.random.split(state.rng)
+    loss, metrics, grads = loss_and_grads(loss_fn, state.params, state.frozen, batch, step_rng,
+                                          accum, grad_shardings, micro_shardings)
+    return apply_gradients(state, loss, metrics, grads, optimizer, schedule)
 
 
 class TrainStep:

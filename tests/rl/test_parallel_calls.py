@@ -64,7 +64,8 @@ def _scorer_config(world):
 
 @pytest.mark.parametrize("devices, rows", [(1, B), (8, 2 * B)])
 def test_the_rule_scorer_in_parallel_part_calls_equals_one_call(world, tok, devices, rows):
-    """On one device, and on eight (each part's rows still split over the devices)."""
+    """On one device, and on eight (each part's rows still split over the devices); the part
+    of shorter rows at a narrower width (the trainer's length groups)."""
     cfg = _scorer_config(world)
     cfg.train.batch_size = rows
     mesh = shd.make_mesh(cfg.mesh, jax.devices()[:devices])
@@ -73,26 +74,31 @@ def test_the_rule_scorer_in_parallel_part_calls_equals_one_call(world, tok, devi
     shapes = stages.batch_shapes("rl", rows, width, trunk=(cfg.model.d_model, jax.numpy.float32))
     shardings = batch_shardings(shapes, mesh, rules)
     rng = np.random.default_rng(0)
-    lengths = rng.integers(5, width, rows)
+    lengths = np.sort(rng.integers(5, width, rows))
+    lengths[:rows // 2] = np.minimum(lengths[:rows // 2], 24)  # the short part fits 24
     arrays = {"tokens_BxL": rng.integers(8, 500, (rows, width)).astype(np.int32),
               "valid_BxL": np.arange(width)[None] < lengths[:, None]}
     params = hydra.init_params(cfg.model, jax.random.PRNGKey(1), roles=("rule_rm",))
     cfg.rl.rule_chunk = 1
     out = {}
-    for parts in (1, 2):
-        scorer = RewardScorer(cfg, tok, mesh, rules, shardings, (width,), parts)
+    for parts, part_widths in ((1, None), (2, (24, width))):
+        scorer = RewardScorer(cfg, tok, mesh, rules, shardings, (24, width), parts)
         assert scorer.parallel_calls == parts
-        p_broken, trunk = scorer.p_broken_BxR(params, arrays)
-        assert trunk.sharding.is_equivalent_to(shardings["trunk_BxLxD"], trunk.ndim)
-        out[parts] = (p_broken, np.asarray(trunk))
+        p_broken, trunks = scorer.p_broken_BxR(params, arrays, part_widths)
+        assert [t.shape[1] for t in trunks] == list(part_widths or (width,))
+        for trunk in trunks:
+            assert trunk.sharding.is_equivalent_to(shardings["trunk_BxLxD"], trunk.ndim)
+        out[parts] = (p_broken, [np.asarray(t) for t in trunks])
     assert out[1][0].shape == (rows, len(scorer.rule_ids))
     np.testing.assert_allclose(out[2][0], out[1][0], rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(out[2][1], out[1][1], rtol=1e-6, atol=1e-6)
+    (whole,), (short, long) = out[1][1], out[2][1]
+    np.testing.assert_allclose(short, whole[:rows // 2, :24], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(long, whole[rows // 2:], rtol=1e-6, atol=1e-6)
 
 
 def test_the_rule_scorer_compiles_nothing_after_its_first_call(world, tok):
-    """Its first call compiles the scorer, and the join of its parts' trunks, at every width
-    (`rl.length_buckets`): a step at a width not seen before compiles nothing."""
+    """Its first call compiles the scorer at every width (`rl.length_buckets`): a step whose
+    parts run at widths not seen before compiles nothing."""
     cfg = _scorer_config(world)
     cfg.train.batch_size, cfg.rl.rule_chunk = B, 1
     mesh = shd.make_mesh(cfg.mesh, jax.devices()[:1])
@@ -107,11 +113,11 @@ def test_the_rule_scorer_compiles_nothing_after_its_first_call(world, tok):
     def score(width):
         arrays = {"tokens_BxL": rng.integers(8, 500, (B, width)).astype(np.int32),
                   "valid_BxL": np.arange(width)[None] < rng.integers(5, width, B)[:, None]}
-        return scorer.p_broken_BxR(params, arrays)
+        return scorer.p_broken_BxR(params, arrays, (width, width))
     score(widths[0])
     with compiled_programs() as compiled:
-        _, trunk = score(widths[1])
-    assert trunk.shape[:2] == (B, widths[1])
+        _, trunks = score(widths[1])
+    assert [t.shape[:2] for t in trunks] == [(B // 2, widths[1])] * 2
     assert not compiled, compiled
 
 
@@ -130,6 +136,9 @@ def test_auto_is_two_parts_on_one_cpu_device_and_one_elsewhere():
     assert parallel.parallel_calls(_rl_cfg(0, batch=6), one_device) == 1  # 6 rows: no B/4 call
     assert parallel.parallel_calls(_rl_cfg(1), one_device) == 1
     assert parallel.parallel_calls(_rl_cfg(4), eight) == 4  # as asked, in one process
+    accumulating = _rl_cfg(0)
+    accumulating.train.grad_accum_steps = 2  # the update's parts take their gradients whole
+    assert parallel.parallel_calls(accumulating, one_device) == 1
     # Sampling outside training (eval, chat, rating): unsharded params, any batch.
     assert parallel.sampling_parallel_calls(_rl_cfg(0, batch=6)) == 2
     assert parallel.sampling_parallel_calls(_rl_cfg(1)) == 1
@@ -140,6 +149,10 @@ def test_bad_parallel_calls_are_errors_naming_the_key():
         parallel.parallel_calls(_rl_cfg(3))
     with pytest.raises(ConfigError, match="rl.parallel_calls"):
         validate(_rl_cfg(-1))
+    accumulating = _rl_cfg(2)
+    accumulating.train.grad_accum_steps = 2
+    with pytest.raises(ConfigError, match="rl.parallel_calls=2 needs train.grad_accum_steps=1"):
+        parallel.parallel_calls(accumulating)
 
 
 def test_the_rule_scorer_keeps_one_call_when_parts_would_not_split_over_the_devices(world, tok):

@@ -45,6 +45,7 @@ def a2c_numpy(p_logits, q_logits, values, actions, rewards, policy_mask, sampled
     ev = 1 - resid.var() / returns[pol].var()
     return loss, {"loss": loss, "pg_loss": pg, "value_loss": value_loss, "kl": kl,
                   "entropy": entropy, "return": returns[pol].mean(), "advantage": adv[pol].mean(),
+                  "return_sq": (returns[pol] ** 2).mean(), "advantage_sq": (adv[pol] ** 2).mean(),
                   "explained_variance": ev, "sampled_fraction": smp.sum() / pol.sum()}
 
 

@@ -36,7 +36,7 @@ def test_widths_are_fractions_of_the_full_width_rounded_up():
     assert lengths.bucket_widths(_rl_config((0.99,))) == (184,)  # rounds up to the full width
     # What experiments/tiny_cpu.py runs.
     tiny = load_experiment(os.path.join(ROOT, "experiments", "tiny_cpu.py") + ":rl")
-    assert lengths.bucket_widths(tiny) == (144, 184)
+    assert lengths.bucket_widths(tiny) == (72, 144, 184)
 
 
 def test_a_batch_runs_at_the_narrowest_width_holding_it():
@@ -73,8 +73,7 @@ def test_scorer_and_update_at_a_narrower_width_equal_the_full_width():
     setup = stages.build_stage(cfg, mesh, "rl", seq_len=LENGTH, trunk_input=True,
                                log_unsharded=False, read_len=READ_LEN)
     state = setup.init_fn(jax.random.PRNGKey(0))
-    updates = compile_updates(cfg, mesh, setup, setup.step, (narrow, LENGTH), state)
-    assert sorted(updates) == [narrow, LENGTH]
+    update = compile_updates(cfg, mesh, setup, (narrow, LENGTH), state, parts=1)
     score = jax.jit(lambda p, t, v: rule_violation_probs(
         p, cfg.model, t, v, RULE_TOKENS, RULE_TOKENS > 0, return_trunk=True))
     out = {}
@@ -83,8 +82,8 @@ def test_scorer_and_update_at_a_narrower_width_equal_the_full_width():
         p_broken, trunk = score(state.frozen, b["tokens_BxL"], b["valid_BxL"])
         assert trunk.shape == (rows, width, cfg.model.d_model)
         fresh = setup.init_fn(jax.random.PRNGKey(0))  # a step donates its input state
-        new_state, metrics = updates[width](fresh, {**jax.tree.map(jnp.asarray, b),
-                                                    "trunk_BxLxD": trunk})
+        new_state, metrics = update(fresh, [(width, {**jax.tree.map(jnp.asarray, b),
+                                                    "trunk_BxLxD": trunk})])
         out[width] = (np.asarray(p_broken), np.asarray(trunk), new_state, metrics)
     (p_full, trunk_full, state_full, m_full), (p_narrow, trunk_narrow, state_narrow, m_narrow) = \
         out[LENGTH], out[narrow]
