@@ -24,7 +24,6 @@ this process's rows of the global batch (all of them by default).
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import Any, Mapping, Sequence
 
