@@ -14,7 +14,7 @@ from sparrow_jax import sharding as shd
 from sparrow_jax.config import ConfigError, default_config, load_experiment, validate
 from sparrow_jax.rewards.rule_scoring import rule_violation_probs
 from sparrow_jax.rl import lengths
-from sparrow_jax.rl.trainer import compile_updates
+from sparrow_jax.rl.update import compile_updates
 from sparrow_jax.train import stages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
