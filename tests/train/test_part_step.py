@@ -95,3 +95,29 @@ def test_the_loss_denominators_count_what_the_loss_averages_over():
     assert rows == len(LENGTHS)
     assert policy == sum(n - n // 2 for n in LENGTHS)
     assert sampled == policy - len(LENGTHS)  # each turn's first token is forced
+
+
+def test_length_groups_sort_rows_and_give_each_part_the_narrowest_width_holding_it():
+    from sparrow_jax.rl.update import length_groups, part_batches
+    shuffled = np.random.RandomState(1).permutation(len(LENGTHS))
+    batch = {k: v[shuffled] for k, v in _rl_batch(8, 64).items()}
+    arrays, widths = length_groups(batch, 2, (8, 16, 24, 32))
+    assert widths == (16, 32)  # the 4 shortest rows are at most 16 tokens
+    assert arrays["valid_BxL"].sum(axis=1).tolist() == list(LENGTHS)
+    for key in batch:  # every per-row array moved with its row
+        np.testing.assert_array_equal(arrays[key], _rl_batch(8, 64)[key])
+    whole, one_width = length_groups(batch, 1, (8, 16, 24, 32))
+    assert whole is batch and one_width == (WIDTH,)
+
+    mesh = shd.make_mesh(default_config().mesh, jax.devices()[:1])
+    rows = {k: v for k, v in arrays.items() if k != "trunk_BxLxD"}
+    shardings = {k: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()) for k in rows}
+    trunks = ["short trunk", "long trunk"]
+    parts = part_batches(rows, trunks, widths, mesh, shardings)
+    assert [(w, p["tokens_BxL"].shape, p["trunk_BxLxD"]) for w, p in parts] == \
+        [(16, (4, 16), "short trunk"), (32, (4, 32), "long trunk")]
+    for _, part in parts:
+        np.testing.assert_array_equal(part["loss_denominators_3"],
+                                      stages.rl_loss_denominators(rows))
+    np.testing.assert_array_equal(parts[0][1]["tokens_BxL"], rows["tokens_BxL"][:4, :16])
+    np.testing.assert_array_equal(parts[1][1]["reward_index_B"], rows["reward_index_B"][4:])
