@@ -2,7 +2,6 @@
 width, must give the one-program step's params, optimizer state and metrics."""
 import jax
 import numpy as np
-import pytest
 
 from sparrow_jax import sharding as shd
 from sparrow_jax.config import default_config
@@ -50,12 +49,13 @@ def _parts(batch: dict) -> list[dict]:
     return parts
 
 
-@pytest.mark.parametrize("devices", [1, 2])
-def test_the_update_from_length_grouped_parts_equals_the_one_program_update(devices):
+def test_the_update_from_length_grouped_parts_equals_the_one_program_update():
+    """On a 2-device data axis: each part's rows split over the devices (one device, the
+    trainer's default, runs in the RL loop tests)."""
     cfg = tiny_config()
     cfg.train.stage, cfg.train.batch_size, cfg.train.warmup_steps = "rl", len(LENGTHS), 0
     cfg.rl.max_new_tokens = 8  # the read slots (`rl_read_len`) hold every policy token here
-    mesh = shd.make_mesh(default_config().mesh, jax.devices()[:devices])
+    mesh = shd.make_mesh(default_config().mesh, jax.devices()[:2])
     setup = stages.build_stage(cfg, mesh, "rl", seq_len=WIDTH, trunk_input=True,
                                log_unsharded=False)
     state = setup.init_fn(jax.random.PRNGKey(0))
@@ -74,8 +74,8 @@ def test_the_update_from_length_grouped_parts_equals_the_one_program_update(devi
     assert float(whole["grad_norm"]) > 0
     # The gradients, summed over the parts, against the whole batch's.
     loss_fn = stages.loss_fn_for_stage("rl", cfg.model, **{**setup.loss_kwargs, **ELO})
-    whole_grads = loss_and_grads(loss_fn, state.params, state.frozen, batch,
-                                 jax.random.PRNGKey(0))[2]
+    whole_grads = jax.jit(lambda b: loss_and_grads(loss_fn, state.params, state.frozen, b,
+                                                   jax.random.PRNGKey(0))[2])(batch)
     summed = jax.tree.map(lambda a, b: a + b, results[0][2], results[1][2])
     for a, b in zip(jax.tree.leaves(summed), jax.tree.leaves(whole_grads)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
