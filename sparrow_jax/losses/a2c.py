@@ -25,7 +25,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sparrow_jax.losses.sft import masked_mean, take_last_axis
+from sparrow_jax.losses.sft import take_last_axis
 
 
 def kl_teacher_policy(policy_logits_BxTxV, teacher_logits_BxTxV):
@@ -48,15 +48,6 @@ def explained_variance_from_means(return_mean, return_sq_mean, residual_mean, re
     var_returns = return_sq_mean - jnp.square(return_mean)
     var_residual = residual_sq_mean - jnp.square(residual_mean)
     return jnp.where(var_returns > 1e-8, 1.0 - var_residual / jnp.maximum(var_returns, 1e-8), 0.0)
-
-
-def explained_variance(values_BxT, returns_BxT, mask_BxT):
-    """`explained_variance_from_means` over the masked tokens of one batch."""
-    mask = mask_BxT.astype(jnp.float32)
-    residual_BxT = returns_BxT - jax.lax.stop_gradient(values_BxT)
-    return explained_variance_from_means(
-        masked_mean(returns_BxT, mask), masked_mean(jnp.square(returns_BxT), mask),
-        masked_mean(residual_BxT, mask), masked_mean(jnp.square(residual_BxT), mask))
 
 
 def combine_part_metrics(summed: dict) -> dict:

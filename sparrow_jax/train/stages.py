@@ -38,8 +38,8 @@ from sparrow_jax.model import hydra
 from sparrow_jax.model.spec import ModelSpec
 from sparrow_jax.rewards.pref_scoring import read_elo
 from sparrow_jax.train.optimizer import make_optimizer
-from sparrow_jax.train.state import sharded_state_factory
 from sparrow_jax.train.part_step import PartSteps, make_part_steps
+from sparrow_jax.train.state import sharded_state_factory
 from sparrow_jax.train.step import TrainStep, make_train_step
 from sparrow_jax.train.trainable import STAGE_ROLES
 
