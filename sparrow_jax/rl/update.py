@@ -48,10 +48,12 @@ def compile_updates(cfg, mesh, setup, widths, state, parts: int, **loss_kwargs):
     start = time.perf_counter()
     warm = jax.default_backend() == "cpu"
 
-    def abstract_batch(width, shardings_for, **whole):
-        shapes = {**stages.batch_shapes("rl", cfg.train.batch_size // parts, width, trunk=trunk),
-                  **whole}
-        return shd.abstract_with_shardings(shapes, shardings_for(shapes, mesh, rules))
+    def abstract_batch(width):  # one part's: the whole batch's when parts == 1
+        shapes = stages.batch_shapes("rl", cfg.train.batch_size // parts, width, trunk=trunk)
+        if parts == 1:
+            return shd.abstract_with_shardings(shapes, batch_shardings(shapes, mesh, rules))
+        shapes = stages.rl_part_shapes(shapes)
+        return shd.abstract_with_shardings(shapes, part_batch_shardings(shapes, mesh, rules))
 
     def zeros_like(tree):
         return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype, device=s.sharding), tree)
@@ -59,7 +61,7 @@ def compile_updates(cfg, mesh, setup, widths, state, parts: int, **loss_kwargs):
     if parts == 1:
         step, steps = setup.step_with(cfg, mesh, **loss_kwargs), {}
         for width in widths:
-            batch = abstract_batch(width, batch_shardings)
+            batch = abstract_batch(width)
             steps[width] = step.lower(setup.abstract_state, batch).compile()
             if warm:
                 jax.block_until_ready(steps[width](jax.tree.map(jnp.copy, state),
@@ -71,14 +73,13 @@ def compile_updates(cfg, mesh, setup, widths, state, parts: int, **loss_kwargs):
     else:
         part_steps, gradients = setup.part_steps_with(cfg, mesh, parts, **loss_kwargs), {}
         for width in widths:
-            batch = abstract_batch(width, part_batch_shardings,
-                                   loss_denominators_3=jax.ShapeDtypeStruct((3,), jnp.float32))
-            gradients[width] = part_steps.lower_gradients(setup.abstract_state, batch).compile()
+            batch = abstract_batch(width)
+            gradients[width] = part_steps.gradients.lower(setup.abstract_state, batch).compile()
             if warm:
                 results = jax.block_until_ready(gradients[width](state, zeros_like(batch)))
         result = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                               gradients[widths[0]].out_info)
-        apply = part_steps.lower_apply(setup.abstract_state, (result,) * parts).compile()
+        apply = part_steps.apply.lower(setup.abstract_state, (result,) * parts).compile()
         if warm:
             jax.block_until_ready(apply(jax.tree.map(jnp.copy, state), (results,) * parts))
 

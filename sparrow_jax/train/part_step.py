@@ -1,7 +1,7 @@
 """The update step for a batch that comes in parts of rows, each part at its own width.
 
     steps = make_part_steps(cfg, loss_fn, combine, mesh, state_shardings, optimizer, schedule,
-                            parts=2)
+                            parts=2, part_shapes=shapes)
     results = tuple(steps.gradients(state, part) for part in part_batches)  # a program a width
     state, metrics = steps.apply(state, results)                           # one program
 
@@ -15,14 +15,15 @@ update is `step.apply_gradients`, the same as the one-program step's.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sparrow_jax import sharding as shd
 from sparrow_jax.train.state import TrainState
-from sparrow_jax.train.step import LossFn, apply_gradients, batch_shardings, loss_and_grads
+from sparrow_jax.train.step import (LossFn, TrainStep, apply_gradients, batch_shardings,
+                                   loss_and_grads)
 
 # Keys of a part batch that are not per row: replicated, not split by the 'batch' rule.
 WHOLE_BATCH_KEYS = ("loss_denominators_3",)
@@ -53,29 +54,12 @@ def part_batch_shardings(part_shapes: dict, mesh: Mesh, rules) -> dict:
     return {**batch_shardings(rows, mesh, rules), **whole}
 
 
-class PartSteps:
-    """The jitted `gradients(state, part_batch)` (one compile per part shape) and
-    `apply(state, results)` (the state donated), traced under the mesh's logical-axis rules."""
-
-    def __init__(self, gradients, apply, mesh: Mesh, rules):
-        self._gradients, self._apply = gradients, apply
-        self.mesh, self.rules = mesh, tuple(rules)
-
-    def gradients(self, state, batch):
-        with shd.activation_sharding(self.mesh, self.rules):
-            return self._gradients(state, batch)
-
-    def apply(self, state, results):
-        with shd.activation_sharding(self.mesh, self.rules):
-            return self._apply(state, results)
-
-    def lower_gradients(self, state, batch):
-        with shd.activation_sharding(self.mesh, self.rules):
-            return self._gradients.lower(state, batch)
-
-    def lower_apply(self, state, results):
-        with shd.activation_sharding(self.mesh, self.rules):
-            return self._apply.lower(state, results)
+class PartSteps(NamedTuple):
+    """`gradients(state, part_batch)` (one compile per part shape) and `apply(state, results)`
+    (the state donated), each a `step.TrainStep`: traced under the mesh's logical-axis rules,
+    `.lower(...)` for ahead-of-time compilation."""
+    gradients: TrainStep
+    apply: TrainStep
 
 
 def make_part_steps(cfg, loss_fn: LossFn, combine: Callable[[dict], dict], mesh: Mesh,
@@ -99,4 +83,4 @@ def make_part_steps(cfg, loss_fn: LossFn, combine: Callable[[dict], dict], mesh:
                                                                 optimizer, schedule),
                     in_shardings=(state_shardings, (result,) * parts),
                     out_shardings=(state_shardings, replicated), donate_argnums=(0,))
-    return PartSteps(gradients, apply, mesh, rules)
+    return PartSteps(TrainStep(gradients, mesh, rules), TrainStep(apply, mesh, rules))

@@ -229,6 +229,12 @@ def rl_loss_denominators(batch: dict) -> np.ndarray:
     return np.asarray([len(policy_BxL), policy_BxL.sum(), sampled_BxL.sum()], np.float32)
 
 
+def rl_part_shapes(shapes: dict) -> dict:
+    """An rl batch layout (`batch_shapes`) as one part's of a step's batch: with the whole
+    batch's `loss_denominators_3` (`rl_loss_denominators`)."""
+    return {**shapes, "loss_denominators_3": jax.ShapeDtypeStruct((3,), jnp.float32)}
+
+
 def rl_read_len(r) -> int:
     """The most slots an RL row's loss reads (`policy_read_slots`), from the `rl` section:
     a rollout adds at most two policy turns (a search query and the answer), each a role
@@ -355,9 +361,8 @@ class StageSetup:
             raise ValueError(f"only the rl stage updates from parts, not {self.stage!r}")
         loss_fn = loss_fn_for_stage(self.stage, cfg.model, **{**self.loss_kwargs, **loss_kwargs})
         rows = self.batch_shapes["tokens_BxL"].shape[0] // parts
-        shapes = {k: jax.ShapeDtypeStruct((rows,) + v.shape[1:], v.dtype)
-                  for k, v in self.batch_shapes.items()}
-        shapes["loss_denominators_3"] = jax.ShapeDtypeStruct((3,), jnp.float32)
+        shapes = rl_part_shapes({k: jax.ShapeDtypeStruct((rows,) + v.shape[1:], v.dtype)
+                                 for k, v in self.batch_shapes.items()})
         return make_part_steps(cfg, loss_fn, combine_part_metrics, mesh, self.state_shardings,
                                self.optimizer, self.schedule, parts, shapes)
 

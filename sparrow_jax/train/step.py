@@ -100,7 +100,8 @@ def update(state: TrainState, batch: dict, loss_fn: LossFn, optimizer, schedule,
 
 
 class TrainStep:
-    """A jitted update step that traces under the mesh and logical-axis rules.
+    """A jitted update step (or one of `part_step.PartSteps`' two programs) that traces under
+    the mesh and logical-axis rules.
 
     Call it like the function (`state, metrics = step(state, batch)`), or
     `step.lower(abstract_state, abstract_batch)` for AOT compilation.
